@@ -1,0 +1,1 @@
+"""Model-side tools (need torch): SegFormer, checkpoint loaders, ONNX export, training."""

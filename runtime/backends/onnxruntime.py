@@ -1,0 +1,111 @@
+"""ONNX Runtime backend: the embedded default, CPU first; CUDA and TensorRT execution providers when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError
+from ..metadata import METADATA_KEY, ModelMetadata
+
+PROVIDER_ALIASES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
+        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from exc
+    return ort
+
+
+def choose_providers(device: str) -> list[str]:
+    """``auto`` takes the fastest provider this ONNX Runtime build has; others name one explicitly."""
+    available = _ort().get_available_providers()
+    if device == "auto":
+        wanted = [p for p in PROVIDER_ALIASES["tensorrt"] if p in available]
+        return wanted or ["CPUExecutionProvider"]
+    if device not in PROVIDER_ALIASES:
+        raise BackendUnavailableError(f"unknown ONNX Runtime device {device!r}; expected auto, {', '.join(PROVIDER_ALIASES)}")
+    wanted = PROVIDER_ALIASES[device]
+    if wanted[0] not in available:
+        raise BackendUnavailableError(
+            f"{wanted[0]} is not available in this onnxruntime build (available: {', '.join(available)}); "
+            "install onnxruntime-gpu for CUDA/TensorRT")
+    return [p for p in wanted if p in available]
+
+
+def _classify_load_error(path: Path, exc: Exception) -> ModelLoadError:
+    msg = str(exc)
+    if any(s in msg for s in ("custom op", "not a registered function/op", "Could not find an implementation",
+                              "No Op registered")):
+        return MissingPluginError(f"{path}: the model uses an operator this ONNX Runtime does not provide: {msg}")
+    return ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {msg}")
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+        ort = _ort()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.providers = choose_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        except Exception as exc:
+            raise _classify_load_error(self.path, exc) from exc
+        self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{self.path}: expected one image input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        if len(shape) != 4 or shape[1] not in (3, None):
+            raise ModelLoadError(f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected (N, 3, H, W)")
+        if inputs[0].type != "tensor(float)":
+            raise ModelLoadError(f"{self.path}: input type {inputs[0].type}; expected float32")
+        self.input_shape = tuple(shape)  # type: ignore[assignment]
+        self.metadata = self._read_metadata(outputs[0])
+
+    def _read_metadata(self, output) -> ModelMetadata:
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY in custom:
+            meta = ModelMetadata.from_json(custom[METADATA_KEY])
+        else:
+            # A foreign ONNX (not exported by segrt): describe it from its shapes, ImageNet normalisation.
+            k = output.shape[1] if len(output.shape) == 4 and isinstance(output.shape[1], int) else None
+            if k is None:
+                raise ModelLoadError(f"{self.path}: no segrt metadata and the output shape {output.shape} "
+                                     "does not give the class count; export with `segrt export`")
+            size = self.input_shape[2:]
+            meta = ModelMetadata(classes=[f"class_{i}" for i in range(k)],
+                                 input_size=tuple(size) if all(isinstance(d, int) for d in size) else None)  # type: ignore[arg-type]
+        if self.input_shape[2] is not None and self.input_shape[3] is not None:
+            meta.input_size = (self.input_shape[2], self.input_shape[3])
+        return meta
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+def default_threads() -> int | None:
+    value = os.environ.get("SEGRT_THREADS")
+    return int(value) if value else None

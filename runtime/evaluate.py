@@ -1,0 +1,23 @@
+"""Evaluate any predictor (frame -> mask) on a dataset split with one confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .datasets import SegDataset
+from .metrics import ConfusionMatrix, SegMetrics
+from .progress import progress_bar
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(predict: Predictor, dataset: SegDataset, limit: int | None = None, show_progress: bool = True,
+             description: str = "eval") -> SegMetrics:
+    cm = ConfusionMatrix(len(dataset.classes))
+    indices: Iterable[int] = range(len(dataset) if limit is None else min(limit, len(dataset)))
+    for i in progress_bar(indices, description=description, enabled=show_progress):
+        img, label = dataset[i]
+        cm.update(predict(img), label)
+    return cm.result(dataset.classes)

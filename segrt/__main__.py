@@ -1,0 +1,3 @@
+from segrt.cli import main
+
+main()

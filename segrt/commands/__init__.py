@@ -1,0 +1,1 @@
+"""One module per `segrt` subcommand; each exposes ``register(app)``. Heavy imports stay inside commands."""

@@ -1,0 +1,66 @@
+"""`segrt eval MODEL --data ROOT`: mIoU, pixel accuracy and per-class IoU on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._args import parse_size
+
+
+def predictor_for(model: str, backend: str, size: str | None):
+    """ONNX files and engines run through Engine; checkpoints (and bundled names) through PyTorch."""
+    from segrt.runtime.engine import ENGINE_SUFFIXES, Engine
+
+    if model.endswith(".onnx") or model.endswith(ENGINE_SUFFIXES):
+        engine = Engine(model, backend=backend)
+        return engine.infer, engine.classes, f"{engine.path} on {engine.backend_name}"
+    from segrt.export.resolve import load_model
+    from segrt.export.torch_predict import TorchPredictor
+
+    loaded = load_model(model)
+    hw = parse_size(size) if size else loaded.metadata.input_size
+    return TorchPredictor(loaded.model, loaded.metadata, size=hw), loaded.metadata.classes, f"{loaded.source} on PyTorch"
+
+
+def eval_command(
+    model: str = typer.Argument("camvid-b0", help="checkpoint, bundled name, ONNX file or engine"),
+    data: Path = typer.Option(..., "--data", help="dataset root"),
+    fmt: str = typer.Option("camvid", "--format", help="camvid, cityscapes, ade20k or folder"),
+    split: str = typer.Option("val", "--split"),
+    json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON"),
+    backend: str = typer.Option("auto", "--backend"),
+    size: str = typer.Option(None, "--size", help="input size HxW for checkpoints (default: the model's)"),
+    limit: int = typer.Option(None, "--limit", help="only the first N images"),
+) -> None:
+    """Evaluate a model on a dataset split (confusion matrix over the whole split)."""
+    from segrt.runtime.datasets import open_dataset
+    from segrt.runtime.evaluate import evaluate
+
+    console = Console()
+    dataset = open_dataset(data, fmt, split)
+    predict, classes, where = predictor_for(model, backend, size)
+    if len(classes) != len(dataset.classes):
+        from segrt.runtime.errors import ConfigError
+
+        raise ConfigError(f"model has {len(classes)} classes but the {fmt} dataset has {len(dataset.classes)}")
+    console.print(f"evaluating {where} on {fmt}/{split} ({len(dataset)} images)")
+    metrics = evaluate(predict, dataset, limit=limit)
+    table = Table(title=f"{fmt} {split}: mIoU {metrics.miou:.4f}, pixel accuracy {metrics.pixel_accuracy:.4f}")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, iou in metrics.per_class_iou.items():
+        table.add_row(name, "-" if iou is None else f"{iou:.4f}")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(metrics.to_dict(), indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
