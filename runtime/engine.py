@@ -114,6 +114,15 @@ class Engine:
         f = as_bgr(frame)
         return self.backend.run(frames_to_input([f], self._network_size(f), self.metadata.mean, self.metadata.std))[0]
 
+    # ------------------------------------------------------------------ streaming
+    def stream(self, source, **options):
+        """Masks for a camera, stream, video or image folder, with capture, inference and rendering
+        overlapped in threads: ``for r in engine.stream("0"): r.frame, r.mask, r.timing``.
+        ``source`` and ``options`` are those of :class:`segrt.runtime.stream.Stream`."""
+        from .stream import Stream  # lazy: threads and sources are not needed for single-frame inference
+
+        return Stream(self, source, **options)
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         self.backend.close()

@@ -55,6 +55,10 @@ class SourceError(SegrtError):
     """A frame source (camera, video, folder, stream) could not be opened or failed while reading."""
 
 
+class SourceDisconnectedError(SourceError):
+    """A live source (camera, network stream) stopped delivering frames; it may come back, so streams reconnect."""
+
+
 class DatasetError(SegrtError):
     """A dataset folder does not have the expected layout, or an image and its label disagree."""
 
