@@ -1,0 +1,158 @@
+"""The build bundle: everything needed to build the engine on the device, made on any host.
+
+    out/
+      model.onnx              the ONNX the plan builds (copied; FP32 or Q/DQ INT8)
+      model.fp16.onnx         only when a plan is strongly typed FP16 (TensorRT 11)
+      plan.json               request + one BuildPlan per TensorRT major version the target runs
+      compatibility.txt/json  the static TensorRT compatibility report of each planned ONNX
+      build_engine.sh         `segrt build --from-plan plan.json` (on the device)
+      build_engine_trtexec.sh the equivalent trtexec command, then `segrt build --adopt` for the manifest
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segrt.runtime.errors import ConfigError
+
+from .compat import CompatReport, check_model
+from .model_info import inspect_model, load_model, sha256_file
+from .plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
+from .targets import Target
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    plan_file: PlanFile
+    reports: list[CompatReport]
+    files: list[Path] = field(default_factory=list)
+    fp16_error: tuple[float, float] | None = None  # (max relative error, label agreement) of the FP16 ONNX
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    @property
+    def clean(self) -> bool:
+        return all(r.clean for r in self.reports)
+
+
+def trtexec_command(plan: BuildPlan) -> str:
+    """The trtexec equivalent of ``plan`` (trtexec cannot pin layer types to FP32; segrt build does)."""
+    args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}",
+            f"--memPoolSize=workspace:{plan.workspace_mb}M", f"--builderOptimizationLevel={plan.optimization_level}"]
+    flags = set(plan.builder_flags)
+    if plan.strongly_typed:
+        args.append("--stronglyTyped")
+    if "FP16" in flags:
+        args.append("--fp16")
+    if "INT8" in flags:
+        args.append("--int8")
+    if plan.dla_core is not None:
+        args += [f"--useDLACore={plan.dla_core}", "--allowGPUFallback"]
+    for p in plan.profiles:
+        for key, shape in (("minShapes", p.min), ("optShapes", p.opt), ("maxShapes", p.max)):
+            args.append(f"--{key}={p.input}:{'x'.join(map(str, shape))}")
+    if plan.hardware_compatibility == "ampere_plus":
+        args.append("--hardwareCompatibilityLevel=ampere+")
+    if plan.version_compatible:
+        args.append("--versionCompatible")
+    if plan.timing_cache:
+        args.append(f"--timingCacheFile={plan.timing_cache}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _segrt_script() -> str:
+    return """#!/usr/bin/env bash
+# Build the TensorRT engine on the device this bundle targets (TensorRT + GPU needed).
+# Picks the plan for the installed TensorRT, checks the ONNX hash, builds, writes the engine manifest.
+set -euo pipefail
+cd "$(dirname "$0")"
+exec segrt build --from-plan plan.json "$@"
+"""
+
+
+def _trtexec_script(plans: list[BuildPlan]) -> str:
+    lines = ["#!/usr/bin/env bash",
+             "# The same build with trtexec (no segrt needed to build; LayerNorm/Softmax/Reduce are not pinned to",
+             "# FP32 the way segrt build pins them in TensorRT 10 FP16 builds). segrt loads an engine only with its",
+             "# manifest, so register the result afterwards with the last command.",
+             "set -euo pipefail", 'cd "$(dirname "$0")"',
+             'TRT_MAJOR="${TRT_MAJOR:-$(python3 -c "import tensorrt; print(tensorrt.__version__.split(\'.\')[0])")}"',
+             'case "$TRT_MAJOR" in']
+    for plan in plans:
+        lines += [f"  {plan.version.major})  # TensorRT {plan.tensorrt} plan",
+                  f"    {trtexec_command(plan)}",
+                  f"    segrt build --from-plan plan.json --adopt {shlex.quote(plan.engine)} ;;"]
+    lines += ['  *) echo "no plan for TensorRT major $TRT_MAJOR in plan.json" >&2; exit 2 ;;', "esac", ""]
+    return "\n".join(lines)
+
+
+def write_bundle(source: str | Path, out_dir: str | Path, target: Target, request: BuildRequest, *,
+                 frames: Sequence[np.ndarray] | None = None) -> Bundle:
+    """Plan for every TensorRT version the target runs, prepare the ONNX files, check them, write the bundle.
+
+    Raises ConfigError for requests that cannot work; returns the bundle with its compatibility reports
+    (the caller decides what to do about errors in them)."""
+    source, out = Path(source), Path(out_dir)
+    model, info = inspect_model(source)
+    stem = source.name.removesuffix(".onnx")
+    if stem.endswith(".fp16"):
+        raise ConfigError(f"{source.name}: pass the FP32 ONNX; segrt makes the FP16 variant when a plan needs it")
+    plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    plain = out / variant_file(stem, "fp32")
+    if source.resolve() != plain.resolve():
+        shutil.copyfile(source, plain)
+    files.append(plain)
+    fp16_error = None
+    if any(p.onnx_variant == "fp16" and not info.float16 for p in plans):
+        from segrt.export.fp16 import export_fp16
+
+        result = export_fp16(source, out / variant_file(stem, "fp16"), frames=frames)
+        fp16_error = (result.max_rel_error, result.label_agreement)
+        files.append(result.path)
+
+    reports = []
+    for plan in plans:
+        onnx_model = model if plan.onnx == plain.name else load_model(out / plan.onnx)
+        reports.append(check_model(onnx_model, target, plan.version, plan.precision, plan.dla_core is not None,
+                                   model_name=plan.onnx))
+    plan_file = PlanFile(request=request, plans=plans, model={
+        "source": source.name, "sha256": info.sha256,
+        "inputs": [t.to_dict() for t in info.inputs], "outputs": [t.to_dict() for t in info.outputs],
+        "files": {f.name: sha256_file(f) for f in files},
+    })
+    plan_file.save(out / PLAN_FILE)
+    (out / "compatibility.txt").write_text("".join(r.to_text() for r in reports))
+    (out / "compatibility.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    for name, text in (("build_engine.sh", _segrt_script()), ("build_engine_trtexec.sh", _trtexec_script(plans))):
+        script = out / name
+        script.write_text(text)
+        script.chmod(0o755)
+    files += [out / n for n in (PLAN_FILE, "compatibility.txt", "compatibility.json", "build_engine.sh",
+                                "build_engine_trtexec.sh")]
+    return Bundle(out, plan_file, reports, files, fp16_error)
+
+
+def verify_bundle_file(plan_dir: Path, name: str, plan_file: PlanFile) -> Path:
+    """The prepared ONNX ``name`` of a bundle, after checking it is the file the plan was made with."""
+    path = plan_dir / name
+    expected = plan_file.model.get("files", {}).get(name)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing from the bundle")
+    if expected and sha256_file(path) != expected:
+        raise ConfigError(f"{path} changed after the bundle was written (sha256 mismatch); re-run segrt build on the host")
+    return path

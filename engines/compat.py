@@ -1,0 +1,436 @@
+"""Static TensorRT compatibility check of an ONNX graph, before any engine is built.
+
+Runs on a host without TensorRT: each rule is one documented limitation of the TensorRT ONNX parser
+(``operators.md`` of the 10.x/11.x releases) or of DLA, and each problem names the node it was found
+at, so a user can fix the export instead of reading a parser stack trace on the robot.
+
+Model-local ONNX functions (TensorRT >= 9 imports their bodies in place) are checked through their
+bodies, scoped by the calling node's name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .model_info import DEFAULT_DOMAINS
+from .targets import Target
+from .versions import TrtVersion
+
+SEVERITIES = ("error", "warning", "info")
+
+# Operators the TensorRT 10 ONNX parser imports (operators.md, TensorRT 10.15 edition).
+SUPPORTED_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BlackmanWindow
+Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv
+DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
+GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual
+GridSample GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If
+ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax
+Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg
+NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal
+RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RNN RoiAlign Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink
+Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+# Opset 23/24 operators, first parsed by the releases that read opset 24.
+OPS_SINCE = {"Attention": (10, 15), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15), "TensorScatter": (10, 15)}
+QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
+TOPK_MAX_K = 3840  # K must be below this
+RESIZE_MODES = ("nearest", "linear")
+RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
+RESIZE_NEAREST_MODES = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
+SCATTER_PLUGIN_REDUCTIONS = ("add", "mul", "max", "min")
+REDUCE_OPS = frozenset(o for o in SUPPORTED_OPS if o.startswith("Reduce"))
+# Layers DLA cannot run: with GPU fallback they move to the GPU (and split the engine into DLA/GPU parts).
+NOT_ON_DLA = frozenset({"Gather", "GatherElements", "GatherND", "LayerNormalization", "Erf", "Gelu", "MatMul",
+                        "Einsum", "ArgMax", "ArgMin", "TopK", "Cast", "Shape", "Range", "NonZero", "ScatterElements",
+                        "ScatterND", "Expand", "Tile", "Where", "CumSum", "Mod"})
+DLA_MAX_DIM = 8192
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FP16_MAX = 65504.0
+# INT64 sentinels that mean "to the end" in Slice and are clamped by every parser.
+SLICE_SENTINELS = (np.iinfo(np.int64).max, np.iinfo(np.int64).min, INT32_MAX, INT32_MIN)
+
+
+@dataclass
+class Issue:
+    severity: str  # error: the parser or builder will fail; warning: builds, but check it; info: FYI
+    rule: str
+    message: str
+    node: str | None = None  # scoped node name, e.g. "block1/TokenMerge_0/node_Add_3"
+    op_type: str | None = None
+
+    def __str__(self) -> str:
+        where = f" at {self.node} ({self.op_type})" if self.node else ""
+        return f"{self.severity}: [{self.rule}]{where}: {self.message}"
+
+
+@dataclass
+class CompatReport:
+    target: str
+    tensorrt: str
+    precision: str
+    dla: bool
+    model: str
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """No errors: the parser and builder are expected to accept the model."""
+        return not self.errors
+
+    @property
+    def clean(self) -> bool:
+        """No errors and no warnings."""
+        return not self.errors and not self.warnings
+
+    def find(self, rule: str) -> list[Issue]:
+        return [i for i in self.issues if i.rule == rule]
+
+    def summary(self) -> str:
+        infos = len(self.issues) - len(self.errors) - len(self.warnings)
+        state = "clean" if self.clean else "OK with warnings" if self.ok else "FAILS"
+        return (f"{self.model} for {self.target} (TensorRT {self.tensorrt}, {self.precision}{', DLA' if self.dla else ''}): "
+                f"{state}: {len(self.errors)} errors, {len(self.warnings)} warnings, {infos} notes")
+
+    def to_text(self) -> str:
+        return "\n".join([self.summary(), *(f"  {i}" for i in self.issues)]) + "\n"
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "issues"}, "ok": self.ok, "clean": self.clean,
+                "issues": [asdict(i) for i in self.issues]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- walking
+@dataclass
+class _Scope:
+    """Constants and producers visible in one graph body (main graph, subgraph or function body)."""
+
+    prefix: str
+    constants: dict[str, np.ndarray]
+    function: str | None = None
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"<{node.op_type} #{index}>"
+
+
+def _constants(nodes, initializers) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in initializers}
+    for node in nodes:
+        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and node.output:
+            tensor = _attr(node, "value")
+            if isinstance(tensor, onnx.TensorProto):
+                values[node.output[0]] = numpy_helper.to_array(tensor)
+    return values
+
+
+class _Checker:
+    def __init__(self, model: onnx.ModelProto, target: Target, version: TrtVersion, precision: str, dla: bool):
+        self.model, self.target, self.version, self.precision, self.dla = model, target, version, precision, dla
+        self.functions = {(f.domain, f.name): f for f in model.functions}
+        self.issues: list[Issue] = []
+        self.used_functions: set[tuple[str, str]] = set()
+        self.dla_fallback: list[str] = []
+        self.main_ops: dict[str, str] = {}  # main-graph node label -> op type
+
+    def add(self, severity: str, rule: str, message: str, node: str | None = None, op_type: str | None = None) -> None:
+        self.issues.append(Issue(severity, rule, message, node, op_type))
+
+    # ------------------------------------------------------------------ graph traversal
+    def walk(self, nodes, scope: _Scope, depth: int = 0) -> Iterator[tuple[str, onnx.NodeProto, _Scope]]:
+        for index, node in enumerate(nodes):
+            name = scope.prefix + _node_label(node, index)
+            yield name, node, scope
+            for a in node.attribute:
+                graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+                for g in graphs:
+                    inner = _Scope(f"{name}/{a.name}/", {**scope.constants, **_constants(g.node, g.initializer)}, scope.function)
+                    yield from self.walk(g.node, inner, depth)
+            fn = self.functions.get((node.domain, node.op_type))
+            if fn is not None and depth < 16:
+                self.used_functions.add((fn.domain, fn.name))
+                inner = _Scope(f"{name}/", _constants(fn.node, []), f"{fn.domain}.{fn.name}")
+                yield from self.walk(fn.node, inner, depth + 1)
+
+    def run(self) -> list[Issue]:
+        self.check_model_header()
+        main = _Scope("", _constants(self.model.graph.node, self.model.graph.initializer))
+        consumers: dict[str, list[str]] = {}
+        for name, node, scope in self.walk(self.model.graph.node, main):
+            if scope is main:
+                self.main_ops[name] = node.op_type
+                for i in node.input:
+                    consumers.setdefault(i, []).append(name)
+            self.check_node(name, node, scope)
+        for key in sorted(self.used_functions):
+            note = f"model-local function {key[0]}.{key[1]} is inlined by the parser (TensorRT >= 9)"
+            if self.version.prefers_plugins_over_functions:
+                note += "; a registered plugin of the same name would replace it (TensorRT >= 10.7)"
+            self.add("info", "local-function", note)
+        self.check_initializers(main, consumers)
+        self.check_types()
+        self.check_inputs()
+        self.check_memory()
+        if self.dla_fallback:
+            shown = ", ".join(self.dla_fallback[:8]) + (" ..." if len(self.dla_fallback) > 8 else "")
+            self.add("info", "dla-gpu-fallback", f"{len(self.dla_fallback)} nodes cannot run on DLA and will run on "
+                     f"the GPU (GPU fallback): {shown}")
+        return self.issues
+
+    # ------------------------------------------------------------------ whole-model rules
+    def check_model_header(self) -> None:
+        opset = next((o.version for o in self.model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+        if opset and opset < 9:
+            self.add("error", "opset", f"opset {opset} is older than the parser reads (9); re-export with opset >= 17")
+        elif opset > self.version.max_opset:
+            self.add("warning", "opset", f"opset {opset} is newer than TensorRT {self.version} documents "
+                     f"(up to {self.version.max_opset}); export with opset 17")
+        if self.model.functions and not self.version.parses_local_functions:
+            self.add("error", "local-function", f"TensorRT {self.version} cannot parse model-local functions")
+        quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.model.graph.node)
+        if quantized and self.precision != "int8":
+            self.add("error", "qdq", f"the graph has Q/DQ nodes but precision is {self.precision}; build with --precision int8")
+        if self.dla and self.precision == "fp32":
+            self.add("error", "dla-precision", "DLA runs FP16 or INT8 only")
+        if self.dla and self.target.dla_cores == 0:
+            self.add("error", "dla-unavailable", f"{self.target.name} has no DLA cores")
+
+    def check_inputs(self) -> None:
+        init = {i.name for i in self.model.graph.initializer}
+        for value in self.model.graph.input:
+            if value.name in init:
+                continue
+            dims = value.type.tensor_type.shape.dim
+            dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value") or d.dim_value <= 0]
+            if self.dla and dynamic:
+                self.add("error", "dla-dynamic-shape", f"input {value.name} has dynamic axes {dynamic}: DLA needs static "
+                         "shapes; export with a fixed --size and batch", value.name, "input")
+            if self.dla and any(d.dim_value > DLA_MAX_DIM for d in dims):
+                self.add("error", "dla-dimension", f"input {value.name} has a dimension above DLA's {DLA_MAX_DIM}",
+                         value.name, "input")
+
+    def check_initializers(self, main: _Scope, consumers: dict[str, list[str]]) -> None:
+        for tensor in self.model.graph.initializer:
+            users = consumers.get(tensor.name, [])
+            where = users[0] if users else tensor.name
+            if tensor.data_type == onnx.TensorProto.INT64:
+                values = main.constants[tensor.name]
+                slice_only = users and all(self._op_of(u) == "Slice" for u in users)
+                outside = values[(values < INT32_MIN) | (values > INT32_MAX)]
+                if slice_only:
+                    outside = outside[~np.isin(outside, SLICE_SENTINELS)]
+                if outside.size:
+                    self.add("warning", "int64-weights", f"INT64 weight {tensor.name} holds values outside the INT32 range "
+                             f"(e.g. {int(outside.flat[0])}); TensorRT casts INT64 weights down to INT32 where a layer "
+                             "has no INT64 support, clamping them", where, self._op_of(where))
+                if self.dla and values.size > 1 and not slice_only:
+                    self.dla_fallback.append(f"{where} (INT64 weights)")
+            elif tensor.data_type == onnx.TensorProto.DOUBLE:
+                self.add("warning", "double-weights", f"FP64 weight {tensor.name}: TensorRT casts DOUBLE to FLOAT",
+                         where, self._op_of(where))
+            elif tensor.data_type == onnx.TensorProto.FLOAT and self.precision in ("fp16", "int8"):
+                values = main.constants[tensor.name]
+                big = np.abs(values[np.isfinite(values)]) if values.size else values
+                if big.size and float(big.max()) > FP16_MAX:
+                    self.add("warning", "fp16-range", f"weight {tensor.name} has values up to {float(big.max()):.3g}, "
+                             f"beyond FP16's {FP16_MAX:g}: keep its consumers in FP32", where, self._op_of(where))
+
+    def check_types(self) -> None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False)
+        except Exception as exc:  # shape inference is best-effort here; the parser does its own
+            self.add("info", "shape-inference", f"ONNX shape inference failed ({exc}); type rules skipped")
+            return
+        io = {v.name for v in inferred.graph.input} | {v.name for v in inferred.graph.output}
+        producers = {o: _node_label(n, i) for i, n in enumerate(inferred.graph.node) for o in n.output}
+        ops = {_node_label(n, i): n.op_type for i, n in enumerate(inferred.graph.node)}
+        for value in inferred.graph.value_info:
+            elem = value.type.tensor_type.elem_type
+            node = producers.get(value.name)
+            if elem == onnx.TensorProto.UINT8 and value.name not in io:
+                self.add("error", "uint8-tensor", f"tensor {value.name} is UINT8 inside the network; TensorRT supports "
+                         "UINT8 only for network inputs and outputs", node, ops.get(node or ""))
+            if self.dla:
+                dims = value.type.tensor_type.shape.dim
+                if any(d.HasField("dim_value") and d.dim_value > DLA_MAX_DIM for d in dims):
+                    self.dla_fallback.append(f"{node} (dimension > {DLA_MAX_DIM})")
+
+    def check_memory(self) -> None:
+        weights = 0
+        for t in self.model.graph.initializer:
+            n = int(np.prod(t.dims)) if t.dims else 1
+            bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}[self.precision] if t.data_type == onnx.TensorProto.FLOAT else \
+                onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            weights += n * bytes_per
+        mb = weights / 2**20
+        if mb > self.target.memory_budget_mb:
+            self.add("warning", "memory-budget", f"weights alone take {mb:.0f} MB at {self.precision}, above the "
+                     f"{self.target.name} budget of {self.target.memory_budget_mb} MB")
+
+    def _op_of(self, name: str) -> str | None:
+        return self.main_ops.get(name)
+
+    # ------------------------------------------------------------------ per-node rules
+    def check_node(self, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+        op, domain = node.op_type, node.domain
+        if (domain, op) in self.functions:
+            return  # its body is walked and checked
+        if domain not in DEFAULT_DOMAINS:
+            self.check_custom_op(name, node)
+            return
+        if op in QOPERATOR_OPS:
+            self.add("error", "unsupported-op", f"{op} (QOperator/dynamic quantization) does not parse; export "
+                     "explicit Q/DQ (QuantizeLinear/DequantizeLinear, QDQ format) instead", name, op)
+            return
+        since = OPS_SINCE.get(op)
+        if since is not None:
+            if (self.version.major, self.version.minor) < since:
+                self.add("error", "unsupported-op", f"{op} is parsed from TensorRT {since[0]}.{since[1]} on, "
+                         f"not by {self.version}", name, op)
+        elif op not in SUPPORTED_OPS:
+            self.add("error", "unsupported-op", f"TensorRT's ONNX parser has no importer for {op}", name, op)
+            return
+        rule = NODE_RULES.get(op) or (_check_reduce if op in REDUCE_OPS else None)
+        if rule is not None:
+            rule(self, name, node, scope)
+        if self.dla and op in NOT_ON_DLA:
+            self.dla_fallback.append(name)
+
+    def check_custom_op(self, name: str, node: onnx.NodeProto) -> None:
+        op, domain = node.op_type, node.domain
+        if domain == "com.microsoft":
+            self.add("error", "unsupported-op", f"{op} is an ONNX Runtime contrib operator (com.microsoft); TensorRT "
+                     "does not parse it: export without ORT-specific fusions", name, op)
+        elif domain.startswith("ai.onnx.") or domain == "ai.onnx.ml":
+            self.add("error", "unsupported-op", f"{domain}.{op} is not parsed by TensorRT", name, op)
+        else:
+            namespace = _attr(node, "plugin_namespace", None)
+            ns = namespace if namespace is not None else (domain if (self.version.major, self.version.minor) >= (10, 10) else "")
+            self.add("warning", "plugin-required", f"no model-local function named {domain}.{op}: the parser "
+                     f"looks for a TensorRT plugin creator {op!r} (version {_attr(node, 'plugin_version', '1')}, "
+                     f"namespace {ns!r}); it must be registered when building and when loading the engine", name, op)
+
+
+def _constant(scope: _Scope, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+    if len(node.input) <= index or not node.input[index]:
+        return None
+    return scope.constants.get(node.input[index])
+
+
+def _check_topk(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    if _attr(node, "sorted", 1) != 1:
+        c.add("error", "topk", "TopK needs sorted=1", name, "TopK")
+    k = _constant(scope, node, 1) if node.input[1:] else np.array(_attr(node, "k", 0))
+    if k is None:
+        c.add("warning", "topk", f"K comes from a runtime tensor; TensorRT needs K < {TOPK_MAX_K} at run time", name, "TopK")
+    elif int(np.max(k)) >= TOPK_MAX_K:
+        c.add("error", "topk", f"K = {int(np.max(k))} but TensorRT's TopK needs K < {TOPK_MAX_K}", name, "TopK")
+
+
+def _check_resize(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    mode = _attr(node, "mode", "nearest")
+    if mode not in RESIZE_MODES:
+        c.add("error", "resize", f"Resize mode {mode!r} is not supported (only {', '.join(RESIZE_MODES)}); "
+              "use bilinear interpolation", name, "Resize")
+    transform = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    if transform not in RESIZE_TRANSFORMS:
+        c.add("error", "resize", f"coordinate_transformation_mode {transform!r} is not supported", name, "Resize")
+    if mode == "nearest" and _attr(node, "nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:
+        c.add("error", "resize", f"nearest_mode {_attr(node, 'nearest_mode')!r} is not supported", name, "Resize")
+    if _attr(node, "antialias", 0):
+        c.add("error", "resize", "antialiased Resize is not supported", name, "Resize")
+    if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        c.add("error", "resize", "only keep_aspect_ratio_policy 'stretch' is supported", name, "Resize")
+
+
+def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    reduction = _attr(node, "reduction", "none")
+    if reduction in SCATTER_PLUGIN_REDUCTIONS:
+        c.add("warning", "plugin-required", f"ScatterElements with reduction={reduction!r} runs through TensorRT's "
+              "ScatterElements plugin (libnvinfer_plugin must be loaded; no BF16/INT8; INT64 indices only)", name,
+              "ScatterElements")
+
+
+def _check_scatter_nd(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    reduction = _attr(node, "reduction", "none")
+    if reduction != "none":
+        c.add("error", "scatternd", f"ScatterND supports reduction 'none' only, not {reduction!r}", name, "ScatterND")
+
+
+def _check_layernorm(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    if any(node.output[1:]):
+        c.add("error", "layernorm", "only LayerNormalization's first output Y is supported (Mean/InvStdDev are used)",
+              name, "LayerNormalization")
+
+
+def _check_maxpool(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    if any(node.output[1:]):
+        c.add("error", "maxpool", "MaxPool's Indices output is not supported", name, "MaxPool")
+
+
+def _check_reduce(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    if len(node.input) > 1 and node.input[1] and _constant(scope, node, 1) is None:
+        c.add("error", "reduce-axes", f"{node.op_type} axes must be an initializer, not a runtime tensor", name, node.op_type)
+
+
+def _check_quantize(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+    zero_point = _constant(scope, node, 2)
+    if zero_point is not None:
+        if zero_point.dtype == np.uint8:
+            c.add("error", "qdq", "UINT8 quantization is not supported: quantize symmetrically to INT8 "
+                  "(QInt8, zero point 0)", name, node.op_type)
+        elif np.any(zero_point != 0):
+            c.add("error", "qdq", "zero point must be 0 (symmetric quantization)", name, node.op_type)
+    elif len(node.input) > 2 and node.input[2]:
+        c.add("warning", "qdq", "zero point is a runtime tensor; TensorRT needs a constant 0", name, node.op_type)
+
+
+NODE_RULES: dict[str, Callable[[_Checker, str, onnx.NodeProto, _Scope], None]] = {
+    "TopK": _check_topk,
+    "Resize": _check_resize,
+    "ScatterElements": _check_scatter_elements,
+    "ScatterND": _check_scatter_nd,
+    "LayerNormalization": _check_layernorm,
+    "MaxPool": _check_maxpool,
+    "QuantizeLinear": _check_quantize,
+    "DequantizeLinear": _check_quantize,
+}
+
+
+def check_model(model: onnx.ModelProto, target: Target, version: TrtVersion | str, precision: str = "fp16",
+                dla: bool = False, model_name: str = "model") -> CompatReport:
+    """Check ``model`` against the parser rules of TensorRT ``version`` for ``target``."""
+    version = TrtVersion.parse(version)
+    report = CompatReport(target=target.name, tensorrt=str(version), precision=precision, dla=dla, model=model_name)
+    report.issues = _Checker(model, target, version, precision, dla).run()
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    report.issues.sort(key=lambda i: order[i.severity])
+    return report
