@@ -59,6 +59,10 @@ class SourceDisconnectedError(SourceError):
     """A live source (camera, network stream) stopped delivering frames; it may come back, so streams reconnect."""
 
 
+class OutputError(SegrtError):
+    """A result could not be written or shown (video file, mask folder, window)."""
+
+
 class DatasetError(SegrtError):
     """A dataset folder does not have the expected layout, or an image and its label disagree."""
 

@@ -157,7 +157,7 @@ class SourceSpec:
     options: dict[str, str] = field(default_factory=dict)
 
 
-def natural_key(path: Path) -> tuple:
+def natural_key(path: str | Path) -> tuple:
     """``frame2`` before ``frame10``; the regex split alternates text and numbers so tuples always compare."""
     parts = re.split(r"(\d+)", str(path))
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
@@ -200,7 +200,7 @@ def parse_source(spec: int | str | Path) -> SourceSpec:
     if path.is_dir():
         return SourceSpec("images", sorted_images(list(path.iterdir())))
     if path.is_file():
-        return SourceSpec("images" if path.suffix.lower() in IMAGE_SUFFIXES else "video", path)
+        return SourceSpec("images", [path]) if path.suffix.lower() in IMAGE_SUFFIXES else SourceSpec("video", path)
     if glob.has_magic(text):
         return SourceSpec("images", sorted_images([Path(p) for p in glob.glob(str(path), recursive=True)]))
     raise SourceError(f"source {text!r} is not a file, folder, glob match, camera or URL: {SPEC_HELP}")

@@ -229,6 +229,9 @@ class Stream:
         self._stop = threading.Event()  # the caller is done: every thread exits
         self._stop_capture = threading.Event()  # also set when a later stage failed: no point reading on
         self._frames: LatestSlot | queue.Queue = LatestSlot() if self.policy == "latest" else queue.Queue(queue_size)
+        # Under "all", capture reads a frame only once there is room for it, so a frame's latency
+        # counts from when the pipeline could take it, not from a read done early and held back.
+        self._room = threading.Semaphore(queue_size)
         # A live result waits for a slow consumer in a single slot while capture keeps dropping stale
         # frames, so what the caller gets next is at most one frame old.
         result_size = 1 if self.policy == "latest" else queue_size
@@ -337,8 +340,13 @@ class Stream:
         # A file under the latest-frame policy is played in real time, as a camera would deliver it.
         period = 1.0 / self.source.fps if self.policy == "latest" and not self.source.live and self.source.fps else 0.0
         due = time.perf_counter()
+        has_room = self.policy != "all"  # "all" takes a slot before reading and keeps it until a frame uses it
         try:
             while not self._stop_capture.is_set() and (self.max_frames is None or index < self.max_frames):
+                if not has_room:
+                    if not self._wait_for_room():
+                        break
+                    has_room = True
                 try:
                     frame = self.source.read()
                 except SourceDisconnectedError as exc:
@@ -357,6 +365,8 @@ class Stream:
                     self.stats._queued("frames", self._frames.qsize())
                 elif not self._put("frames", self._frames, item, self._stop_capture):
                     break
+                else:
+                    has_room = False
                 index += 1
                 if period:
                     due = max(due + period, time.perf_counter() - period)
@@ -370,6 +380,12 @@ class Stream:
                 marker = _End(error)
         finally:
             self._end("frames", self._frames, marker)
+
+    def _wait_for_room(self) -> bool:
+        while not self._stop_capture.is_set():
+            if self._room.acquire(timeout=POLL):
+                return True
+        return False
 
     def _reopen(self, cause: SourceDisconnectedError) -> bool:
         """Reopen a live source with backoff; False if the stream was stopped meanwhile."""
@@ -405,6 +421,8 @@ class Stream:
                     marker = item
                     return
                 index, captured, frame = item
+                if self.policy == "all":
+                    self._room.release()
                 start = time.perf_counter()
                 try:
                     mask = self.engine.infer(frame)
