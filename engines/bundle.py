@@ -88,11 +88,13 @@ def _trtexec_script(plans: list[BuildPlan]) -> str:
              "# FP32 the way segrt build pins them in TensorRT 10 FP16 builds). segrt loads an engine only with its",
              "# manifest, so register the result afterwards with the last command.",
              "set -euo pipefail", 'cd "$(dirname "$0")"',
+             "# JetPack installs trtexec outside PATH.",
+             'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
              'TRT_MAJOR="${TRT_MAJOR:-$(python3 -c "import tensorrt; print(tensorrt.__version__.split(\'.\')[0])")}"',
              'case "$TRT_MAJOR" in']
     for plan in plans:
         lines += [f"  {plan.version.major})  # TensorRT {plan.tensorrt} plan",
-                  f"    {trtexec_command(plan)}",
+                  f"    \"$TRTEXEC\" {trtexec_command(plan).removeprefix('trtexec ')}",
                   f"    segrt build --from-plan plan.json --adopt {shlex.quote(plan.engine)} ;;"]
     lines += ['  *) echo "no plan for TensorRT major $TRT_MAJOR in plan.json" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""`segrt verify`: a built engine (or a second ONNX) against the reference ONNX in ONNX Runtime, on real
+images, with Polygraphy's Comparator. Reports per-output error and segmentation label agreement.
+
+With ``candidate`` an engine this needs TensorRT and the GPU; with ``candidate`` an ONNX (the FP16 or
+INT8 graph of a bundle) it runs anywhere, which is how the comparison code is tested off-GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segrt.runtime.errors import ConfigError
+from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.preprocess import frames_to_input
+
+from .model_info import inspect_model
+
+
+@dataclass
+class OutputError:
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel_l2: float  # worst image: ||candidate - reference|| / ||reference||
+
+
+@dataclass
+class VerifyReport:
+    reference: str
+    candidate: str
+    images: int
+    passed: bool  # Polygraphy's comparison at the given tolerances
+    label_agreement: float  # worst image
+    mean_label_agreement: float
+    outputs: list[OutputError] = field(default_factory=list)
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+def _runner(path: Path, onnx_bytes_for: str):
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    if path.suffix.lower() == ".onnx":
+        return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name=onnx_bytes_for)
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from .manifest import load_checked_engine
+    from .versions import detect_gpu, import_tensorrt
+
+    trt = import_tensorrt()
+    gpu = detect_gpu(0)
+    if gpu is None:
+        from segrt.runtime.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("verifying an engine needs the GPU it was built for; none is visible")
+    _manifest, data = load_checked_engine(path, trt.__version__, gpu.compute_capability)
+    return TrtRunner(EngineFromBytes(data), name=onnx_bytes_for)
+
+
+def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
+           atol: float = 1e-2, rtol: float = 1e-2, min_agreement: float = 0.99, quiet: bool = True) -> VerifyReport:
+    """Run both models on ``frames`` (BGR uint8) and compare every output."""
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    if quiet:
+        G_LOGGER.module_severity = G_LOGGER.WARNING
+    reference, candidate = Path(reference), Path(candidate)
+    _model, info = inspect_model(reference)
+    if len(info.inputs) != 1:
+        raise ConfigError(f"{reference.name}: expected one image input, found {len(info.inputs)}")
+    meta = info.metadata or ModelMetadata(classes=["class_0"], input_size=None)
+    shape = info.inputs[0].shape
+    size = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else (meta.input_size or (512, 512))  # type: ignore[arg-type]
+    feeds = [{info.inputs[0].name: frames_to_input([f], size, meta.mean, meta.std)} for f in frames]
+    if not feeds:
+        raise ConfigError("no images to verify on")
+
+    runners = [_runner(candidate, "candidate"), _runner(reference, "reference")]
+    results = Comparator.run(runners, data_loader=feeds)
+    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+
+    cand_iters, ref_iters = results[0][1], results[1][1]
+    outputs: dict[str, OutputError] = {}
+    agreements = []
+    for cand, ref in zip(cand_iters, ref_iters):
+        for name, expected in ref.items():
+            actual = np.asarray(cand[name])
+            expected = np.asarray(expected)
+            diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+            rel = float(np.linalg.norm(diff) / max(float(np.linalg.norm(expected.astype(np.float64))), 1e-12))
+            prev = outputs.get(name)
+            outputs[name] = OutputError(name, max(float(diff.max()), prev.max_abs if prev else 0.0),
+                                        max(float(diff.mean()), prev.mean_abs if prev else 0.0),
+                                        max(rel, prev.max_rel_l2 if prev else 0.0))
+        name = next(iter(ref.keys()))
+        expected, actual = np.asarray(ref[name]), np.asarray(cand[name])
+        if expected.ndim == 4:
+            agreements.append(float((actual.argmax(1) == expected.argmax(1)).mean()))
+        else:
+            agreements.append(float((actual == expected).mean()))
+    worst = min(agreements)
+    return VerifyReport(reference=str(reference), candidate=str(candidate), images=len(feeds),
+                        passed=bool(accuracy) and worst >= min_agreement, label_agreement=worst,
+                        mean_label_agreement=float(np.mean(agreements)), outputs=list(outputs.values()),
+                        atol=atol, rtol=rtol)

@@ -1,0 +1,297 @@
+"""TensorRT backend: runs a serialized engine built by `segrt build`, through the CUDA runtime C API.
+
+Memory and streams go through cuda-python's ``cuda.bindings.runtime`` (no torch, no pycuda): one
+non-blocking stream per engine, page-locked (pinned) host buffers so copies are truly asynchronous,
+device buffers sized for the current input shape, and optionally the whole copy-in / enqueue /
+copy-out sequence captured once as a CUDA graph and replayed per frame (saves launch overhead, which
+matters on Jetson CPUs).
+
+Before TensorRT sees a single byte, the JSON manifest next to the engine is checked against the
+running TensorRT version and the GPU's compute capability, and the engine's sha256 against the
+manifest (:mod:`segrt.engines.manifest`); the bytes that were hashed are the bytes deserialised.
+
+Thread safety: one execution context and one set of buffers per backend, so ``run`` is serialised by
+a lock; open one Engine per thread for parallel inference on one GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
+from ..metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+
+def _import_tensorrt() -> None:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailableError("TensorRT is not installed (it comes with JetPack on Jetson; "
+                                      "pip install tensorrt on a desktop)") from exc
+    if not hasattr(tensorrt, "Runtime"):  # tensorrt-stubs alone create an empty namespace package
+        raise BackendUnavailableError("only TensorRT type stubs are installed, not TensorRT itself")
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        raise BackendUnavailableError("cuda-python is not installed: pip install cuda-python") from exc
+    return cudart
+
+
+def _cuda(result: Any, what: str) -> Any:
+    """Unpack a cuda.bindings ``(error, value...)`` tuple, raising BackendError on any error code."""
+    cudart = _cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(err)
+        raise BackendError(f"CUDA {what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _host_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A numpy view of pinned host memory at ``ptr``."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
+    return np.ctypeslib.as_array(raw).view(dtype).reshape(shape)
+
+
+class _Buffers:
+    """Pinned host + device memory for one input and one output at one input shape."""
+
+    def __init__(self, in_shape: tuple[int, ...], in_dtype: np.dtype, out_shape: tuple[int, ...], out_dtype: np.dtype):
+        self._cudart = _cudart()
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.in_bytes = int(np.prod(in_shape)) * in_dtype.itemsize
+        self.out_bytes = int(np.prod(out_shape)) * out_dtype.itemsize
+        self.pointers: list[tuple[str, int]] = []
+        try:
+            self.host_in_ptr = self._alloc_host(self.in_bytes)
+            self.host_out_ptr = self._alloc_host(self.out_bytes)
+            self.dev_in = self._alloc_device(self.in_bytes)
+            self.dev_out = self._alloc_device(self.out_bytes)
+        except BackendError:
+            self.free()
+            raise
+        self.host_in = _host_array(self.host_in_ptr, in_shape, in_dtype)
+        self.host_out = _host_array(self.host_out_ptr, out_shape, out_dtype)
+
+    def _alloc_host(self, nbytes: int) -> int:
+        ptr = int(_cuda(self._cudart.cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost({nbytes})"))
+        self.pointers.append(("host", ptr))
+        return ptr
+
+    def _alloc_device(self, nbytes: int) -> int:
+        ptr = int(_cuda(self._cudart.cudaMalloc(max(nbytes, 1)), f"cudaMalloc({nbytes})"))
+        self.pointers.append(("device", ptr))
+        return ptr
+
+    def free(self) -> None:
+        for kind, ptr in self.pointers:
+            if kind == "host":
+                self._cudart.cudaFreeHost(ptr)
+            else:
+                self._cudart.cudaFree(ptr)
+        self.pointers.clear()
+
+
+class TensorRTBackend:
+    def __init__(self, path: str | Path, device: int = 0, cuda_graph: bool = False):
+        from segrt.engines.manifest import load_checked_engine
+
+        _import_tensorrt()
+        import tensorrt as trt
+
+        cudart = _cudart()
+        self.path = Path(path)
+        self.device = device
+        self._lock = threading.Lock()
+        self._buffers: _Buffers | None = None
+        self._graph: Any = None
+        self._graph_exec: Any = None
+        self.use_cuda_graph = cuda_graph
+        self.cuda_graph_error: str | None = None  # why capture was abandoned, if it was
+        if not self.path.is_file():
+            raise ModelLoadError(f"engine file {self.path} does not exist")
+
+        count = _cuda(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+        if device >= count:
+            raise BackendUnavailableError(f"CUDA device {device} requested but {count} visible")
+        _cuda(cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+        prop = _cuda(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        compute_capability = (int(prop.major), int(prop.minor))
+
+        # Checks version, GPU and hash; raises before deserialisation.
+        self.manifest, data = load_checked_engine(self.path, trt.__version__, compute_capability)
+
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        if self.manifest.version_compatible:
+            self._runtime.engine_host_code_allowed = True  # version-compatible engines embed their lean runtime
+        engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise ModelLoadError(f"TensorRT {trt.__version__} could not deserialise {self.path} although its manifest "
+                                 "matches; rebuild it (a plugin it needs may be missing)")
+        self._engine: trt.ICudaEngine = engine
+        self._context: trt.IExecutionContext = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(f"{self.path}: expected one input and one output, found {inputs} and {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
+        self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
+        if self.input_dtype != np.float32:
+            raise ModelLoadError(f"{self.path}: input {self.input_name} is {self.input_dtype}; expected float32")
+        shape = self._dims(engine.get_tensor_shape(self.input_name))
+        if len(shape) != 4:
+            raise ModelLoadError(f"{self.path}: input shape {shape} is not (N, 3, H, W)")
+        self.input_shape = (self._dim(shape[0]), self._dim(shape[1]), self._dim(shape[2]), self._dim(shape[3]))
+        self.metadata = self._read_metadata()
+        self.name = f"tensorrt:{trt.__version__}:{self.manifest.precision}"
+        self._stream = _cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+
+    @staticmethod
+    def _dims(dims: trt.Dims) -> tuple[int, ...]:
+        return tuple(int(dims[i]) for i in range(len(dims)))
+
+    @staticmethod
+    def _dim(d: int) -> int | None:
+        return None if d < 0 else d
+
+    def _read_metadata(self) -> ModelMetadata:
+        if self.manifest.metadata:
+            meta = ModelMetadata.from_json(json.dumps(self.manifest.metadata))
+        else:
+            out = self.manifest.outputs[0].shape
+            if len(out) != 4 or out[1] < 1:
+                raise ModelLoadError(f"{self.path}: manifest has no segrt metadata and output shape {out} gives no class count")
+            meta = ModelMetadata(classes=[f"class_{i}" for i in range(out[1])], input_size=None)
+        h, w = self.input_shape[2], self.input_shape[3]
+        meta.input_size = (h, w) if h is not None and w is not None else None
+        return meta
+
+    # ------------------------------------------------------------------ execution
+    def _prepare(self, shape: tuple[int, ...]) -> _Buffers:
+        """(Re)allocate buffers for a new input shape and bind them; capture a CUDA graph if asked."""
+        self._release_graph()
+        if self._buffers is not None:
+            _cuda(_cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            self._buffers.free()
+            self._buffers = None
+        if not self._context.set_input_shape(self.input_name, shape):
+            raise InputError(f"input shape {shape} is outside the engine's optimization profile "
+                             f"{self._profile_text()}")
+        out_shape = self._dims(self._context.get_tensor_shape(self.output_name))
+        if any(d < 0 for d in out_shape):
+            raise BackendError(f"output shape {out_shape} is still dynamic after setting the input shape")
+        buffers = _Buffers(shape, self.input_dtype, out_shape, self.output_dtype)
+        self._context.set_tensor_address(self.input_name, buffers.dev_in)
+        self._context.set_tensor_address(self.output_name, buffers.dev_out)
+        self._buffers = buffers
+        if self.use_cuda_graph:
+            self._capture(buffers)
+        return buffers
+
+    def _profile_text(self) -> str:
+        try:
+            lo, opt, hi = (self._dims(d) for d in self._engine.get_tensor_profile_shape(self.input_name, 0))
+            return f"min {lo}, opt {opt}, max {hi}"
+        except Exception:
+            return "(unknown)"
+
+    def _enqueue(self, buffers: _Buffers) -> None:
+        cudart = _cudart()
+        _cuda(cudart.cudaMemcpyAsync(buffers.dev_in, buffers.host_in_ptr, buffers.in_bytes,
+                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync H2D")
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise BackendError(f"TensorRT execute_async_v3 failed on input shape {buffers.in_shape}")
+        _cuda(cudart.cudaMemcpyAsync(buffers.host_out_ptr, buffers.dev_out, buffers.out_bytes,
+                                     cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync D2H")
+
+    def _capture(self, buffers: _Buffers) -> None:
+        """Record copy-in, inference and copy-out once; later frames replay it with one launch.
+
+        TensorRT needs one regular enqueue after a shape change before capture. Engines that cannot be
+        captured (DLA, some plugins) keep running without a graph; the reason is kept for diagnostics."""
+        cudart = _cudart()
+        self._enqueue(buffers)
+        _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        try:
+            _cuda(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                  "cudaStreamBeginCapture")
+            try:
+                self._enqueue(buffers)
+            finally:
+                self._graph = _cuda(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+            self._graph_exec = _cuda(cudart.cudaGraphInstantiate(self._graph, 0), "cudaGraphInstantiate")
+        except BackendError as exc:
+            self._release_graph()
+            self.use_cuda_graph = False
+            self.cuda_graph_error = str(exc)
+
+    def _release_graph(self) -> None:
+        cudart = _cudart()
+        if self._graph_exec is not None:
+            cudart.cudaGraphExecDestroy(self._graph_exec)
+            self._graph_exec = None
+        if self._graph is not None:
+            cudart.cudaGraphDestroy(self._graph)
+            self._graph = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise InputError(f"expected an (N, 3, H, W) batch, got shape {batch.shape}")
+        for axis, want in enumerate(self.input_shape):
+            if want is not None and batch.shape[axis] != want:
+                raise InputError(f"batch shape {batch.shape} does not fit the engine input {self.input_shape}")
+        cudart = _cudart()
+        with self._lock:
+            if self._context is None:
+                raise BackendError("the TensorRT backend is closed")
+            buffers = self._buffers
+            if buffers is None or buffers.in_shape != tuple(batch.shape):
+                buffers = self._prepare(tuple(int(d) for d in batch.shape))
+            np.copyto(buffers.host_in, batch, casting="same_kind")
+            if self._graph_exec is not None:
+                _cuda(cudart.cudaGraphLaunch(self._graph_exec, self._stream), "cudaGraphLaunch")
+            else:
+                self._enqueue(buffers)
+            _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            out = buffers.host_out.copy()  # the pinned buffer is reused by the next call
+        return out.astype(np.float32) if out.dtype == np.float16 else out
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "_context", None) is None:
+                return
+            cudart = _cudart()
+            cudart.cudaStreamSynchronize(self._stream)
+            self._release_graph()
+            if self._buffers is not None:
+                self._buffers.free()
+                self._buffers = None
+            cudart.cudaStreamDestroy(self._stream)
+            # Destroy in reverse order of creation: context, engine, runtime.
+            self._context = None  # type: ignore[assignment]
+            self._engine = None  # type: ignore[assignment]
+            self._runtime = None  # type: ignore[assignment]
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,147 @@
+"""`segrt build MODEL.onnx --target T`: TensorRT engine, or a bundle that builds it on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+
+def _shape(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) == 2:  # HxW: batch 1, 3 channels
+        return [1, 3, *parts]
+    if len(parts) != 4:
+        from segrt.runtime.errors import ConfigError
+
+        raise ConfigError(f"bad shape {text!r}; expected NxCxHxW or HxW")
+    return parts
+
+
+def _print_reports(console: Console, reports) -> None:
+    from rich.markup import escape
+
+    for report in reports:
+        style = "green" if report.clean else "yellow" if report.ok else "red"
+        console.print(f"[{style}]{escape(report.summary())}[/]")
+        for issue in report.issues:
+            color = {"error": "red", "warning": "yellow"}.get(issue.severity, "dim")
+            console.print(f"  [{color}]{escape(str(issue))}[/]", highlight=False)
+
+
+def _from_plan(console: Console, plan_path: Path, adopt: Path | None, verbose: bool) -> None:
+    from segrt import __version__
+    from segrt.engines.builder import adopt_engine, build_engine
+    from segrt.engines.bundle import verify_bundle_file
+    from segrt.engines.plan import PlanFile
+    from segrt.engines.versions import detect_tensorrt
+    from segrt.runtime.errors import BackendUnavailableError
+
+    plan_file = PlanFile.load(plan_path)
+    running = detect_tensorrt()
+    if running is None:
+        raise BackendUnavailableError("`segrt build --from-plan` runs on the device and needs TensorRT "
+                                      "(JetPack ships it: python3 -c 'import tensorrt')")
+    plan = plan_file.for_version(running)
+    onnx_path = verify_bundle_file(plan_path.parent, plan.onnx, plan_file)
+    if adopt is not None:
+        engine = adopt if adopt.is_absolute() or adopt.exists() else plan_path.parent / adopt
+        manifest = adopt_engine(plan, engine, onnx_path, segrt_version=__version__)
+        console.print(f"[green]wrote[/] {manifest} for {engine}")
+        return
+    console.print(f"building {plan.engine} with TensorRT {running} ({plan.precision}, "
+                  f"{'strongly typed' if plan.strongly_typed else 'flags ' + ','.join(plan.builder_flags) or 'fp32'})")
+    result = build_engine(plan, onnx_path, plan_path.parent, verbose=verbose, segrt_version=__version__)
+    console.print(f"[green]wrote[/] {result.engine} and {result.manifest.name} in {result.seconds:.0f} s")
+
+
+def build(
+    model: str = typer.Argument(None, help="ONNX file or bundled model name (omit with --from-plan)"),
+    target: str = typer.Option("desktop", "--target", "-t", help="build target (see `segrt targets`)"),
+    precision: str = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (int8 needs a Q/DQ ONNX); default: the target's"),
+    output: Path = typer.Option(None, "-o", "--output", help="bundle/engine folder (default: build/<model>-<target>)"),
+    dla_core: int = typer.Option(None, "--dla-core", help="run on this DLA core, with GPU fallback (Jetson AGX/NX)"),
+    workspace: int = typer.Option(None, "--workspace", help="builder workspace in MB (default: the target's)"),
+    min_shape: str = typer.Option(None, "--min-shape", help="dynamic models: smallest input, NxCxHxW or HxW"),
+    opt_shape: str = typer.Option(None, "--opt-shape", help="dynamic models: the shape to tune for"),
+    max_shape: str = typer.Option(None, "--max-shape", help="dynamic models: largest input"),
+    max_batch: int = typer.Option(1, "--max-batch", help="dynamic batch: largest batch of the default profile"),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0..5"),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="desktop: engine also loads in newer TensorRT of the same major"),
+    tensorrt: str = typer.Option(None, "--tensorrt", help="plan for this TensorRT version instead of the target's"),
+    check_only: bool = typer.Option(False, "--check-only", help="only run the static compatibility check"),
+    force: bool = typer.Option(False, "--force", help="write the bundle even if the compatibility check finds errors"),
+    no_engine: bool = typer.Option(False, "--no-engine", help="write the bundle only, even where an engine could be built"),
+    from_plan: Path = typer.Option(None, "--from-plan", help="on the device: build from a bundle's plan.json"),
+    adopt: Path = typer.Option(None, "--adopt", help="with --from-plan: write the manifest for an engine built by trtexec"),
+    verbose: bool = typer.Option(False, "--verbose", help="show TensorRT's log"),
+) -> None:
+    """Build a TensorRT engine for a target, or (without TensorRT or the target GPU here) a bundle that builds it
+    on the device: prepared ONNX, build plan, compatibility report, build scripts."""
+    from segrt.runtime.errors import ConfigError
+
+    console = Console()
+    if from_plan is not None:
+        _from_plan(console, from_plan, adopt, verbose)
+        return
+    if model is None:
+        raise ConfigError("give an ONNX model (or --from-plan plan.json on the device)")
+
+    from segrt.engines.bundle import write_bundle
+    from segrt.engines.compat import check_model
+    from segrt.engines.model_info import inspect_model
+    from segrt.engines.plan import BuildRequest, plan_versions
+    from segrt.engines.targets import get_target
+    from segrt.engines.versions import detect_gpu, detect_tensorrt
+    from segrt.runtime.models import resolve
+
+    source = resolve(model, "onnx")
+    tgt = get_target(target)
+    shapes = {}
+    if min_shape or opt_shape or max_shape:
+        lo, opt, hi = _shape(min_shape), _shape(opt_shape), _shape(max_shape)
+        _, info = inspect_model(source)
+        given = [s for s in (lo, opt, hi) if s]
+        shapes[info.inputs[0].name] = (lo or given[0], opt or given[0], hi or given[-1])
+    request = BuildRequest(target=tgt.name, precision=precision, dla_core=dla_core, workspace_mb=workspace,
+                           shapes=shapes, max_batch=max_batch, optimization_level=opt_level,
+                           version_compatible=version_compatible, tensorrt=tensorrt)
+
+    if check_only:
+        onnx_model, info = inspect_model(source)
+        reports = [check_model(onnx_model, tgt, v, precision or ("int8" if info.quantized else tgt.default_precision),
+                               dla_core is not None, model_name=source.name) for v in plan_versions(tgt, request)]
+        _print_reports(console, reports)
+        if not all(r.ok for r in reports):
+            raise typer.Exit(2)
+        return
+
+    out = output or Path("build") / f"{source.name.removesuffix('.onnx')}-{tgt.name}"
+    with console.status(f"planning, preparing and checking {source.name} for {tgt.name}"):
+        bundle = write_bundle(source, out, tgt, request)
+    if bundle.fp16_error is not None:
+        console.print(f"FP16 ONNX vs FP32 in ONNX Runtime on real images: max relative error {bundle.fp16_error[0]:.2e}, "
+                      f"label agreement {bundle.fp16_error[1]:.4%}")
+    _print_reports(console, bundle.reports)
+    console.print(f"[green]wrote bundle[/] {out}/: " + ", ".join(f.name for f in bundle.files))
+    if not bundle.ok and not force:
+        console.print("[red]the compatibility check found errors; fix the export (or --force to keep the bundle anyway)[/]")
+        raise typer.Exit(2)
+
+    running, gpu = detect_tensorrt(), detect_gpu()
+    reason = ("--no-engine" if no_engine else "TensorRT is not installed here" if running is None
+              else "no CUDA GPU is visible here" if gpu is None
+              else f"this GPU ({gpu.name}, {gpu.sm}) is not a {tgt.name} ({tgt.sm})" if not tgt.accepts_gpu(gpu) else None)
+    if reason:
+        console.print(f"engine not built: {reason}. On the device: [bold]{out}/build_engine.sh[/] "
+                      f"(or build_engine_trtexec.sh)")
+        return
+    _from_plan(console, out / "plan.json", None, verbose)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)

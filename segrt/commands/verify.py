@@ -1,0 +1,63 @@
+"""`segrt verify MODEL.onnx --engine model.engine`: TensorRT (or a second ONNX) against ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _frames(images: Path | None, count: int):
+    import cv2
+
+    from segrt.runtime.errors import ConfigError
+    from segrt.runtime.samples import sample_frames
+
+    if images is None:
+        return sample_frames()[:count]
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:count]
+    frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths) if f is not None]
+    if not frames:
+        raise ConfigError(f"no readable images in {images}")
+    return frames
+
+
+def verify(
+    model: Path = typer.Argument(..., help="reference ONNX (runs in ONNX Runtime on the CPU)"),
+    engine: Path = typer.Option(..., "--engine", "-e", help="TensorRT engine (with its manifest), or a second ONNX"),
+    images: Path = typer.Option(None, "--images", help="folder of real images (default: segrt's sample frames)"),
+    count: int = typer.Option(8, "--count", help="number of images"),
+    atol: float = typer.Option(1e-2, "--atol"),
+    rtol: float = typer.Option(1e-2, "--rtol"),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="worst-image label agreement to pass"),
+    json_out: Path = typer.Option(None, "--json", help="write the report as JSON"),
+) -> None:
+    """Compare an engine with its ONNX on real images (Polygraphy Comparator): per-output error, label agreement."""
+    from segrt.engines.verify import verify as run_verify
+
+    console = Console()
+    frames = _frames(images, count)
+    with console.status(f"running {engine.name} and {model.name} on {len(frames)} images"):
+        report = run_verify(model, engine, frames, atol=atol, rtol=rtol, min_agreement=min_agreement)
+    table = Table(title=f"{engine.name} vs {model.name} on {report.images} images")
+    for column in ("output", "max |diff|", "mean |diff|", "max rel. L2"):
+        table.add_column(column, justify="right")
+    for o in report.outputs:
+        table.add_row(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel_l2:.3g}")
+    console.print(table)
+    console.print(f"label agreement: worst image {report.label_agreement:.4%}, mean {report.mean_label_agreement:.4%}")
+    if json_out:
+        json_out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if report.passed:
+        console.print(f"[green]PASSED[/] (atol {atol:g}, rtol {rtol:g}, agreement >= {min_agreement:.0%})")
+    else:
+        console.print(f"[red]FAILED[/] (atol {atol:g}, rtol {rtol:g}, agreement >= {min_agreement:.0%})")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
