@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from ._args import parse_size
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def export(
@@ -18,21 +21,61 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)"),
     labels: bool = typer.Option(False, "--labels", help="in-graph ArgMax: output uint8 labels instead of logits"),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="max relative error vs PyTorch on real images"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
+    calib: Path = typer.Option(None, "--calib", help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with train/"),
+    calib_count: int = typer.Option(64, "--calib-count", help="int8: calibration images, spread evenly over the folder"),
 ) -> None:
     """Export a SegFormer to ONNX (dynamo exporter), embed its metadata, and verify it against PyTorch."""
     from segrt.export.onnx_export import export_onnx
     from segrt.export.resolve import load_model
 
+    check_precision(precision, calib)
     console = Console()
     with console.status("loading checkpoint"):
         loaded = load_model(checkpoint)
     hw = parse_size(size) if size else (loaded.metadata.input_size or (512, 512))
+    fp32_out = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
     with console.status(f"exporting {'dynamic' if dynamic else f'{hw[0]}x{hw[1]}'} ONNX and verifying on real images"):
-        result = export_onnx(loaded.model, loaded.metadata, output, size=hw, dynamic=dynamic, opset=opset,
+        result = export_onnx(loaded.model, loaded.metadata, fp32_out, size=hw, dynamic=dynamic, opset=opset,
                              output="labels" if labels else "logits", tolerance=tolerance)
     console.print(f"[green]wrote[/] {result.path}  ({result.path.stat().st_size / 1e6:.1f} MB)")
     console.print(f"verified on {result.images} real images: max relative error {result.max_rel_error:.2e}, "
                   f"label agreement {result.label_agreement:.4%}")
+    if precision != "fp32":
+        convert_precision(console, precision, fp32_out, output, calib, calib_count, hw)
+
+
+def check_precision(precision: str, calib: Path | None) -> None:
+    from segrt.runtime.errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calib is None:
+        raise ConfigError("--precision int8 needs --calib DIR: a folder of real images to calibrate on (e.g. CamVid train)")
+    if precision == "fp16" and importlib.util.find_spec("segrt.export.fp16") is None:
+        raise ConfigError("--precision fp16 is not available in this installation (segrt.export.fp16 is missing)")
+
+
+def convert_precision(console: Console, precision: str, fp32_path: Path, output: Path, calib: Path | None,
+                      calib_count: int, hw: tuple[int, int]) -> None:
+    """The FP32 export (kept next to the output as NAME.fp32.onnx, the reference) -> fp16 or int8."""
+    from segrt.runtime.samples import sample_frames
+
+    if precision == "fp16":
+        from segrt.export.fp16 import export_fp16
+
+        with console.status("converting to FP16 and verifying against FP32"):
+            fp16 = export_fp16(fp32_path, output)
+        console.print(f"[green]wrote[/] {fp16.path} (FP16; {fp16.fp32_nodes} nodes kept in FP32): relative error "
+                      f"{fp16.max_rel_error:.2e}, label agreement {fp16.label_agreement:.4%} vs FP32")
+        return
+    from segrt.export.quantize import label_agreement, quantize_int8
+
+    q = quantize_int8(fp32_path, output, calib, calib_count, size=hw)  # type: ignore[arg-type]
+    agree = label_agreement(fp32_path, output, sample_frames(), size=hw)
+    console.print(f"[green]wrote[/] {q.path} (INT8 Q/DQ, calibrated on {q.calibration_images} images; quantized "
+                  f"{', '.join(f'{n} {k}' for k, n in q.quantized_nodes.items())}): label agreement with FP32 "
+                  f"{min(agree):.4%} (worst of {len(agree)} sample frames)")
 
 
 def register(app: typer.Typer) -> None:

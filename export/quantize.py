@@ -1,0 +1,246 @@
+"""INT8 post-training quantization of an exported SegFormer: static Q/DQ with ONNX Runtime's tools.
+
+The graph keeps float inputs and outputs and gains QuantizeLinear/DequantizeLinear pairs around the
+heavy operators (Conv, MatMul, Gemm), which is the explicit-quantization form both ONNX Runtime and
+TensorRT read. Choices, and why:
+
+- symmetric int8 for activations and weights, zero point 0: what TensorRT requires, so one file
+  serves the CPU and the GPU;
+- per-channel weights (axis of the output channels): SegFormer's projection weights differ by an
+  order of magnitude between channels, per-tensor scales would waste most of the int8 range;
+- LayerNormalization and Softmax stay in float (they are not in the quantized op types), as do the
+  activation-by-activation attention MatMuls by default: softmax probabilities mostly lie below
+  1/127 of their maximum and would round to zero;
+- dedicated Q/DQ pairs per consumer: ONNX Runtime's CPU provider turns a signed Q/DQ pair into its
+  faster unsigned kernels only when the Q node has a single consumer, so a shared pair would leave
+  fan-out tensors (a LayerNorm output feeding q, k and v) on a slow path.
+
+Calibration runs the float model over real images with the model's own preprocessing
+(:func:`segrt.runtime.preprocess.frames_to_input` and the metadata's size, mean and std).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+
+from segrt.runtime.datasets import IMAGE_SUFFIXES
+from segrt.runtime.errors import ConfigError, DatasetError, ExportError, ModelLoadError
+from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.preprocess import frames_to_input
+from segrt.runtime.progress import make_progress
+
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+FLOAT_OP_TYPES = ("LayerNormalization", "Softmax")  # never quantized, listed so the intent is checked
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    calibration_images: int
+    quantized_nodes: dict[str, int]  # op type -> count of nodes fed by DequantizeLinear
+    float_nodes: dict[str, int] = field(default_factory=dict)  # heavy op types left in float
+
+
+def calibration_images(calib_dir: str | Path, count: int) -> list[Path]:
+    """``count`` images spread evenly over a folder (a video's consecutive frames are near duplicates,
+    so the first N would calibrate on one scene). A dataset root with a ``train/`` folder also works."""
+    folder = Path(calib_dir)
+    if not folder.is_dir():
+        raise DatasetError(f"calibration folder {folder} does not exist")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images and (folder / "train").is_dir():
+        images = sorted(p for p in (folder / "train").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {folder}")
+    if count < 1:
+        raise ConfigError(f"calibration count must be at least 1, got {count}")
+    if count >= len(images):
+        return images
+    picks = np.linspace(0, len(images) - 1, count).round().astype(int)
+    return [images[i] for i in picks]
+
+
+def read_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ModelLoadError(f"{path}: no segrt metadata; quantize models exported with `segrt export`")
+    return ModelMetadata.from_json(props[METADATA_KEY])
+
+
+def _input_name_and_size(proto: onnx.ModelProto, meta: ModelMetadata, size: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"expected one image input, found {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    fixed = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
+    chosen = fixed or size or meta.input_size
+    if chosen is None:
+        raise ConfigError("the model has a dynamic input size: pass the calibration size (HxW)")
+    if fixed and size and tuple(size) != fixed:
+        raise ConfigError(f"calibration size {size} differs from the model's fixed input size {fixed}")
+    return inputs[0].name, (int(chosen[0]), int(chosen[1]))
+
+
+def _calibration_reader(images: Sequence[Path], input_name: str, size: tuple[int, int], meta: ModelMetadata,
+                        progress=None):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ImageReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.index = 0
+            self.task = progress.add_task("calibrating", total=len(images), info="") if progress else None
+
+        def get_next(self):
+            if self.index >= len(images):
+                return None
+            path = images[self.index]
+            self.index += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise DatasetError(f"cannot read calibration image {path}")
+            if self.task is not None:
+                progress.advance(self.task)
+            return {input_name: frames_to_input([frame], size, meta.mean, meta.std)}
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    return ImageReader()
+
+
+def attention_matmuls(proto: onnx.ModelProto) -> list[str]:
+    """MatMul nodes whose two inputs are both activations (q @ k^T, probabilities @ v)."""
+    constants = {i.name for i in proto.graph.initializer}
+    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
+
+
+def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """(quantized, float) counts of the heavy op types: quantized means its data input comes from a DequantizeLinear."""
+    dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized, floating = Counter(), Counter()
+    for n in proto.graph.node:
+        if n.op_type in QUANTIZED_OP_TYPES:
+            (quantized if n.input[0] in dq_outputs else floating)[n.op_type] += 1
+    return dict(quantized), dict(floating)
+
+
+def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Path, count: int = 64, *,
+                  size: tuple[int, int] | None = None, method: str = "minmax", quantize_attention: bool = False,
+                  per_channel: bool = True, show_progress: bool = True) -> QuantizeResult:
+    """Statically quantize ``onnx_in`` to a symmetric int8 Q/DQ graph calibrated on ``count`` images of
+    ``calib_dir``; the segrt metadata of the source is carried over (with ``extra["precision"] = "int8"``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
+    try:
+        proto = onnx.load(str(onnx_in))
+    except Exception as exc:
+        raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
+    meta = read_metadata(proto, onnx_in)
+    input_name, hw = _input_name_and_size(proto, meta, size)
+    images = calibration_images(calib_dir, count)
+    excluded = [n.name for n in proto.graph.node if n.op_type in FLOAT_OP_TYPES]
+    if not quantize_attention:
+        excluded += attention_matmuls(proto)
+    unnamed = [n for n in proto.graph.node if not n.name]
+    if unnamed:
+        raise ExportError(f"{onnx_in}: {len(unnamed)} nodes have no name; node exclusion needs names")
+    calib_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy}[method]
+    extra = {
+        "ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
+        # Output channels: axis 0 of Conv weights (O, I, kH, kW), axis 1 of MatMul weights (K, N).
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1, "Gemm": 0},
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    quant_logger = logging.getLogger("root")
+    saved_level = quant_logger.level
+    quant_logger.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
+    try:
+        with tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.") as tmp, \
+                make_progress(transient=True) if show_progress else _NoProgress() as progress:
+            raw = Path(tmp) / "quantized.onnx"
+            reader = _calibration_reader(images, input_name, hw, meta, progress if show_progress else None)
+            try:
+                quantize_static(
+                    proto, raw, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                    per_channel=per_channel, reduce_range=False, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calib_method,
+                    extra_options=extra,
+                )
+            except (DatasetError, ConfigError):
+                raise
+            except Exception as exc:
+                raise ExportError(f"INT8 quantization of {onnx_in} failed: {type(exc).__name__}: {exc}") from exc
+            quantized = onnx.load(str(raw))
+    finally:
+        quant_logger.setLevel(saved_level)
+    meta.extra = {**meta.extra, "precision": "int8",
+                  "calibration": f"{len(images)} images from {Path(calib_dir).name}, {method}, {hw[0]}x{hw[1]}"}
+    _restore_metadata(quantized, proto, meta)
+    try:
+        onnx.checker.check_model(quantized)
+    except Exception as exc:
+        raise ExportError(f"quantized graph fails onnx.checker: {exc}") from exc
+    with tempfile.NamedTemporaryFile(dir=onnx_out.parent, suffix=".onnx.tmp", delete=False) as tmp_file:
+        tmp_file.write(quantized.SerializeToString())
+    Path(tmp_file.name).replace(onnx_out)  # never leave a half-written model under the final name
+    q, f = census(quantized)
+    return QuantizeResult(onnx_out, len(images), q, f)
+
+
+def _restore_metadata(quantized: onnx.ModelProto, source: onnx.ModelProto, meta: ModelMetadata) -> None:
+    del quantized.metadata_props[:]
+    for prop in source.metadata_props:
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = prop.key, (meta.to_json() if prop.key == METADATA_KEY else prop.value)
+    quantized.producer_name = source.producer_name
+    quantized.producer_version = source.producer_version
+    quantized.doc_string = source.doc_string + " (int8 Q/DQ)"
+
+
+class _NoProgress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def label_agreement(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
+                    size: tuple[int, int] | None = None) -> list[float]:
+    """Per frame, the fraction of output pixels whose label (argmax) the two models agree on, in ONNX Runtime."""
+    import onnxruntime as ort
+
+    meta = read_metadata(onnx.load(str(reference), load_external_data=False), Path(reference))
+    hw = size or meta.input_size
+    if hw is None:
+        raise ConfigError("dynamic model: pass the comparison size (HxW)")
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (reference, candidate)]
+    out = []
+    for frame in frames:
+        x = frames_to_input([frame], hw, meta.mean, meta.std)
+        a, b = (s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions)
+        if a.ndim == 4:
+            a, b = a.argmax(1), b.argmax(1)
+        out.append(float((a == b).mean()))
+    return out

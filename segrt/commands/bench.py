@@ -1,0 +1,170 @@
+"""`segrt bench MODEL [MODEL ...]`: side-by-side latency, throughput, memory and GMAC/s, interleaved.
+
+MODEL forms (optionally ``NAME=MODEL`` to label a row):
+  model.onnx / model.engine      segrt's runtime (ONNX Runtime / TensorRT backend)
+  camvid-b0, ckpt.safetensors,   segrt's PyTorch module, eager (also ``torch:SPEC``)
+  random:b0:11
+  hf:SPEC                        transformers.SegformerForSemanticSegmentation on SPEC's weights, eager
+  hf-onnx:SPEC                   that model via plain torch.onnx.export (dynamo), ONNX Runtime defaults
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segrt.runtime.errors import ConfigError, SourceError
+
+from ._args import parse_size
+
+PEER_PREFIXES = ("hf:", "hf-onnx:", "torch:")
+
+
+def _split_label(text: str) -> tuple[str | None, str]:
+    if "=" in text and not Path(text).exists():
+        name, spec = text.split("=", 1)
+        return name.strip() or None, spec.strip()
+    return None, text
+
+
+def is_exported(spec: str) -> bool:
+    from segrt.runtime.engine import ENGINE_SUFFIXES
+
+    return spec.lower().endswith((".onnx", *ENGINE_SUFFIXES))
+
+
+def build_candidates(models: list[str], backend: str, threads: int | None, peers: bool, workdir: Path,
+                     check_frames: list) -> list:
+    """Turn MODEL arguments into benchmark candidates, peers first when asked for."""
+    from segrt.runtime.bench import segrt_candidate
+
+    specs = [_split_label(m) for m in models]
+    if peers:
+        weights = next((s for _, s in specs if not is_exported(s) and not s.startswith(PEER_PREFIXES)), None)
+        if weights is None:
+            raise ConfigError("--peers needs a checkpoint among MODEL (a bundled name such as camvid-b0, a "
+                              ".safetensors file or random:b0:11) whose weights the peers use")
+        specs = [("transformers (eager)", f"hf:{weights}"), ("transformers -> ONNX Runtime", f"hf-onnx:{weights}")] + specs
+    candidates = []
+    for name, spec in specs:
+        if is_exported(spec):
+            candidates.append(segrt_candidate(spec, name=name, backend=backend, threads=threads, macs=_graph_macs(spec)))
+            continue
+        from segrt.export import peers as p  # torch and transformers load only for checkpoints
+
+        if spec.startswith("hf:"):
+            candidates.append(p.transformers_candidate(spec[3:], threads, name=name or f"transformers {spec[3:]}",
+                                                       check_frames=check_frames))
+        elif spec.startswith("hf-onnx:"):
+            candidates.append(p.plain_onnx_candidate(spec[8:], threads, workdir, name=name or f"plain ONNX {spec[8:]}"))
+        else:
+            weights = spec.removeprefix("torch:")
+            candidates.append(p.torch_candidate(weights, threads, name=name or f"segrt PyTorch {weights}"))
+    return candidates
+
+
+def _graph_macs(path: str):
+    def macs(size: tuple[int, int]) -> int | None:
+        try:
+            from segrt.export.macs import count_macs
+        except ImportError:  # onnx is not a runtime dependency: no count, not a failure
+            return None
+        return count_macs(path, (1, 3, *size)).total
+
+    return macs
+
+
+def default_sizes(candidates: list, sizes: list[str] | None) -> list[tuple[int, int]]:
+    if sizes:
+        return [parse_size(s) for s in sizes]
+    fixed = next((c.fixed_size for c in candidates if c.fixed_size), None)
+    return [tuple(fixed) if fixed else (512, 512)]
+
+
+def print_group(console: Console, group: dict) -> None:
+    h, w = group["size"]
+    table = Table(title=f"{h}x{w}, batch 1 (network latency; end-to-end adds preprocessing and mask postprocessing)")
+    for col, justify in [("model", "left"), ("runtime", "left"), ("prec", "left"), ("p50 ms", "right"),
+                         ("p95 ms", "right"), ("e2e p50", "right"), ("FPS", "right"), ("vs first", "right"),
+                         ("GMAC", "right"), ("GMAC/s", "right"), ("% peak", "right"), ("peak MB", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in group["results"]:
+        f = lambda v, spec=".1f": "-" if v is None else format(v, spec)
+        table.add_row(r["name"], str(r["info"].get("backend", r["kind"])), r["precision"], f(r["latency_ms"]["p50"]),
+                      f(r["latency_ms"]["p95"]), f(r["end_to_end_ms"]["p50"]), f(r["throughput_fps"]),
+                      f"{r['speedup_vs_first']:.2f}x", f(r["gmacs"], ".2f"), f(r["gmacs_per_s"]), f(r["pct_of_peak"]),
+                      f(r["memory_mb"]["peak"], ".0f"))
+    console.print(table)
+    for p in group["probes"]:
+        console.print(f"  peak probe {p['name']} (threads {p['threads']}): {p['gmacs_per_s']:.1f} GMAC/s")
+    for s in group["skipped"]:
+        console.print(f"  [yellow]skipped[/] {s['name']}: {s['reason']}")
+
+
+def bench(
+    models: list[str] = typer.Argument(..., help="ONNX files, engines, checkpoints/bundled names, hf:SPEC, hf-onnx:SPEC; NAME=MODEL labels a row"),
+    size: list[str] = typer.Option(None, "--size", help="input size HxW; repeat for several (default: the models' own, else 512x512)"),
+    backend: str = typer.Option("auto", "--backend", help="for ONNX/engines: auto, onnxruntime, ort-cuda, ort-tensorrt, tensorrt"),
+    threads: int = typer.Option(None, "--threads", help="intra-op threads for every candidate (default: all CPUs of this process)"),
+    runs: int = typer.Option(20, "--runs", help="timed runs per candidate (interleaved)"),
+    warmup: int = typer.Option(3, "--warmup", help="untimed runs per candidate after loading"),
+    peers: bool = typer.Option(False, "--peers", help="put transformers eager and its plain ONNX Runtime export (weights of the first checkpoint) first"),
+    peak: bool = typer.Option(True, "--peak/--no-peak", help="time large matmuls in the same run for the machine's peak GMAC/s"),
+    frame_path: Path = typer.Option(None, "--frame", help="image the pipeline is timed on (default: a bundled street frame)"),
+    json_out: Path = typer.Option(None, "--json", help="write all numbers as JSON"),
+    markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown"),
+    workdir: Path = typer.Option(Path("out/bench"), "--workdir", help="where peer ONNX exports are written"),
+) -> None:
+    """Benchmark models side by side: interleaved runs, p50/p95, FPS, memory, GMAC/s vs the machine's peak."""
+    import cv2
+
+    from segrt.runtime.bench import benchmark_size, environment, markdown_table
+    from segrt.runtime.peak import default_probes
+    from segrt.runtime.progress import make_progress
+    from segrt.runtime.samples import sample_frames
+
+    # Wide enough for the table when the output is a log file rather than a terminal.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if frame_path is not None:
+        frame = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise SourceError(f"cannot read image {frame_path}")
+    else:
+        frame = sample_frames()[1]
+    with console.status("preparing candidates"):
+        candidates = build_candidates(models, backend, threads, peers, workdir, [frame])
+    sizes = default_sizes(candidates, size)
+    console.print(f"{len(candidates)} candidate(s), sizes {', '.join(f'{h}x{w}' for h, w in sizes)}, {threads} thread(s), "
+                  f"{warmup} warm-up + {runs} interleaved runs each")
+    groups = []
+    with make_progress() as progress:
+        for hw in sizes:
+            groups.append(benchmark_size(candidates, hw, frame, runs=runs, warmup=warmup,
+                                         probes=default_probes(threads) if peak else (), progress=progress))
+    for group in groups:
+        print_group(console, group)
+    report = {"environment": environment(threads),
+              "settings": {"runs": runs, "warmup": warmup, "threads": threads, "interleaved": True,
+                           "frame": str(frame_path) if frame_path else "bundled sample frame",
+                           "frame_size": list(frame.shape[:2])},
+              "groups": groups}
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"wrote {json_out}")
+    if markdown_out:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text("\n\n".join(markdown_table(g) for g in groups) + "\n")
+        console.print(f"wrote {markdown_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
