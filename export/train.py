@@ -172,8 +172,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     samples = TrainSamples(train_set, AugmentConfig(tuple(cfg.base_size), tuple(cfg.crop), tuple(cfg.scale)),
                            cfg.seed, meta.mean, meta.std)
     sampler = range(start * cfg.batch_size, cfg.iterations * cfg.batch_size)
+    # A private generator: the loader's worker seeding must not draw from the global RNG that drop-path
+    # uses, or a resumed run would diverge from an uninterrupted one.
     loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        persistent_workers=False, drop_last=True)
+                        persistent_workers=False, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
     dtype = amp_dtype(cfg, device)
     t0 = time.time()
 
@@ -215,6 +217,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             opt.step()
             it += 1
             progress.update(task, completed=it, info=f"loss {loss.item():.3f} lr {lr_at(it, cfg):.2e}")
+            if not progress.console.is_terminal and it % 25 == 0:  # logs and CI have no live bar
+                log(f"iter {it}/{cfg.iterations} loss {loss.item():.3f} lr {lr_at(it, cfg):.2e} "
+                    f"elapsed {elapsed_before + time.time() - t0:.0f}s")
             if it % cfg.val_every == 0 or it == cfg.iterations:
                 validate(it)
                 save_state(it)

@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from segrt.runtime.errors import SegrtError
 
@@ -32,7 +33,8 @@ def main() -> None:
     try:
         app()
     except SegrtError as exc:
-        err.print(f"[bold red]error[/] ({type(exc).__name__}): {exc}")
+        # soft_wrap: one line per error in logs; Text: paths with [brackets] are not markup.
+        err.print(Text.assemble(("error", "bold red"), f" ({type(exc).__name__}): {exc}"), soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -1,0 +1,124 @@
+"""Engine: frames in, masks at the frame's resolution out; typed errors for bad input and bad files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from segrt import Engine
+from segrt.runtime.errors import BackendUnavailableError, InputError, ModelLoadError, SegrtError
+
+
+@pytest.fixture(scope="module")
+def engine(b0_onnx):
+    return Engine(b0_onnx)
+
+
+def test_infer_returns_mask_at_frame_resolution(engine, camvid_frame):
+    mask = engine.infer(camvid_frame)
+    assert mask.shape == camvid_frame.shape[:2] and mask.dtype == np.uint8
+    assert mask.max() < len(engine.classes)
+    assert len(np.unique(mask)) > 1  # a real image through random weights still gives several classes
+
+
+def test_infer_agrees_with_logits_argmax(engine, camvid_frame):
+    import cv2
+
+    logits = engine.logits(camvid_frame)
+    assert logits.shape == (11, 64, 80)
+    small = cv2.resize(camvid_frame, (80, 64))  # frame size == logit size: the mask is the plain argmax
+    assert np.array_equal(engine.infer(small), engine.logits(small).argmax(0).astype(np.uint8))
+    full = engine.infer(camvid_frame)
+    # Upsampled-logit argmax agrees with nearest-upsampled low-res labels on most pixels.
+    nearest = cv2.resize(logits.argmax(0).astype(np.uint8), (480, 360), interpolation=cv2.INTER_NEAREST)
+    assert (full == nearest).mean() > 0.9
+
+
+def test_batch_equals_single(engine, camvid_frame):
+    other = np.ascontiguousarray(camvid_frame[::-1])
+    batch = engine.infer_batch([camvid_frame, other, camvid_frame[:200, :300]])
+    assert np.array_equal(batch[0], engine.infer(camvid_frame))
+    assert np.array_equal(batch[1], engine.infer(other))
+    assert batch[2].shape == (200, 300)
+
+
+def test_metadata_properties(engine):
+    assert engine.input_size == (256, 320)
+    assert len(engine.palette) == len(engine.classes) == 11
+    assert engine.backend_name == "onnxruntime:cpu"
+
+
+def test_grayscale_and_bgra_follow_the_documented_rule(engine, camvid_frame):
+    import cv2
+
+    gray = cv2.cvtColor(camvid_frame, cv2.COLOR_BGR2GRAY)
+    assert np.array_equal(engine.infer(gray), engine.infer(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)))
+    bgra = cv2.cvtColor(camvid_frame, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(engine.infer(bgra), engine.infer(camvid_frame))
+    view = camvid_frame[:, ::2]  # non-contiguous view
+    assert engine.infer(view).shape == view.shape[:2]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((10, 10, 3), np.float32), "dtype"),
+    (np.zeros((10, 10, 2), np.uint8), "channels"),
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+    (np.zeros((2, 10, 10, 3, 1), np.uint8), "shape"),
+    ("frame.png", "numpy array"),
+])
+def test_bad_frames_raise_input_error(engine, bad, match):
+    with pytest.raises(InputError, match=match):
+        engine.infer(bad)
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Engine(tmp_path / "missing.onnx")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Engine(tmp_path / "corrupt.onnx")
+    with pytest.raises(ModelLoadError, match="bundled"):
+        Engine("no-such-model")
+    with pytest.raises(BackendUnavailableError):
+        Engine(tmp_path / "corrupt.onnx", backend="warp-drive")
+
+
+def test_every_error_is_a_segrt_error():
+    from segrt.runtime import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert len(classes) > 10 and all(issubclass(c, SegrtError) for c in classes)
+
+
+def test_runtime_runs_without_torch(b0_onnx, camvid_root):
+    """The robot-side runtime must import and run with torch absent."""
+    code = f"""
+import sys
+sys.modules['torch'] = None  # any 'import torch' now raises ImportError
+import glob, cv2
+from segrt import Engine
+from segrt.runtime import overlay, datasets, metrics, evaluate
+e = Engine({str(b0_onnx)!r})
+f = cv2.imread(sorted(glob.glob({str(camvid_root / 'val' / '*.png')!r}))[0])
+m = e.infer(f)
+assert m.shape == f.shape[:2]
+assert 'torch' not in {{k for k, v in sys.modules.items() if v is not None}}
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_overlay_colours_each_class(engine, camvid_frame):
+    from segrt.runtime.overlay import colorize, overlay
+
+    mask = engine.infer(camvid_frame)
+    colour = colorize(mask, engine.palette)
+    r, g, b = engine.palette[int(mask[0, 0])]
+    assert tuple(colour[0, 0]) == (b, g, r)
+    blended = overlay(camvid_frame, mask, engine.palette, alpha=0.5)
+    assert blended.shape == camvid_frame.shape and blended.dtype == np.uint8
