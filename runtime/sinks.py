@@ -51,7 +51,7 @@ class VideoSink:
     def write(self, image: np.ndarray) -> None:
         if self._writer is None:
             self.size = (image.shape[1], image.shape[0])
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, self.size)
             if not self._writer.isOpened():
                 self._writer = None
                 raise OutputError(f"cannot write video {self.path} with codec {self.fourcc} (is the suffix .mp4/.avi?)")

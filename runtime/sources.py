@@ -269,7 +269,7 @@ def _camera_properties(options: dict[str, str]) -> dict[int, float]:
     if fourcc:
         if len(fourcc) != 4:
             raise ConfigError(f"fourcc must have 4 characters (e.g. MJPG), got {fourcc!r}")
-        props[cv2.CAP_PROP_FOURCC] = cv2.VideoWriter_fourcc(*fourcc)
+        props[cv2.CAP_PROP_FOURCC] = cv2.VideoWriter.fourcc(*fourcc)
     for key, prop in (("width", cv2.CAP_PROP_FRAME_WIDTH), ("height", cv2.CAP_PROP_FRAME_HEIGHT), ("fps", cv2.CAP_PROP_FPS)):
         value = _int_option(options, key, None)
         if value is not None:

@@ -371,7 +371,7 @@ class Stream:
                 if period:
                     due = max(due + period, time.perf_counter() - period)
                     self._stop_capture.wait(max(0.0, due - time.perf_counter()))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised in the caller's thread
             if isinstance(exc, SegrtError) or not isinstance(exc, Exception):
                 marker = _End(exc)
             else:  # a foreign source's own exception: keep it as the cause of a SourceError
@@ -433,7 +433,7 @@ class Stream:
                 timing = FrameTiming(captured, infer_ms=(time.perf_counter() - start) * 1000)
                 if not self._put("results", self._results, StreamResult(index, frame, mask, timing)):
                     return
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised in the caller's thread
             marker = _End(exc)
             self._stop_capture.set()
         finally:
@@ -453,7 +453,7 @@ class Stream:
                 item.timing.render_ms = (time.perf_counter() - start) * 1000
                 if not self._put("rendered", self._rendered, item):
                     return
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - not swallowed: re-raised in the caller's thread
             marker = _End(exc)
             self._stop_capture.set()
         finally:

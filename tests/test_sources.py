@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import BIKES
 from mjpeg_camera import MjpegCamera
-
 from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
 from segrt.runtime.sources import (
     FrameSource,
@@ -93,13 +92,13 @@ def test_numbered_frames_sort_naturally(tmp_path, camvid_root):
 
 
 def test_single_image_is_a_one_frame_source(camvid_frame, camvid_root):
-    path = sorted((camvid_root / "val").glob("*.png"))[0]
+    path = min((camvid_root / "val").glob("*.png"))
     frames = list(open_source(path))
     assert len(frames) == 1 and np.array_equal(frames[0], camvid_frame)
 
 
 def test_unreadable_image_in_a_folder_raises(tmp_path, camvid_root):
-    shutil.copy(sorted((camvid_root / "val").glob("*.png"))[0], tmp_path / "a.png")
+    shutil.copy(min((camvid_root / "val").glob("*.png")), tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"not a png")
     source = open_source(tmp_path)
     assert source.read() is not None

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from conftest import BIKES
 from mjpeg_camera import MjpegCamera
-
 from segrt.runtime.engine import Engine
 from segrt.runtime.errors import ConfigError, InputError, SegrtError, SourceError
 from segrt.runtime.hud import OverlayRenderer
@@ -73,7 +72,7 @@ def consume(stream, limit=None):
                 results.append(r)
                 if limit is not None and len(results) >= limit:
                     break
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test, which checks its type
             error.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -263,3 +262,14 @@ def test_a_stream_runs_once_and_validates_options():
         Stream(ThresholdEngine(), str(BIKES), policy="newest")
     with pytest.raises(SourceError):
         Stream(ThresholdEngine(), "no_such_video.mp4")
+
+
+def test_latest_policy_on_a_file_accounts_for_every_frame(bikes_frames):
+    # A file under "latest" is played like a camera: each frame is either delivered or counted as dropped.
+    stream = Stream(ThresholdEngine(), str(BIKES), policy="latest", max_frames=25)
+    results, error = consume(stream)
+    assert error is None and results
+    indices = [r.index for r in results]
+    assert indices == sorted(set(indices)) and indices[-1] == 24  # the last frame is never dropped
+    assert stream.stats.captured == 25 == stream.stats.delivered + stream.stats.dropped
+    assert all(np.array_equal(r.frame, bikes_frames[r.index]) for r in results)

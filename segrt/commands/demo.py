@@ -37,7 +37,7 @@ def demo(
     from segrt.runtime.progress import make_progress
     from segrt.runtime.sinks import MaskSink, VideoSink, Window, gui_available
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long paths stay on one line, for logs and scripts
     if source is None:
         if not SAMPLE_VIDEO.is_file():
             raise SourceError(f"the bundled sample video {SAMPLE_VIDEO} is missing; pass a SOURCE")

@@ -1,0 +1,164 @@
+"""Streaming throughput on a video file vs. 1 / (bare Engine.infer latency), measured in one run.
+
+    python benchmarks/stream_bench.py                      # camvid-b0 on examples/media/bikes.mp4
+    python benchmarks/stream_bench.py --model /tmp/b0.onnx --frames 100 --rounds 3
+
+The question: does pipelining (decode, inference and rendering in overlapped threads) keep the
+network busy, i.e. is the streaming frame rate close to what back-to-back ``Engine.infer`` calls on
+frames already in memory would give? Goal: >= 0.9x.
+
+Each round times, one after the other on the same frames:
+  bare           Engine.infer on every decoded frame, one after another (no decode, nothing else)
+  stream         Engine.stream(file): decode + inference in threads, masks to the caller
+  stream+render  the same plus the overlay/legend/HUD renderer and writing an MP4, as `segrt demo` does
+Rounds interleave the three so that load from other processes hits all of them alike. Stream rates
+are frames / wall time of the whole pass, pipeline fill included (conservative).
+
+Writes benchmarks/results/stream.json and stream.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from segrt.runtime.engine import Engine
+from segrt.runtime.hud import OverlayRenderer
+from segrt.runtime.progress import make_progress
+from segrt.runtime.sinks import VideoSink
+from segrt.runtime.sources import open_source
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+GOAL = 0.9
+
+
+def display_path(path: str | Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def bare_pass(engine: Engine, frames: list[np.ndarray], tick) -> dict:
+    latencies = []
+    start = time.perf_counter()
+    for frame in frames:
+        t = time.perf_counter()
+        engine.infer(frame)
+        latencies.append(time.perf_counter() - t)
+        tick()
+    wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"frames": len(frames), "wall_s": wall, "latency_ms_mean": float(lat.mean()),
+            "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
+            "fps": 1000.0 / float(lat.mean())}
+
+
+def stream_pass(engine: Engine, source: str, frames: int, tick, render: bool, scratch: Path) -> dict:
+    start = time.perf_counter()
+    renderer = OverlayRenderer.for_engine(engine) if render else None
+    with engine.stream(source, max_frames=frames, render=renderer) as stream:
+        if render:
+            with VideoSink(scratch / "bench.mp4", fps=stream.source.fps or 25) as video:
+                for result in stream:
+                    video.write(result.image)
+                    tick()
+        else:
+            for _ in stream:
+                tick()
+    wall = time.perf_counter() - start
+    stats = stream.stats
+    return {"frames": stats.delivered, "wall_s": wall, "fps": stats.delivered / wall, "steady_fps": stats.fps,
+            "latency_ms_p50": stats.latency_ms(50), "latency_ms_p95": stats.latency_ms(95),
+            "infer_ms_p50": stats.infer_ms(50), "dropped": stats.dropped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="camvid-b0")
+    parser.add_argument("--source", default=str(REPO / "examples" / "media" / "bikes.mp4"))
+    parser.add_argument("--frames", type=int, default=250, help="frames per pass (the sample video has 250)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "stream")
+    args = parser.parse_args()
+
+    engine = Engine(args.model, threads=args.threads)
+    frames = list(open_source(args.source))[: args.frames]
+    n = len(frames)
+    for frame in frames[:5]:  # warm-up: first runs allocate arenas and pick kernels
+        engine.infer(frame)
+    load_before = os.getloadavg()
+    rounds = []
+    with make_progress() as progress, tempfile.TemporaryDirectory() as scratch:
+        task = progress.add_task("benchmark", total=3 * n * args.rounds, info="")
+
+        def tick() -> None:
+            progress.advance(task)
+
+        for r in range(args.rounds):
+            progress.update(task, info=f"round {r + 1}: bare")
+            bare = bare_pass(engine, frames, tick)
+            progress.update(task, info=f"round {r + 1}: stream")
+            stream = stream_pass(engine, args.source, n, tick, False, Path(scratch))
+            progress.update(task, info=f"round {r + 1}: stream+render")
+            rendered = stream_pass(engine, args.source, n, tick, True, Path(scratch))
+            rounds.append({"bare": bare, "stream": stream, "stream_render": rendered,
+                           "ratio": stream["fps"] / bare["fps"], "ratio_render": rendered["fps"] / bare["fps"]})
+
+    # Pooled over rounds: total frames / total time, the same frames for all three.
+    bare_fps = sum(x["bare"]["frames"] for x in rounds) / sum(x["bare"]["frames"] / x["bare"]["fps"] for x in rounds)
+    stream_fps = sum(x["stream"]["frames"] for x in rounds) / sum(x["stream"]["wall_s"] for x in rounds)
+    render_fps = sum(x["stream_render"]["frames"] for x in rounds) / sum(x["stream_render"]["wall_s"] for x in rounds)
+    result = {
+        "benchmark": "stream", "model": display_path(engine.path), "backend": engine.backend_name,
+        "input_size": list(engine.input_size or ()), "source": display_path(args.source),
+        "frames_per_pass": n, "rounds": args.rounds, "threads": args.threads,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
+        "bare_fps": bare_fps, "stream_fps": stream_fps, "stream_render_fps": render_fps,
+        "ratio": stream_fps / bare_fps, "ratio_render": render_fps / bare_fps, "goal": GOAL,
+        "per_round": rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "# Streaming throughput vs. bare inference",
+        "",
+        (f"Model `{r['model']}` ({r['backend']}, input {'x'.join(map(str, r['input_size']))}), "
+         f"source `{r['source']}`, {r['frames_per_pass']} frames per pass, {r['rounds']} interleaved rounds; "
+         f"{r['machine']['cpus']} CPUs, load average {r['machine']['load_avg_1m_before']} -> "
+         f"{r['machine']['load_avg_1m_after']} (other processes). Measured {r['date']} with "
+         "`python benchmarks/stream_bench.py`."),
+        "",
+        "| round | bare infer FPS (1 / mean latency) | stream FPS | ratio | stream + render + MP4 FPS | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, x in enumerate(r["per_round"], 1):
+        lines.append(f"| {i} | {x['bare']['fps']:.2f} ({x['bare']['latency_ms_mean']:.0f} ms) | {x['stream']['fps']:.2f} | "
+                     f"{x['ratio']:.3f} | {x['stream_render']['fps']:.2f} | {x['ratio_render']:.3f} |")
+    lines += [
+        (f"| **all** | **{r['bare_fps']:.2f}** | **{r['stream_fps']:.2f}** | **{r['ratio']:.3f}** | "
+         f"**{r['stream_render_fps']:.2f}** | **{r['ratio_render']:.3f}** |"),
+        "",
+        (f"Goal: stream / bare >= {r['goal']}: {'met' if r['ratio'] >= r['goal'] else 'NOT met'} "
+         f"({r['ratio']:.3f}; with rendering and video writing {r['ratio_render']:.3f})."),
+        ("Stream FPS = frames / wall time of the whole pass, including decoding and pipeline fill. "
+         "Bare = `Engine.infer` back to back on frames already decoded in memory."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
