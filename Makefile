@@ -24,6 +24,7 @@ test: $(STAMP)  ## the test suite (GPU tests skip cleanly without a GPU)
 	$(MAKE) typecheck
 
 typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
+	$(BIN)/python tools/trt_typings.py
 	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends
 
 lint: $(STAMP)

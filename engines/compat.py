@@ -25,7 +25,7 @@ from .versions import TrtVersion
 SEVERITIES = ("error", "warning", "info")
 
 # Operators the TensorRT 10 ONNX parser imports (operators.md, TensorRT 10.15 edition).
-SUPPORTED_OPS = frozenset("""
+_SUPPORTED_OPS_TEXT = """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BlackmanWindow
 Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv
 DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
@@ -39,7 +39,8 @@ ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSqu
 ReverseSequence RNN RoiAlign Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink
 Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
 ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+"""
+SUPPORTED_OPS = frozenset(_SUPPORTED_OPS_TEXT.split())
 # Opset 23/24 operators, first parsed by the releases that read opset 24.
 OPS_SINCE = {"Attention": (10, 15), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15), "TensorScatter": (10, 15)}
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
@@ -266,7 +267,7 @@ class _Checker:
     def check_types(self) -> None:
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False)
-        except Exception as exc:  # shape inference is best-effort here; the parser does its own
+        except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:  # best effort: the parser infers its own
             self.add("info", "shape-inference", f"ONNX shape inference failed ({exc}); type rules skipped")
             return
         io = {v.name for v in inferred.graph.input} | {v.name for v in inferred.graph.output}

@@ -64,7 +64,7 @@ def _runner(path: Path, onnx_bytes_for: str):
 def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
            atol: float = 1e-2, rtol: float = 1e-2, min_agreement: float = 0.99, quiet: bool = True) -> VerifyReport:
     """Run both models on ``frames`` (BGR uint8) and compare every output."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     if quiet:
@@ -82,7 +82,7 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
 
     runners = [_runner(candidate, "candidate"), _runner(reference, "reference")]
     results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
 
     cand_iters, ref_iters = results[0][1], results[1][1]
     outputs: dict[str, OutputError] = {}

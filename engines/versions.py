@@ -112,7 +112,7 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
         return None
     try:
         err, count = cudart.cudaGetDeviceCount()
-    except Exception:  # no driver library at all
+    except (RuntimeError, OSError):  # no driver library at all
         return None
     if err != cudart.cudaError_t.cudaSuccess or count <= index:
         return None

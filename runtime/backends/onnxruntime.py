@@ -50,6 +50,8 @@ def _classify_load_error(path: Path, exc: Exception) -> ModelLoadError:
 
 
 class OnnxRuntimeBackend:
+    input_shape: tuple[int | None, int | None, int | None, int | None]
+
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         ort = _ort()
         self.path = Path(path)

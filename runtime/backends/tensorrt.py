@@ -16,6 +16,7 @@ a lock; open one Engine per thread for parallel inference on one GPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import threading
@@ -210,7 +211,7 @@ class TensorRTBackend:
         try:
             lo, opt, hi = (self._dims(d) for d in self._engine.get_tensor_profile_shape(self.input_name, 0))
             return f"min {lo}, opt {opt}, max {hi}"
-        except Exception:
+        except (RuntimeError, TypeError, ValueError):
             return "(unknown)"
 
     def _enqueue(self, buffers: _Buffers) -> None:
@@ -291,7 +292,6 @@ class TensorRTBackend:
             self._runtime = None  # type: ignore[assignment]
 
     def __del__(self) -> None:
-        try:
+        # Interpreter shutdown may already have torn down cuda-python; never raise from a finalizer.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -1,0 +1,121 @@
+"""`segrt build` off the device: the bundle (prepared ONNX, plan, report, scripts) for a real export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
+
+from segrt.engines.bundle import trtexec_command, verify_bundle_file, write_bundle
+from segrt.engines.plan import BuildRequest, PlanFile
+from segrt.engines.targets import get_target
+from segrt.engines.versions import TrtVersion
+from segrt.runtime.errors import BackendUnavailableError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def orin_bundle(b0_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("orin-bundle")
+    return write_bundle(b0_onnx, out, get_target("jetson-orin"), BuildRequest("jetson-orin", precision="fp16"))
+
+
+def test_orin_bundle_is_complete_and_clean(orin_bundle, b0_onnx):
+    out = orin_bundle.directory
+    names = {p.name for p in out.iterdir()}
+    assert {"b0.onnx", "plan.json", "compatibility.txt", "compatibility.json", "build_engine.sh",
+            "build_engine_trtexec.sh"} <= names
+    assert "b0.fp16.onnx" not in names  # TensorRT 10.3 builds FP16 from the FP32 ONNX with the FP16 flag
+    assert orin_bundle.clean, "".join(r.to_text() for r in orin_bundle.reports)
+    assert (out / "b0.onnx").read_bytes() == b0_onnx.read_bytes()
+
+    plan_file = PlanFile.load(out / "plan.json")
+    (plan,) = plan_file.plans
+    assert plan.tensorrt == "10.3" and "FP16" in plan.builder_flags and plan.engine == "b0.jetson-orin.fp16.engine"
+    assert plan_file.model["inputs"][0]["shape"] == [1, 3, 256, 320]
+    report = json.loads((out / "compatibility.json").read_text())
+    assert report[0]["clean"] and report[0]["target"] == "jetson-orin"
+
+    script = (out / "build_engine.sh").read_text()
+    assert "segrt build --from-plan plan.json" in script and (out / "build_engine.sh").stat().st_mode & 0o111
+    trtexec = (out / "build_engine_trtexec.sh").read_text()
+    assert trtexec_command(plan).removeprefix("trtexec ") in trtexec and "--adopt b0.jetson-orin.fp16.engine" in trtexec
+
+
+def test_trtexec_lines_follow_the_plan(orin_bundle):
+    plan = orin_bundle.plan_file.plans[0]
+    line = trtexec_command(plan)
+    assert "--onnx=b0.onnx" in line and "--fp16" in line and "--stronglyTyped" not in line
+    assert "--memPoolSize=workspace:2048M" in line and "--timingCacheFile=timing.cache" in line
+    dla = trtexec_command(type(plan)(**{**plan.__dict__, "dla_core": 1}))
+    assert "--useDLACore=1" in dla and "--allowGPUFallback" in dla
+
+
+def test_bundle_files_are_hash_checked(orin_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(orin_bundle.directory, copy)
+    plan_file = PlanFile.load(copy / "plan.json")
+    assert verify_bundle_file(copy, "b0.onnx", plan_file).is_file()
+    with open(copy / "b0.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ConfigError, match="changed after the bundle was written"):
+        verify_bundle_file(copy, "b0.onnx", plan_file)
+
+
+def test_jp7_bundle_plans_both_tensorrt_majors(b0_onnx, tmp_path):
+    bundle = write_bundle(b0_onnx, tmp_path, get_target("jetson-orin-jp7"), BuildRequest("jetson-orin-jp7"))
+    p10 = bundle.plan_file.for_version(TrtVersion(10, 16, 1))
+    p11 = bundle.plan_file.for_version(TrtVersion(11, 4, 1))
+    assert not p10.strongly_typed and p10.onnx == "b0.onnx"
+    assert p11.strongly_typed and p11.onnx == "b0.fp16.onnx" and (tmp_path / "b0.fp16.onnx").is_file()
+    assert [r.model for r in bundle.reports] == ["b0.onnx", "b0.fp16.onnx"] and bundle.clean
+    err, agreement = bundle.fp16_error
+    assert err < 0.05 and agreement > 0.99
+    trtexec = (tmp_path / "build_engine_trtexec.sh").read_text()
+    assert "10)" in trtexec and "11)" in trtexec and "--stronglyTyped" in trtexec
+
+
+def _broken_model(path):
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    node = helper.make_node("Resize", ["pixel_values", "", "scales"], ["output"], name="cubic_upsample", mode="cubic")
+    graph = helper.make_graph([node], "broken",
+                              [helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 3, 64, 64])], [scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cli_build_writes_a_bundle_and_refuses_broken_graphs(b0_onnx, tmp_path):
+    from segrt.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["build", str(b0_onnx), "--target", "jetson-orin", "--precision", "fp16",
+                                 "-o", str(tmp_path / "ok"), "--no-engine"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "clean" in result.output and (tmp_path / "ok" / "plan.json").is_file()
+
+    broken = _broken_model(tmp_path / "broken.onnx")
+    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "-o", str(tmp_path / "bad")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "cubic_upsample" in result.output and "[resize]" in result.output
+    assert "cubic_upsample" in (tmp_path / "bad" / "compatibility.txt").read_text()
+
+    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--check-only"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "FAILS" in result.output
+
+
+def test_from_plan_needs_tensorrt_on_the_device(orin_bundle):
+    from segrt.cli import app
+    from segrt.engines.versions import detect_tensorrt
+
+    if detect_tensorrt() is not None:
+        pytest.skip("TensorRT is installed here")
+    result = CliRunner().invoke(app, ["build", "--from-plan", str(orin_bundle.directory / "plan.json")])
+    assert isinstance(result.exception, BackendUnavailableError)
