@@ -206,13 +206,15 @@ class Stream:
 
     ``policy``: "all", "latest" or "auto" (latest for live sources). ``render(result, stats)`` runs in
     its own thread and its return value arrives as ``result.image``. ``queue_size`` bounds each
-    hand-over of the "all" policy. ``max_frames`` stops after that many frames read. A stream runs once;
-    leaving the ``with`` block or the loop stops its threads and closes a source it opened.
+    hand-over of the "all" policy. ``max_frames`` stops after that many frames read. ``read_timeout``:
+    a source blocked in one read or reopen for longer (a hung driver or network) is reported to the
+    caller as :class:`SourceError` instead of stalling it. A stream runs once; leaving the ``with``
+    block or the loop stops its threads and closes a source it opened.
     """
 
     def __init__(self, engine: Engine, source: int | str | FrameSource | Any, *, policy: str = "auto",
                  render: Renderer | None = None, queue_size: int = 1, reconnect: Reconnect | None = None,
-                 max_frames: int | None = None, stop_timeout: float = 5.0):
+                 max_frames: int | None = None, read_timeout: float | None = 30.0, stop_timeout: float = 5.0):
         if policy not in POLICIES:
             raise ConfigError(f"stream policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if queue_size < 1:
@@ -224,7 +226,9 @@ class Stream:
         self.render = render
         self.reconnect = reconnect or Reconnect()
         self.max_frames = max_frames
+        self.read_timeout = read_timeout
         self.stop_timeout = stop_timeout
+        self._busy_since: float | None = None  # when the capture thread entered source.read()/open()
         self.stats = StreamStats()
         self._stop = threading.Event()  # the caller is done: every thread exits
         self._stop_capture = threading.Event()  # also set when a later stage failed: no point reading on
@@ -272,6 +276,10 @@ class Stream:
                 return hand_over.get(timeout=POLL)
             except queue.Empty:
                 pass
+            since = self._busy_since
+            if self.read_timeout is not None and since is not None and time.monotonic() - since > self.read_timeout:
+                raise SourceError(f"{self.source.name}: no frame for {self.read_timeout:g} s, the source is blocked "
+                                  "(hung driver or network)")
             # Every stage forwards an end marker before it exits, so an empty hand-over with no live
             # producer means a thread died without one: fail rather than wait forever.
             if not any(t.is_alive() for t in self._threads):
@@ -348,7 +356,7 @@ class Stream:
                         break
                     has_room = True
                 try:
-                    frame = self.source.read()
+                    frame = self._timed(self.source.read)
                 except SourceDisconnectedError as exc:
                     if not self.source.live:
                         raise
@@ -381,6 +389,14 @@ class Stream:
         finally:
             self._end("frames", self._frames, marker)
 
+    def _timed(self, call: Callable[[], Any]) -> Any:
+        """Run a source call with the read-timeout watchdog armed."""
+        self._busy_since = time.monotonic()
+        try:
+            return call()
+        finally:
+            self._busy_since = None
+
     def _wait_for_room(self) -> bool:
         while not self._stop_capture.is_set():
             if self._room.acquire(timeout=POLL):
@@ -399,7 +415,7 @@ class Stream:
                 return False
             attempts += 1
             try:
-                self.source.open()
+                self._timed(self.source.open)
                 log.warning("%s is back after %d attempt(s)", self.source.name, attempts)
                 return True
             except SourceError as exc:

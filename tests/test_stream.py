@@ -273,3 +273,21 @@ def test_latest_policy_on_a_file_accounts_for_every_frame(bikes_frames):
     assert indices == sorted(set(indices)) and indices[-1] == 24  # the last frame is never dropped
     assert stream.stats.captured == 25 == stream.stats.delivered + stream.stats.dropped
     assert all(np.array_equal(r.frame, bikes_frames[r.index]) for r in results)
+
+
+def test_a_source_blocked_in_read_is_reported_not_waited_on(bikes_frames):
+    release = threading.Event()
+
+    class HungCamera(ListSource):
+        def read(self):
+            if self.reads == 3:
+                release.wait(TIMEOUT)  # a driver stuck inside read()
+            return super().read()
+
+    try:
+        stream = Stream(ThresholdEngine(), HungCamera(bikes_frames, live=True), read_timeout=0.5, stop_timeout=0.1)
+        results, error = consume(stream)
+    finally:
+        release.set()
+    assert isinstance(error, SourceError) and "blocked" in str(error)
+    assert 1 <= len(results) <= 3
