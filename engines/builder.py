@@ -98,6 +98,8 @@ def _progress_monitor(enabled: bool) -> trt.IProgressMonitor | None:
 def parse_onnx(plan: BuildPlan, onnx_path: Path, logger: _Logger) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
     import tensorrt as trt
 
+    # Standard plugins (e.g. ScatterElements with a reduction) must be registered before parsing.
+    trt.init_libnvinfer_plugins(logger.logger, "")
     builder = trt.Builder(logger.logger)
     flags = 0
     if plan.strongly_typed:
@@ -249,6 +251,7 @@ def adopt_engine(plan: BuildPlan, engine_path: str | Path, onnx_path: str | Path
         raise BackendUnavailableError("no CUDA GPU is visible to cuda-python")
     data = engine_path.read_bytes()
     logger = _Logger(False)
+    trt.init_libnvinfer_plugins(logger.logger, "")
     runtime = trt.Runtime(logger.logger)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:

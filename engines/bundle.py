@@ -109,13 +109,13 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     source, out = Path(source), Path(out_dir)
     model, info = inspect_model(source)
     stem = source.name.removesuffix(".onnx")
-    if stem.endswith(".fp16"):
-        raise ConfigError(f"{source.name}: pass the FP32 ONNX; segrt makes the FP16 variant when a plan needs it")
+    for suffix in (".fp32", ".fp16", ".int8"):  # `segrt export --precision` names; the bundle adds its own
+        stem = stem.removesuffix(suffix)
     plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
 
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    plain = out / variant_file(stem, "fp32")
+    plain = out / variant_file(stem, info.variant)
     if source.resolve() != plain.resolve():
         shutil.copyfile(source, plain)
     files.append(plain)

@@ -68,6 +68,7 @@ class Issue:
     message: str
     node: str | None = None  # scoped node name, e.g. "block1/TokenMerge_0/node_Add_3"
     op_type: str | None = None
+    function: str | None = None  # "domain.name" of the model-local function the node is in
 
     def __str__(self) -> str:
         where = f" at {self.node} ({self.op_type})" if self.node else ""
@@ -129,6 +130,7 @@ class _Scope:
     prefix: str
     constants: dict[str, np.ndarray]
     function: str | None = None
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -139,18 +141,64 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def _producers(nodes) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in nodes for out in node.output if out}
+
+
 def _node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"<{node.op_type} #{index}>"
 
 
-def _constants(nodes, initializers) -> dict[str, np.ndarray]:
+def _constant_value(node: onnx.NodeProto, caller: onnx.NodeProto | None) -> np.ndarray | None:
+    """The value of a Constant node; in a function body its attribute may refer to the caller's attribute."""
+    for a in node.attribute:
+        source = a
+        if a.ref_attr_name:
+            source = next((c for c in (caller.attribute if caller is not None else []) if c.name == a.ref_attr_name), None)
+            if source is None:
+                return None
+        value = onnx.helper.get_attribute_value(source)
+        if a.name == "value" and isinstance(value, onnx.TensorProto):
+            return numpy_helper.to_array(value)
+        if a.name in ("value_int", "value_ints"):
+            return np.array(value, np.int64)
+        if a.name in ("value_float", "value_floats"):
+            return np.array(value, np.float32)
+    return None
+
+
+def _constants(nodes, initializers, caller: onnx.NodeProto | None = None) -> dict[str, np.ndarray]:
     values = {i.name: numpy_helper.to_array(i) for i in initializers}
     for node in nodes:
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and node.output:
-            tensor = _attr(node, "value")
-            if isinstance(tensor, onnx.TensorProto):
-                values[node.output[0]] = numpy_helper.to_array(tensor)
+            value = _constant_value(node, caller)
+            if value is not None:
+                values[node.output[0]] = value
     return values
+
+
+def _upper_bound(scope: _Scope, name: str, depth: int = 0) -> float | None:
+    """An upper bound of every element of integer tensor ``name``, from constants through Min/Max/Add/Sub,
+    reshapes and casts; None when it cannot be bounded statically (TopK's K in the merge functions is
+    ``Max(Min(remaining, LIMIT), 1)``: bounded by LIMIT although ``remaining`` is a runtime value)."""
+    if name in scope.constants:
+        value = scope.constants[name]
+        return float(np.max(value)) if value.size else None
+    node = scope.producers.get(name)
+    if node is None or depth > 32:
+        return None
+    bounds = [_upper_bound(scope, i, depth + 1) if i else None for i in node.input]
+    if node.op_type == "Min":
+        known = [b for b in bounds if b is not None]
+        return min(known) if known else None
+    known = [b for b in bounds if b is not None]
+    if node.op_type in ("Max", "Add", "Concat") and known and len(known) == len(bounds):
+        return max(known) if node.op_type != "Add" else sum(known)
+    if node.op_type == "Sub" and bounds and bounds[0] is not None and node.input[1] in scope.constants:
+        return bounds[0] - float(np.min(scope.constants[node.input[1]]))
+    if node.op_type in ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Flatten") and bounds:
+        return bounds[0]
+    return None
 
 
 class _Checker:
@@ -161,9 +209,10 @@ class _Checker:
         self.used_functions: set[tuple[str, str]] = set()
         self.dla_fallback: list[str] = []
         self.main_ops: dict[str, str] = {}  # main-graph node label -> op type
+        self.current_function: str | None = None  # set while checking nodes of a function body
 
     def add(self, severity: str, rule: str, message: str, node: str | None = None, op_type: str | None = None) -> None:
-        self.issues.append(Issue(severity, rule, message, node, op_type))
+        self.issues.append(Issue(severity, rule, message, node, op_type, self.current_function))
 
     # ------------------------------------------------------------------ graph traversal
     def walk(self, nodes, scope: _Scope, depth: int = 0) -> Iterator[tuple[str, onnx.NodeProto, _Scope]]:
@@ -173,24 +222,29 @@ class _Checker:
             for a in node.attribute:
                 graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
                 for g in graphs:
-                    inner = _Scope(f"{name}/{a.name}/", {**scope.constants, **_constants(g.node, g.initializer)}, scope.function)
+                    inner = _Scope(f"{name}/{a.name}/", {**scope.constants, **_constants(g.node, g.initializer)},
+                                   scope.function, {**scope.producers, **_producers(g.node)})
                     yield from self.walk(g.node, inner, depth)
             fn = self.functions.get((node.domain, node.op_type))
             if fn is not None and depth < 16:
                 self.used_functions.add((fn.domain, fn.name))
-                inner = _Scope(f"{name}/", _constants(fn.node, []), f"{fn.domain}.{fn.name}")
+                inner = _Scope(f"{name}/", _constants(fn.node, [], caller=node), f"{fn.domain}.{fn.name}", _producers(fn.node))
                 yield from self.walk(fn.node, inner, depth + 1)
 
     def run(self) -> list[Issue]:
         self.check_model_header()
-        main = _Scope("", _constants(self.model.graph.node, self.model.graph.initializer))
+        main = _Scope("", _constants(self.model.graph.node, self.model.graph.initializer), None,
+                      _producers(self.model.graph.node))
         consumers: dict[str, list[str]] = {}
         for name, node, scope in self.walk(self.model.graph.node, main):
             if scope is main:
                 self.main_ops[name] = node.op_type
                 for i in node.input:
                     consumers.setdefault(i, []).append(name)
+            self.current_function = scope.function
             self.check_node(name, node, scope)
+            self.current_function = None
+        self.issues = _group_function_issues(self.issues)
         for key in sorted(self.used_functions):
             note = f"model-local function {key[0]}.{key[1]} is inlined by the parser (TensorRT >= 9)"
             if self.version.prefers_plugins_over_functions:
@@ -340,6 +394,27 @@ class _Checker:
                      f"namespace {ns!r}); it must be registered when building and when loading the engine", name, op)
 
 
+def _group_function_issues(issues: list[Issue]) -> list[Issue]:
+    """A problem in a function body repeats at every call; report it once with its call sites."""
+    grouped: dict[tuple, list[Issue]] = {}
+    out: list[Issue] = []
+    for issue in issues:
+        if issue.function is None or issue.node is None:
+            out.append(issue)
+            continue
+        call, _, inner = issue.node.partition("/")
+        key = (issue.function, issue.rule, issue.severity, inner, issue.message)
+        if key not in grouped:
+            grouped[key] = []
+            out.append(issue)
+        grouped[key].append(issue)
+    for (function, _rule, _sev, _inner, message), same in grouped.items():
+        calls = [i.node.partition("/")[0] for i in same if i.node]
+        shown = ", ".join(calls[:4]) + (f" and {len(calls) - 4} more" if len(calls) > 4 else "")
+        same[0].message = f"{message} [in function {function}, called by {shown}]"
+    return out
+
+
 def _constant(scope: _Scope, node: onnx.NodeProto, index: int) -> np.ndarray | None:
     if len(node.input) <= index or not node.input[index]:
         return None
@@ -350,10 +425,14 @@ def _check_topk(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> 
     if _attr(node, "sorted", 1) != 1:
         c.add("error", "topk", "TopK needs sorted=1", name, "TopK")
     k = _constant(scope, node, 1) if node.input[1:] else np.array(_attr(node, "k", 0))
-    if k is None:
-        c.add("warning", "topk", f"K comes from a runtime tensor; TensorRT needs K < {TOPK_MAX_K} at run time", name, "TopK")
-    elif int(np.max(k)) >= TOPK_MAX_K:
-        c.add("error", "topk", f"K = {int(np.max(k))} but TensorRT's TopK needs K < {TOPK_MAX_K}", name, "TopK")
+    if k is not None:
+        if int(np.max(k)) >= TOPK_MAX_K:
+            c.add("error", "topk", f"K = {int(np.max(k))} but TensorRT's TopK needs K < {TOPK_MAX_K}", name, "TopK")
+        return
+    bound = _upper_bound(scope, node.input[1])
+    if bound is None or bound >= TOPK_MAX_K:
+        c.add("warning", "topk", f"K comes from a runtime tensor{'' if bound is None else f' bounded by {bound:g}'}; "
+              f"TensorRT needs K < {TOPK_MAX_K} at run time (bound it with Min(K, {TOPK_MAX_K - 1}))", name, "TopK")
 
 
 def _check_resize(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
@@ -376,8 +455,8 @@ def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope:
     reduction = _attr(node, "reduction", "none")
     if reduction in SCATTER_PLUGIN_REDUCTIONS:
         c.add("warning", "plugin-required", f"ScatterElements with reduction={reduction!r} runs through TensorRT's "
-              "ScatterElements plugin (libnvinfer_plugin must be loaded; no BF16/INT8; INT64 indices only)", name,
-              "ScatterElements")
+              "ScatterElements plugin from libnvinfer_plugin (segrt's builder and runtime load it; other apps must call "
+              "initLibNvInferPlugins); the plugin has no BF16/INT8 and needs INT64 indices", name, "ScatterElements")
 
 
 def _check_scatter_nd(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:

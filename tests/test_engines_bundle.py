@@ -79,6 +79,14 @@ def test_jp7_bundle_plans_both_tensorrt_majors(b0_onnx, tmp_path):
     trtexec = (tmp_path / "build_engine_trtexec.sh").read_text()
     assert "10)" in trtexec and "11)" in trtexec and "--stronglyTyped" in trtexec
 
+    # An FP16 ONNX given directly (e.g. from `segrt export --precision fp16`) is built strongly typed as is.
+    again = write_bundle(tmp_path / "b0.fp16.onnx", tmp_path / "from-fp16", get_target("jetson-orin"),
+                         BuildRequest("jetson-orin"))
+    (plan,) = again.plan_file.plans
+    assert plan.strongly_typed and plan.precision == "fp16" and plan.onnx == "b0.fp16.onnx"
+    assert (tmp_path / "from-fp16" / "b0.fp16.onnx").is_file() and not (tmp_path / "from-fp16" / "b0.onnx").exists()
+    assert again.fp16_error is None and again.clean
+
 
 def _broken_model(path):
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")

@@ -73,6 +73,45 @@ def test_topk_k_limit():
     assert issue.severity == "error" and issue.node == "topk_node" and str(TOPK_MAX_K) in issue.message
 
 
+def test_topk_with_a_runtime_k_is_fine_when_bounded():
+    limit = numpy_helper.from_array(np.array([TOPK_MAX_K - 1], np.int64), "limit")
+    nodes = [helper.make_node("Shape", ["x"], ["n"], start=1, end=2),
+             helper.make_node("Min", ["n", "limit"], ["k"]),
+             helper.make_node("TopK", ["x", "k"], ["v", "i"], name="bounded", axis=1)]
+    model = graph_model(nodes, [image("x", (1, "N"))], [image("v", (1, "K")), image("i", (1, "K"), TensorProto.INT64)],
+                        [limit])
+    assert check(model).find("topk") == []
+    nodes[1] = helper.make_node("Identity", ["n"], ["k"])
+    assert only(check(graph_model(nodes, [image("x", (1, "N"))], [image("v", (1, "K")),
+                                                                   image("i", (1, "K"), TensorProto.INT64)], [limit])),
+                "topk")[0].severity == "warning"
+
+
+def test_k_from_a_function_attribute_is_resolved_per_call():
+    """Like segrt.TokenMerge: K is a Constant referring to the function attribute ``r`` of the caller."""
+    k_node = helper.make_node("Constant", [], ["k"])
+    k_node.attribute.append(helper.make_attribute_ref("value_ints", onnx.AttributeProto.INTS, ref_attr_name="r"))
+    body = [k_node, helper.make_node("TopK", ["a", "k"], ["b", "idx"], name="select", axis=-1)]
+    fn = helper.make_function("segrt", "Select", ["a"], ["b"], body, [helper.make_opsetid("", 17)], attributes=["r"])
+    calls = [helper.make_node("Select", ["x"], ["y1"], name="small_call", domain="segrt", r=[8]),
+             helper.make_node("Select", ["x"], ["y2"], name="huge_call", domain="segrt", r=[5000])]
+    model = graph_model(calls, [image("x", (1, 8192))], [image("y1", (1, 8)), image("y2", (1, 5000))],
+                        functions=[fn], extra_opsets=[("segrt", 1)])
+    (issue,) = only(check(model), "topk")
+    assert issue.node == "huge_call/select" and "K = 5000" in issue.message and issue.function == "segrt.Select"
+
+
+def test_a_problem_in_a_function_body_is_reported_once_with_its_callers():
+    body = [helper.make_node("ScatterElements", ["a", "i", "a"], ["b"], name="sum", reduction="add", axis=1)]
+    fn = helper.make_function("segrt", "Merge", ["a", "i"], ["b"], body, [helper.make_opsetid("", 17)])
+    idx = numpy_helper.from_array(np.zeros((1, 4), np.int64), "idx")
+    calls = [helper.make_node("Merge", ["x", "idx"], [f"y{i}"], name=f"merge{i}", domain="segrt") for i in range(6)]
+    model = graph_model(calls, [image("x", (1, 4))], [image(f"y{i}", (1, 4)) for i in range(6)], [idx],
+                        functions=[fn], extra_opsets=[("segrt", 1)])
+    (issue,) = only(check(model), "plugin-required")
+    assert issue.node == "merge0/sum" and "called by merge0, merge1, merge2, merge3 and 2 more" in issue.message
+
+
 def _resize(**attrs):
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)

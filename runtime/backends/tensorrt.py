@@ -138,6 +138,7 @@ class TensorRTBackend:
         self.manifest, data = load_checked_engine(self.path, trt.__version__, compute_capability)
 
         self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")  # engines may embed standard plugins (ScatterElements)
         self._runtime = trt.Runtime(self._logger)
         if self.manifest.version_compatible:
             self._runtime.engine_host_code_allowed = True  # version-compatible engines embed their lean runtime
