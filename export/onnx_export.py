@@ -25,6 +25,8 @@ from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
+from . import merge_ops
+from .folding import fold_decoder, has_foldable_head
 from .segformer import SegFormer
 
 # ONNX Runtime 1.17+ and TensorRT 10.x (parser built against onnx 1.16) both read IR version 10.
@@ -83,7 +85,8 @@ def _dynamo_export(module: nn.Module, example: torch.Tensor, dynamic: bool, opse
         try:
             program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
                                         input_names=["pixel_values"], output_names=["output"],
-                                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+                                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+                                        custom_translation_table=merge_ops.translation_table())
         except Exception as exc:
             raise ExportError(f"the dynamo ONNX exporter failed: {type(exc).__name__}: {exc}") from exc
     if program is None:
@@ -162,24 +165,31 @@ def verify_onnx(path_or_bytes: str | Path | bytes, module: nn.Module, frames: Se
 def export_onnx(model: SegFormer | nn.Module, metadata: ModelMetadata, out: str | Path, size: tuple[int, int] = (512, 512),
                 dynamic: bool = False, opset: int = DEFAULT_OPSET, output: str = "logits",
                 verify_images: Sequence[np.ndarray] | None = None, tolerance: float = TOLERANCE,
-                transform=None) -> ExportResult:
+                transform=None, fold: bool = True) -> ExportResult:
     """Export, pin versions, embed metadata, check the graph, and verify it against PyTorch.
 
     ``transform`` (ModelProto -> ModelProto) runs before verification, so graph rewrites are verified too.
+    ``fold`` exports the decoder-folded model (:mod:`.folding`, an exact rewrite) but verifies against
+    ``model`` as given. ``segrt`` token-merge ops in the graph get their model-local function definitions.
     """
     if not 17 <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} unsupported: segrt exports opset 17..{MAX_OPSET} (TensorRT 10.x parses up to {MAX_OPSET})")
     model = model.eval()
-    module = ExportHead(model, output).eval()
+    module = ExportHead(model, output).eval()  # the reference the graph is verified against
+    fold = fold and has_foldable_head(model)
+    exported = ExportHead(fold_decoder(model), output).eval() if fold else module
     example = torch.from_numpy(frames_to_input([np.zeros((*size, 3), np.uint8)], size, metadata.mean, metadata.std))
-    proto = pin_versions(_dynamo_export(module, example, dynamic, opset), opset)
+    proto = merge_ops.attach_local_functions(pin_versions(_dynamo_export(exported, example, dynamic, opset), opset))
     if transform is not None:
         proto = transform(proto)
-    meta = ModelMetadata(**{**metadata.__dict__})
+    meta = ModelMetadata(**{**metadata.__dict__, "extra": dict(metadata.extra)})
     meta.input_size = None if dynamic else tuple(size)
     meta.output = "labels" if output == "labels" else "logits"
-    if isinstance(model, SegFormer):
-        meta.architecture = model.config.to_json()
+    if fold:
+        meta.extra["decoder"] = "folded"
+    segformer = next((m for m in model.modules() if isinstance(m, SegFormer)), None)
+    if segformer is not None:
+        meta.architecture = segformer.config.to_json()
     from segrt import __version__
 
     meta.segrt_version = __version__

@@ -24,6 +24,11 @@ def export(
     precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
     calib: Path = typer.Option(None, "--calib", help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with train/"),
     calib_count: int = typer.Option(64, "--calib-count", help="int8: calibration images, spread evenly over the folder"),
+    merge: str = typer.Option("none", "--merge", help="token merging without retraining: none, 2x2, hq, fast, downsample, "
+                              "or a per-stage JSON config (text or .json file)"),
+    inline_merge_ops: bool = typer.Option(False, "--inline-merge-ops", help="emit token merging as plain standard ops "
+                                          "instead of segrt.TokenMerge/TokenUnmerge local functions"),
+    no_fold: bool = typer.Option(False, "--no-fold", help="keep the decoder as trained (default: exact decoder folding)"),
 ) -> None:
     """Export a SegFormer to ONNX (dynamo exporter), embed its metadata, and verify it against PyTorch."""
     from segrt.export.onnx_export import export_onnx
@@ -34,15 +39,35 @@ def export(
     with console.status("loading checkpoint"):
         loaded = load_model(checkpoint)
     hw = parse_size(size) if size else (loaded.metadata.input_size or (512, 512))
+    model, transform = merged_model(console, loaded, merge, inline_merge_ops, hw, dynamic)
     fp32_out = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
     with console.status(f"exporting {'dynamic' if dynamic else f'{hw[0]}x{hw[1]}'} ONNX and verifying on real images"):
-        result = export_onnx(loaded.model, loaded.metadata, fp32_out, size=hw, dynamic=dynamic, opset=opset,
-                             output="labels" if labels else "logits", tolerance=tolerance)
+        result = export_onnx(model, loaded.metadata, fp32_out, size=hw, dynamic=dynamic, opset=opset,
+                             output="labels" if labels else "logits", tolerance=tolerance, transform=transform,
+                             fold=not no_fold)
     console.print(f"[green]wrote[/] {result.path}  ({result.path.stat().st_size / 1e6:.1f} MB)")
     console.print(f"verified on {result.images} real images: max relative error {result.max_rel_error:.2e}, "
                   f"label agreement {result.label_agreement:.4%}")
     if precision != "fp32":
         convert_precision(console, precision, fp32_out, output, calib, calib_count, hw)
+
+
+def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[int, int], dynamic: bool):
+    """Install token merging (recorded in the model's metadata) and pick the graph transform."""
+    from segrt.export.merge_ops import inline_merge_ops
+    from segrt.export.merging import apply_merging, describe, merge_config, plan_tokens
+    from segrt.runtime.errors import ConfigError
+
+    config = merge_config(merge)
+    if config.is_identity:
+        return loaded.model, None
+    if dynamic and config.needs_static_size:
+        raise ConfigError(f"--merge {merge}: bipartite matching uses index sets fixed by the grid; drop --dynamic")
+    loaded.metadata.extra["token_merge"] = describe(config)
+    for p in plan_tokens(loaded.model.config, config, hw):
+        console.print(f"stage {p.stage} ({p.grid[0]}x{p.grid[1]}): queries {p.queries[0]} -> {p.queries[1]}, "
+                      f"keys/values {p.keys_values[0]} -> {p.keys_values[1]}")
+    return apply_merging(loaded.model, config), (inline_merge_ops if inline else None)
 
 
 def check_precision(precision: str, calib: Path | None) -> None:

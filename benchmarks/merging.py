@@ -1,0 +1,223 @@
+"""Speed without retraining: decoder folding and Segformer++ token merging, measured in one run.
+
+For each input size, exports the plain model (no folding, no merging) and every strategy (folded
+decoder + none/2x2/hq/fast/downsample), then measures on this machine:
+
+- ONNX Runtime CPU latency (p50 and p90 of interleaved runs: every round times each candidate once,
+  alternating the order A B C / C B A, so that drift in machine load hits all candidates alike);
+- speed-up of the p50 against the plain export;
+- CamVid val mIoU through the shared evaluation code (``segrt eval``'s ``evaluate`` + Engine);
+- pixel agreement of the predicted masks with the plain (unmerged, unfolded) model.
+
+Writes ``merging.json``, ``merging.md`` and ``merging.png`` (speed-up vs mIoU) under
+``benchmarks/results/``. Usage::
+
+    python benchmarks/merging.py                       # bundled camvid-b0, 512x512 and 1024x1024
+    python benchmarks/merging.py --quick               # random model, 512 only, 4 images: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_DATA = Path(os.environ.get("SEGRT_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+PLAIN = "plain"
+
+
+@dataclass
+class Candidate:
+    name: str  # "plain" or a merge strategy (exported with the folded decoder)
+    size: tuple[int, int]
+    path: str = ""
+    export_rel_error: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    speedup: float = 0.0
+    miou: float = 0.0
+    pixel_accuracy: float = 0.0
+    agreement: float = 0.0
+    tokens: list[dict] = field(default_factory=list)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="square input sizes (default 512 1024)")
+    p.add_argument("--strategies", nargs="+", default=None, help="merge strategies (default: all)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images (default: all)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 20; --quick 4)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="merging", help="result file stem")
+    p.add_argument("--quick", action="store_true", help="smoke run: random model, 512 only, 4 images, 4 rounds")
+    args = p.parse_args(argv)
+    args.model = args.model or ("random:b0:11" if args.quick else "camvid-b0")
+    args.sizes = args.sizes or ([512] if args.quick else [512, 1024])
+    args.rounds = args.rounds or (4 if args.quick else 20)
+    args.limit = args.limit if args.limit is not None else (4 if args.quick else None)
+    args.threads = args.threads or os.cpu_count()
+    return args
+
+
+def export_candidates(loaded, size: tuple[int, int], strategies: list[str], folder: Path, progress) -> list[Candidate]:
+    from segrt.export.merging import apply_merging, plan_tokens
+    from segrt.export.onnx_export import export_onnx
+
+    out = []
+    task = progress.add_task(f"export {size[0]}x{size[1]}", total=len(strategies) + 1, info="")
+    for name in [PLAIN, *strategies]:
+        progress.update(task, info=name)
+        strategy = "none" if name == PLAIN else name
+        model = apply_merging(loaded.model, strategy)
+        path = folder / f"{name}-{size[0]}x{size[1]}.onnx"
+        result = export_onnx(model, loaded.metadata, path, size=size, fold=name != PLAIN)
+        tokens = [asdict(p) for p in plan_tokens(loaded.model.config, strategy, size)]
+        out.append(Candidate(name, size, str(path), result.max_rel_error, tokens=tokens))
+        progress.advance(task)
+    return out
+
+
+def time_candidates(candidates: list[Candidate], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
+    for c in candidates:
+        for _ in range(warmup):
+            engines[c.name].backend.run(x)
+    task = progress.add_task("latency", total=rounds, info="interleaved")
+    for i in range(rounds):
+        order = candidates if i % 2 == 0 else candidates[::-1]
+        for c in order:
+            t0 = time.perf_counter()
+            engines[c.name].backend.run(x)
+            c.latencies_ms.append(1000 * (time.perf_counter() - t0))
+        progress.advance(task)
+    base = statistics.median(next(c for c in candidates if c.name == PLAIN).latencies_ms)
+    for c in candidates:
+        c.p50_ms = statistics.median(c.latencies_ms)
+        c.p90_ms = float(np.percentile(c.latencies_ms, 90))
+        c.speedup = base / c.p50_ms
+
+
+def evaluate_candidates(candidates: list[Candidate], engines: dict, dataset, limit: int | None) -> None:
+    """mIoU through the shared evaluation loop; the plain model's masks are kept for agreement."""
+    from segrt.runtime.evaluate import evaluate
+
+    plain_masks: list[np.ndarray] = []
+    for c in candidates:  # plain comes first
+        masks: list[np.ndarray] = []
+
+        def predict(frame, engine=engines[c.name], masks=masks):
+            masks.append(engine.infer(frame))
+            return masks[-1]
+
+        size = f"{c.size[0]}x{c.size[1]}"
+        metrics = evaluate(predict, dataset, limit=limit, description=f"eval {c.name} {size}")
+        c.miou, c.pixel_accuracy = metrics.miou, metrics.pixel_accuracy
+        if c.name == PLAIN:
+            plain_masks = masks
+        same = sum(int((m == p).sum()) for m, p in zip(masks, plain_masks))
+        c.agreement = same / sum(p.size for p in plain_masks)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Token merging and decoder folding: {results['model']}", "",
+             (f"ONNX Runtime {results['onnxruntime']} CPU, {results['threads']} threads, {results['cpu']}; "
+              f"CamVid val ({results['images']} images); latency p50 over {results['rounds']} interleaved rounds. "
+              "Every candidate except `plain` has the folded decoder."), "",
+             "| size | strategy | p50 ms | p90 ms | speed-up | mIoU | ΔmIoU (points) | agreement | tokens (q / kv per stage) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for size, group in results["sizes"].items():
+        base = next(c for c in group if c["name"] == PLAIN)
+        for c in group:
+            toks = ", ".join(f"{t['queries'][1]}/{t['keys_values'][1]}" for t in c["tokens"])
+            lines.append(f"| {size} | {c['name']} | {c['p50_ms']:.1f} | {c['p90_ms']:.1f} | {c['speedup']:.2f}x | "
+                         f"{100 * c['miou']:.2f} | {100 * (c['miou'] - base['miou']):+.2f} | {100 * c['agreement']:.2f}% | {toks} |")
+    lines += ["", f"Command: `{results['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (size, group), marker in zip(results["sizes"].items(), "os^D"):
+        xs = [c["speedup"] for c in group]
+        ys = [100 * c["miou"] for c in group]
+        ax.scatter(xs, ys, marker=marker, label=size)
+        for c, x, y in zip(group, xs, ys):
+            ax.annotate(c["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(2.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up vs plain export (ONNX Runtime CPU, p50)")
+    ax.set_ylabel("CamVid val mIoU (%)")
+    ax.set_title(f"{results['model']}: speed vs accuracy without retraining")
+    ax.grid(alpha=0.3)
+    ax.legend(title="input")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    import onnxruntime as ort
+    from segrt.export.merging import STRATEGIES
+    from segrt.export.resolve import load_model
+    from segrt.runtime.datasets import open_dataset
+    from segrt.runtime.engine import Engine
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.progress import make_progress
+
+    args = parse_args(argv)
+    strategies = args.strategies or list(STRATEGIES)
+    loaded = load_model(args.model)
+    dataset = open_dataset(args.data, "camvid", "val")
+    if len(loaded.metadata.classes) != len(dataset.classes):
+        raise SystemExit(f"{args.model} has {len(loaded.metadata.classes)} classes; CamVid has {len(dataset.classes)}")
+    images = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    results: dict = {
+        "model": args.model, "onnxruntime": ort.__version__, "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "images": images,
+        "rounds": args.rounds, "command": "python benchmarks/merging.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in args.sizes:
+            size = (s, s)
+            with make_progress() as progress:
+                candidates = export_candidates(loaded, size, strategies, Path(tmp), progress)
+            engines = {c.name: Engine(c.path, backend="onnxruntime", threads=args.threads) for c in candidates}
+            x = frames_to_input([dataset.read_image(0)], size, loaded.metadata.mean, loaded.metadata.std)
+            with make_progress() as progress:
+                time_candidates(candidates, engines, x, args.rounds, args.warmup, progress)
+            evaluate_candidates(candidates, engines, dataset, images)
+            for e in engines.values():
+                e.close()
+            results["sizes"][f"{s}x{s}"] = [{k: v for k, v in asdict(c).items() if k != "path"} for c in candidates]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(results))
+    plot(results, args.out / f"{args.name}.png")
+    print(markdown(results))
+    print(f"wrote {args.out / args.name}.{{json,md,png}}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
