@@ -9,11 +9,14 @@ TensorRT read. Choices, and why:
 - per-channel weights (axis of the output channels): SegFormer's projection weights differ by an
   order of magnitude between channels, per-tensor scales would waste most of the int8 range;
 - LayerNormalization and Softmax stay in float (they are not in the quantized op types), as do the
-  activation-by-activation attention MatMuls by default: softmax probabilities mostly lie below
-  1/127 of their maximum and would round to zero;
-- dedicated Q/DQ pairs per consumer: ONNX Runtime's CPU provider turns a signed Q/DQ pair into its
-  faster unsigned kernels only when the Q node has a single consumer, so a shared pair would leave
-  fan-out tensors (a LayerNorm output feeding q, k and v) on a slow path.
+  activation-by-activation attention MatMuls by default (softmax probabilities mostly lie below
+  1/127 of their maximum and would round to zero) and the classifier that produces the logits;
+- biases stay float: TensorRT's parser rejects int32 DequantizeLinear, and ONNX Runtime fuses Q/DQ
+  Conv with a float bias all the same;
+- one Q/DQ pair per consumer (:func:`dedicate_activation_pairs`): ONNX Runtime's CPU provider runs
+  signed Q/DQ on its fast unsigned kernels (AMX / AVX-512 VNNI) only when a Q node has a single
+  consumer; a shared pair leaves fan-out tensors (a LayerNorm output feeding q, k and v) on a float
+  or a slow signed path.
 
 Calibration runs the float model over real images with the model's own preprocessing
 (:func:`segrt.runtime.preprocess.frames_to_input` and the metadata's size, mean and std).
@@ -129,6 +132,22 @@ def attention_matmuls(proto: onnx.ModelProto) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
 
 
+def output_heads(proto: onnx.ModelProto) -> list[str]:
+    """The heavy node(s) producing the graph outputs (the classifier): kept in float, because int8
+    logits (a step of range/127) would tie classes and flip the argmax; the layer is tiny anyway."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    heads = []
+    for out in proto.graph.output:
+        node = producers.get(out.name)
+        for _ in range(16):  # through ArgMax, Cast, Resize, Transpose ... back to the last heavy op
+            if node is None or node.op_type in QUANTIZED_OP_TYPES:
+                break
+            node = producers.get(node.input[0]) if node.input else None
+        if node is not None and node.op_type in QUANTIZED_OP_TYPES:
+            heads.append(node.name)
+    return heads
+
+
 def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     """(quantized, float) counts of the heavy op types: quantized means its data input comes from a DequantizeLinear."""
     dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -157,6 +176,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
     input_name, hw = _input_name_and_size(proto, meta, size)
     images = calibration_images(calib_dir, count)
     excluded = [n.name for n in proto.graph.node if n.op_type in FLOAT_OP_TYPES]
+    excluded += output_heads(proto)
     if not quantize_attention:
         excluded += attention_matmuls(proto)
     unnamed = [n for n in proto.graph.node if not n.name]
@@ -166,6 +186,8 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
                     "entropy": CalibrationMethod.Entropy}[method]
     extra = {
         "ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
+        # int32 bias DequantizeLinear nodes are rejected by TensorRT's parser; ORT fuses float biases too.
+        "QuantizeBias": False,
         # Output channels: axis 0 of Conv weights (O, I, kH, kW), axis 1 of MatMul weights (K, N).
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1, "Gemm": 0},
     }
@@ -196,6 +218,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
         quant_logger.setLevel(saved_level)
     meta.extra = {**meta.extra, "precision": "int8",
                   "calibration": f"{len(images)} images from {Path(calib_dir).name}, {method}, {hw[0]}x{hw[1]}"}
+    dedicate_activation_pairs(quantized)
     _restore_metadata(quantized, proto, meta)
     try:
         onnx.checker.check_model(quantized)
@@ -206,6 +229,69 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
     Path(tmp_file.name).replace(onnx_out)  # never leave a half-written model under the final name
     q, f = census(quantized)
     return QuantizeResult(onnx_out, len(images), q, f)
+
+
+def dedicate_activation_pairs(proto: onnx.ModelProto) -> int:
+    """One Q -> DQ pair per consumer of every quantized activation, kept distinct; returns pairs added.
+
+    ONNX Runtime's CPU provider runs int8 Q/DQ graphs on its fast unsigned (u8 x s8, AMX / VNNI)
+    kernels by rewriting each signed Q -> DQ pair to unsigned, but only a Q node with a single
+    consumer qualifies. The quantizer's dedicated pairs stop at the first DQ, which can still feed
+    two nodes (a LayerNorm output read by the q projection and, through a Transpose, by the
+    sequence-reduction conv); and ONNX Runtime's common-subexpression elimination merges identical
+    Q nodes of one tensor back into one. So each extra consumer gets its own pair here, and the Q
+    nodes of one tensor get distinct ``axis`` attributes, which per-tensor quantization ignores
+    (ONNX: axis only applies to per-axis scales) but which keeps them from being merged.
+    """
+    from onnx import shape_inference
+
+    graph = proto.graph
+    constants = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
+             for vi in list(shape_inference.infer_shapes(proto).graph.value_info) + list(graph.input)
+             if vi.type.tensor_type.HasField("shape")}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    added = 0
+    new_order: list[onnx.NodeProto] = []
+    for node in list(graph.node):
+        new_order.append(node)
+        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
+            continue
+        q = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.output[0] == node.input[0]), None)
+        users = consumers.get(node.output[0], [])
+        if q is None or q.input[0] in constants or len(users) < 2:
+            continue
+        for i, user in enumerate(users[1:], start=1):
+            q2, dq2 = onnx.NodeProto(), onnx.NodeProto()
+            q2.CopyFrom(q)
+            dq2.CopyFrom(node)
+            q2.name, dq2.name = f"{q.name}_user{i}", f"{node.name}_user{i}"
+            q2.output[0] = f"{q.output[0]}_user{i}"
+            dq2.input[0], dq2.output[0] = q2.output[0], f"{node.output[0]}_user{i}"
+            for j, name in enumerate(user.input):
+                if name == node.output[0]:
+                    user.input[j] = dq2.output[0]
+            new_order += [q2, dq2]
+            added += 1
+    del graph.node[:]
+    graph.node.extend(new_order)
+    by_tensor: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            by_tensor.setdefault(node.input[0], []).append(node)
+    for tensor, qs in by_tensor.items():
+        rank = ranks.get(tensor)
+        if len(qs) < 2 or rank is None or len(qs) > 2 * rank:
+            continue
+        for axis, q in zip(range(-rank, rank), qs):
+            for attr in [a for a in q.attribute if a.name == "axis"]:
+                q.attribute.remove(attr)
+            q.attribute.append(onnx.helper.make_attribute("axis", axis))
+    return added
 
 
 def _restore_metadata(quantized: onnx.ModelProto, source: onnx.ModelProto, meta: ModelMetadata) -> None:

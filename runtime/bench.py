@@ -113,6 +113,11 @@ class Probe:
     threads: str = ""
 
 
+def pipeline_predictor(cand: Candidate, runner: Runner, size: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """Frame -> label mask through exactly the pipeline that is timed (for accuracy next to speed)."""
+    return lambda frame: _to_mask(runner.infer(frames_to_input([frame], size, cand.mean, cand.std)), frame.shape[:2])
+
+
 def summarize(values_ms: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values_ms, dtype=np.float64)
     return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "mean": float(v.mean()),
