@@ -125,19 +125,24 @@ def _pin_fp32_layers(network: trt.INetworkDefinition, layer_types: list[str]) ->
     import tensorrt as trt
 
     wanted = {getattr(trt.LayerType, name) for name in layer_types}
+    floating = {trt.DataType.FLOAT, trt.DataType.HALF}
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in wanted:
-            layer.precision = trt.DataType.FLOAT
-            for j in range(layer.num_outputs):
+        if layer.type not in wanted or layer.num_inputs == 0 or layer.get_input(0).dtype not in floating:
+            continue  # e.g. an integer reduction on a shape: nothing to pin
+        layer.precision = trt.DataType.FLOAT
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in floating:
                 layer.set_output_type(j, trt.DataType.FLOAT)
-            pinned += 1
+        pinned += 1
     return pinned
 
 
 def configure(builder: trt.Builder, network: trt.INetworkDefinition, plan: BuildPlan,
-              timing_cache: bytes | None, progress: bool) -> trt.IBuilderConfig:
+              timing_cache: bytes | None, progress: bool) -> tuple[trt.IBuilderConfig, trt.IProgressMonitor | None]:
+    """The builder config for ``plan``, and the progress monitor it uses (the caller keeps it alive:
+    the config does not own the Python object)."""
     import tensorrt as trt
 
     config = builder.create_builder_config()
@@ -168,7 +173,7 @@ def configure(builder: trt.Builder, network: trt.INetworkDefinition, plan: Build
     monitor = _progress_monitor(progress)
     if monitor is not None:
         config.progress_monitor = monitor
-    return config
+    return config, monitor
 
 
 def dims_list(dims: trt.Dims) -> list[int]:
@@ -207,7 +212,7 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
     builder, network, _parser = parse_onnx(plan, onnx_path, logger)
     cache_path = out_dir / plan.timing_cache if plan.timing_cache else None
     cached = cache_path.read_bytes() if cache_path and cache_path.is_file() else None
-    config = configure(builder, network, plan, cached, progress)
+    config, _monitor = configure(builder, network, plan, cached, progress)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)

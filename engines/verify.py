@@ -52,6 +52,7 @@ def _runner(path: Path, onnx_bytes_for: str):
     from .versions import detect_gpu, import_tensorrt
 
     trt = import_tensorrt()
+    trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.WARNING), "")  # engines may embed standard plugins
     gpu = detect_gpu(0)
     if gpu is None:
         from segrt.runtime.errors import BackendUnavailableError

@@ -67,8 +67,9 @@ def test_bundle_files_are_hash_checked(orin_bundle, tmp_path):
         verify_bundle_file(copy, "b0.onnx", plan_file)
 
 
-def test_jp7_bundle_plans_both_tensorrt_majors(b0_onnx, tmp_path):
-    bundle = write_bundle(b0_onnx, tmp_path, get_target("jetson-orin-jp7"), BuildRequest("jetson-orin-jp7"))
+def test_jp7_bundle_plans_both_tensorrt_majors(b0_onnx, camvid_frame, tmp_path):
+    bundle = write_bundle(b0_onnx, tmp_path, get_target("jetson-orin-jp7"), BuildRequest("jetson-orin-jp7"),
+                          frames=[camvid_frame])
     p10 = bundle.plan_file.for_version(TrtVersion(10, 16, 1))
     p11 = bundle.plan_file.for_version(TrtVersion(11, 4, 1))
     assert not p10.strongly_typed and p10.onnx == "b0.onnx"

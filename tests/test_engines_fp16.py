@@ -62,8 +62,8 @@ def test_fp16_verification_can_fail(b0_onnx, camvid_frames, tmp_path):
 def test_verify_compares_with_polygraphy(b0_onnx, fp16_onnx, camvid_frames, tmp_path):
     from segrt.engines.verify import verify
 
-    report = verify(b0_onnx, fp16_onnx.path, camvid_frames[:2])
-    assert report.passed and report.images == 2 and report.label_agreement > 0.99
+    report = verify(b0_onnx, fp16_onnx.path, camvid_frames[:1])
+    assert report.passed and report.images == 1 and report.label_agreement > 0.99
     (out,) = report.outputs
     assert out.name == "output" and 0 < out.max_rel_l2 < 0.05 and out.max_abs > 0
 
@@ -84,7 +84,7 @@ def test_verify_command(b0_onnx, fp16_onnx, camvid_root, tmp_path):
     from segrt.cli import app
 
     result = CliRunner().invoke(app, ["verify", str(b0_onnx), "--engine", str(fp16_onnx.path), "--images",
-                                      str(camvid_root / "val"), "--count", "2", "--json", str(tmp_path / "v.json")],
+                                      str(camvid_root / "val"), "--count", "1", "--json", str(tmp_path / "v.json")],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output and "label agreement" in result.output
