@@ -90,7 +90,11 @@ def test_two_stage_schedule():
 
 
 def test_distill_resumes_exactly(random_b0, pruned_student, camvid_root, tmp_path):
+    import copy
+
     from segrt.export.checkpoints import LoadedModel
+
+    teacher = LoadedModel(copy.deepcopy(random_b0.model), random_b0.metadata, random_b0.source, random_b0.sha256)
 
     def run(out, budget):
         student = LoadedModel(apply_plan(pruned_student, _identity_plan(pruned_student)), random_b0.metadata,
@@ -98,7 +102,7 @@ def test_distill_resumes_exactly(random_b0, pruned_student, camvid_root, tmp_pat
         cfg = DistillConfig(data=str(camvid_root), out=str(out), iterations=2, batch_size=1, crop=(64, 64),
                             base_size=(96, 128), loss="ce", val_every=100, val_limit=1, workers=0, threads=2,
                             amp="off", stage1=0.5, time_budget=budget)
-        return distill(random_b0, student, cfg, log=lambda *_: None)
+        return distill(teacher, student, cfg, log=lambda *_: None)
 
     straight = run(tmp_path / "a", None)
     assert straight["finished"] and (tmp_path / "a" / "best.safetensors").exists()

@@ -1,0 +1,247 @@
+"""Pruned and distilled SegFormers against the bundled model: MACs, parameters, ONNX Runtime CPU
+latency and CamVid val mIoU, each alone and with the training-free tier (decoder folding, token merging).
+
+    python benchmarks/pruning.py --pruned50 runs/prune/b0-50.safetensors --pruned30 runs/prune/b0-30.safetensors \\
+        --distilled runs/distill-b0-50/best.safetensors
+    python benchmarks/pruning.py --quick          # smoke run on random models, 4 images
+
+Every model is exported with segrt's verified exporter: ``plain`` keeps the decoder as trained,
+``fold`` is the exact decoder folding (export's default), ``fold+merge`` adds token merging
+(``--merge``, default ``hq``). MACs are counted on the exported graph (segrt.export.macs), parameters are
+the graph's initializers, latency is the p50 over interleaved rounds (load from other processes hits every
+candidate alike), mIoU runs the ONNX model through the runtime's Engine on CamVid val.
+Folding is exact, so a folded model's mIoU equals its plain one's (it is still measured unless --reuse-exact).
+
+Writes benchmarks/results/pruning.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
+VARIANTS = ("plain", "fold", "fold+merge")
+
+
+@dataclass
+class Row:
+    model: str
+    variant: str
+    source: str
+    path: str = ""
+    gmacs: float = 0.0
+    params_m: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    p50_ms: float = 0.0
+    speedup: float = 0.0
+    miou: float | None = None
+    pixel_accuracy: float | None = None
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} [{self.variant}]"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundled", default=None, help="reference checkpoint (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--pruned50", default=None, help="checkpoint pruned to 50%% MACs")
+    p.add_argument("--pruned30", default=None, help="checkpoint pruned to 30%% MACs")
+    p.add_argument("--distilled", default=None, help="pruned + distilled checkpoint")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                   help="variants of the bundled and the distilled model")
+    p.add_argument("--pruned-variants", nargs="+", default=["fold"], choices=VARIANTS,
+                   help="variants of the pruned models before distillation")
+    p.add_argument("--merge", default="hq", help="token-merging strategy for the fold+merge variant")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reuse-exact", action="store_true", help="take a folded model's mIoU from its plain export (exact rewrite)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="pruning")
+    p.add_argument("--quick", action="store_true", help="smoke run: random models pruned on the fly, 4 images, 4 rounds")
+    args = p.parse_args(argv)
+    args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
+    if args.quick:
+        args.rounds, args.limit = 4, args.limit or 4
+    args.threads = args.threads or os.cpu_count()
+    return args
+
+
+def quick_pruned(loaded, fraction: float):
+    """--quick: a randomly pruned copy (no data needed) standing in for a real pruned checkpoint."""
+    import random
+
+    from segrt.export.checkpoints import LoadedModel
+    from segrt.export.prune_groups import PrunePlan, apply_plan
+
+    plan = PrunePlan.full(loaded.model.config)
+    rng = random.Random(0)
+    for kind in ("mlp",):
+        for s, stage in enumerate(plan.mlp):
+            for b, kept in enumerate(stage):
+                for i in rng.sample(kept, int(len(kept) * (1 - fraction))):
+                    kept.remove(i)
+    plan.decoder = plan.decoder[: int(len(plan.decoder) * fraction)]
+    return LoadedModel(apply_plan(loaded.model, plan).eval(), loaded.metadata, f"quick-pruned-{fraction}", loaded.sha256)
+
+
+def export_rows(label: str, loaded, variants, merge: str, size, folder: Path, progress) -> list[Row]:
+    import onnx
+
+    from segrt.export.macs import count_macs
+    from segrt.export.merging import apply_merging
+    from segrt.export.onnx_export import export_onnx
+
+    rows = []
+    task = progress.add_task(f"export {label}", total=len(variants), info="")
+    for variant in variants:
+        model = apply_merging(loaded.model, merge) if variant == "fold+merge" else loaded.model
+        path = folder / f"{label}-{variant.replace('+', '-')}.onnx"
+        export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain")
+        proto = onnx.load(str(path))
+        params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) > 1 or (t.dims and t.dims[0] > 1))
+        rows.append(Row(label, variant, loaded.source, str(path), count_macs(path).gmacs, params / 1e6,
+                        note=f"merge {merge}" if variant == "fold+merge" else ""))
+        progress.advance(task)
+    return rows
+
+
+def time_rows(rows: list[Row], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
+    for r in rows:
+        for _ in range(warmup):
+            engines[r.name].backend.run(x)
+    task = progress.add_task("latency", total=rounds, info="interleaved")
+    for i in range(rounds):
+        for r in rows if i % 2 == 0 else rows[::-1]:
+            t0 = time.perf_counter()
+            engines[r.name].backend.run(x)
+            r.latencies_ms.append(1000 * (time.perf_counter() - t0))
+        progress.advance(task)
+    for r in rows:
+        r.p50_ms = statistics.median(r.latencies_ms)
+    base = rows[0].p50_ms
+    for r in rows:
+        r.speedup = base / r.p50_ms
+
+
+def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool) -> None:
+    from segrt.runtime.evaluate import evaluate
+
+    plain = {}
+    for r in rows:
+        if reuse_exact and r.variant == "fold" and r.model in plain:
+            r.miou, r.pixel_accuracy = plain[r.model]
+            r.note = (r.note + "; " if r.note else "") + "mIoU of the plain export (folding is exact)"
+            continue
+        m = evaluate(engines[r.name].infer, dataset, limit=limit, description=f"eval {r.name}")
+        r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
+        if r.variant == "plain":
+            plain[r.model] = (m.miou, m.pixel_accuracy)
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Pruning and distillation vs {res['bundled']}", "",
+             (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}; input {res['size'][0]}x"
+              f"{res['size'][1]}; CamVid val ({res['images']} images); latency p50 over {res['rounds']} interleaved "
+              f"rounds; speed-up vs the first row. GMACs counted on the exported graph."), "",
+             "| model | variant | GMACs | params (M) | p50 ms | speed-up | mIoU | pixel acc |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
+        acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['variant']} | {r['gmacs']:.3f} | {r['params_m']:.3f} | {r['p50_ms']:.1f} | "
+                     f"{r['speedup']:.2f}x | {miou} | {acc} |")
+    notes = [f"- {r['model']} [{r['variant']}]: {r['note']}" for r in res["rows"] if r["note"]]
+    sources = [f"- {k}: `{v}`" for k, v in res["sources"].items()]
+    return "\n".join(lines + ["", "Sources:", *sources] + (["", "Notes:", *notes] if notes else [])) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    markers = {"plain": "o", "fold": "s", "fold+merge": "^"}
+    for r in res["rows"]:
+        if r["miou"] is None:
+            continue
+        for ax, x in zip(axes, (r["gmacs"], r["p50_ms"])):
+            ax.scatter(x, 100 * r["miou"], marker=markers[r["variant"]], s=50)
+            ax.annotate(f"{r['model']} {r['variant']}", (x, 100 * r["miou"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    axes[0].set_xlabel("GMACs (exported graph)")
+    axes[1].set_xlabel(f"ONNX Runtime CPU p50 latency (ms, {res['size'][0]}x{res['size'][1]})")
+    for ax in axes:
+        ax.set_ylabel("CamVid val mIoU (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Pruning / distillation vs {res['bundled']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> dict:
+    import onnxruntime
+
+    from segrt.export.resolve import load_model
+    from segrt.runtime.datasets import open_dataset
+    from segrt.runtime.engine import Engine
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.progress import make_progress
+
+    args = parse_args(argv)
+    bundled = load_model(args.bundled)
+    size = tuple(bundled.metadata.input_size or (384, 512))
+    models = [("bundled", bundled)]
+    for label, spec, fraction in (("pruned-50", args.pruned50, 0.5), ("pruned-30", args.pruned30, 0.3),
+                                  ("pruned-50+distilled", args.distilled, None)):
+        if spec:
+            models.append((label, load_model(spec)))
+        elif args.quick and fraction:
+            models.append((label, quick_pruned(bundled, fraction)))
+    dataset = open_dataset(str(args.data), "camvid", "val")
+    with tempfile.TemporaryDirectory() as tmp, make_progress() as progress:
+        rows: list[Row] = []
+        for label, loaded in models:
+            variants = args.pruned_variants if label in ("pruned-50", "pruned-30") else args.variants
+            rows += export_rows(label, loaded, variants, args.merge, size, Path(tmp), progress)
+        engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
+        img, _ = dataset[0]
+        x = frames_to_input([img], size, bundled.metadata.mean, bundled.metadata.std)
+        time_rows(rows, engines, x, args.rounds, args.warmup, progress)
+        evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact)
+    res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
+           "images": min(args.limit or len(dataset), len(dataset)), "onnxruntime": onnxruntime.__version__,
+           "cpu": platform.processor() or platform.machine(), "merge": args.merge,
+           "sources": {label: loaded.source for label, loaded in models},
+           "rows": [{**asdict(r), "latencies_ms": [round(v, 2) for v in r.latencies_ms]} for r in rows]}
+    for r in res["rows"]:
+        r["path"] = Path(r["path"]).name
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name + ("-quick" if args.quick else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(res))
+    plot(res, args.out / f"{stem}.png")
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
