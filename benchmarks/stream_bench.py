@@ -11,8 +11,10 @@ Each round times, one after the other on the same frames:
   bare           Engine.infer on every decoded frame, one after another (no decode, nothing else)
   stream         Engine.stream(file): decode + inference in threads, masks to the caller
   stream+render  the same plus the overlay/legend/HUD renderer and writing an MP4, as `segrt demo` does
-Rounds interleave the three so that load from other processes hits all of them alike. Stream rates
-are frames / wall time of the whole pass, pipeline fill included (conservative).
+Many short rounds interleave the three so that load from other processes hits all of them alike;
+the headline ratio is the median of the per-round ratios, which a load change in the middle of one
+round cannot drag far (pooled totals are reported too). Stream rates are frames / wall time of the
+whole pass, pipeline fill included (conservative).
 
 Writes benchmarks/results/stream.json and stream.md.
 """
@@ -82,8 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="camvid-b0")
     parser.add_argument("--source", default=str(REPO / "examples" / "media" / "bikes.mp4"))
-    parser.add_argument("--frames", type=int, default=250, help="frames per pass (the sample video has 250)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=50, help="frames per pass (the sample video has 250)")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--out", type=Path, default=RESULTS / "stream")
     args = parser.parse_args()
@@ -122,7 +124,9 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
         "bare_fps": bare_fps, "stream_fps": stream_fps, "stream_render_fps": render_fps,
-        "ratio": stream_fps / bare_fps, "ratio_render": render_fps / bare_fps, "goal": GOAL,
+        "ratio": float(np.median([x["ratio"] for x in rounds])),
+        "ratio_render": float(np.median([x["ratio_render"] for x in rounds])),
+        "ratio_pooled": stream_fps / bare_fps, "ratio_render_pooled": render_fps / bare_fps, "goal": GOAL,
         "per_round": rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,10 +152,11 @@ def markdown(r: dict) -> str:
         lines.append(f"| {i} | {x['bare']['fps']:.2f} ({x['bare']['latency_ms_mean']:.0f} ms) | {x['stream']['fps']:.2f} | "
                      f"{x['ratio']:.3f} | {x['stream_render']['fps']:.2f} | {x['ratio_render']:.3f} |")
     lines += [
-        (f"| **all** | **{r['bare_fps']:.2f}** | **{r['stream_fps']:.2f}** | **{r['ratio']:.3f}** | "
-         f"**{r['stream_render_fps']:.2f}** | **{r['ratio_render']:.3f}** |"),
+        (f"| pooled | {r['bare_fps']:.2f} | {r['stream_fps']:.2f} | {r['ratio_pooled']:.3f} | "
+         f"{r['stream_render_fps']:.2f} | {r['ratio_render_pooled']:.3f} |"),
+        f"| **median** | | | **{r['ratio']:.3f}** | | **{r['ratio_render']:.3f}** |",
         "",
-        (f"Goal: stream / bare >= {r['goal']}: {'met' if r['ratio'] >= r['goal'] else 'NOT met'} "
+        (f"Goal: stream / bare >= {r['goal']} (median over rounds): {'met' if r['ratio'] >= r['goal'] else 'NOT met'} "
          f"({r['ratio']:.3f}; with rendering and video writing {r['ratio_render']:.3f})."),
         ("Stream FPS = frames / wall time of the whole pass, including decoding and pipeline fill. "
          "Bare = `Engine.infer` back to back on frames already decoded in memory."),
