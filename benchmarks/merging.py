@@ -135,7 +135,8 @@ def evaluate_candidates(candidates: list[Candidate], engines: dict, dataset, lim
 
 def markdown(results: dict) -> str:
     lines = [f"# Token merging and decoder folding: {results['model']}", "",
-             (f"ONNX Runtime {results['onnxruntime']} CPU, {results['threads']} threads, {results['cpu']}; "
+             (f"ONNX Runtime {results['onnxruntime']} CPU, {results['threads']} threads, {results['cpu']} "
+              f"(load average {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end); "
               f"CamVid val ({results['images']} images); latency p50 over {results['rounds']} interleaved rounds. "
               "Every candidate except `plain` has the folded decoder."), "",
              "| size | strategy | p50 ms | p90 ms | speed-up | mIoU | ΔmIoU (points) | agreement | tokens (q / kv per stage) |",
@@ -155,6 +156,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (size, group), marker in zip(results["sizes"].items(), "os^D"):
@@ -162,9 +164,13 @@ def plot(results: dict, path: Path) -> None:
         ys = [100 * c["miou"] for c in group]
         ax.scatter(xs, ys, marker=marker, label=size)
         for c, x, y in zip(group, xs, ys):
-            ax.annotate(c["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            name = "none (folded)" if c["name"] == "none" else c["name"]
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axvline(2.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
+    label = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.xaxis.set_major_formatter(label)
+    ax.xaxis.set_minor_formatter(label)
     ax.set_xlabel("speed-up vs plain export (ONNX Runtime CPU, p50)")
     ax.set_ylabel("CamVid val mIoU (%)")
     ax.set_title(f"{results['model']}: speed vs accuracy without retraining")
@@ -194,7 +200,7 @@ def main(argv=None) -> dict:
     results: dict = {
         "model": args.model, "onnxruntime": ort.__version__, "threads": args.threads,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "images": images,
-        "rounds": args.rounds, "command": "python benchmarks/merging.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "rounds": args.rounds, "load_average_start": os.getloadavg()[0], "command": "python benchmarks/merging.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "sizes": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +216,7 @@ def main(argv=None) -> dict:
             for e in engines.values():
                 e.close()
             results["sizes"][f"{s}x{s}"] = [{k: v for k, v in asdict(c).items() if k != "path"} for c in candidates]
+    results["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews absolute latencies
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(results))
