@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge", default="hq", help="token-merging strategy for the fold+merge variant")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
+    p.add_argument("--size", default=None, help="HxW to export and time at (default: the bundled model's input size)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
@@ -78,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
     if args.quick:
-        args.rounds, args.limit = 4, args.limit or 4
+        args.rounds, args.limit, args.size = 4, args.limit or 4, args.size or "128x160"
     args.threads = args.threads or os.cpu_count()
     return args
 
@@ -208,7 +209,7 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     bundled = load_model(args.bundled)
-    size = tuple(bundled.metadata.input_size or (384, 512))
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(bundled.metadata.input_size or (384, 512))
     models = [("bundled", bundled)]
     for label, spec, fraction in (("pruned-50", args.pruned50, 0.5), ("pruned-30", args.pruned30, 0.3),
                                   ("pruned-50+distilled", args.distilled, None)):

@@ -222,6 +222,7 @@ def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=
     meta.extra = {**meta.extra, "distillation": json.dumps({"teacher": teacher.source, "teacher_sha256": teacher.sha256,
                                                             "student": student.source, "config": asdict(cfg)}, default=str)}
     base_size = tuple(cfg.base_size or teacher.metadata.input_size or (512, 512))
+    torch.manual_seed(cfg.seed)  # adapter init and dropout: a resumed run must replay the same draws
     distiller = Distiller(s_model.config.widths, t_model.config.widths, cfg.assistant).to(device)
     params = list(s_model.parameters()) + list(distiller.parameters())
     decay = [p for p in params if p.ndim > 1]

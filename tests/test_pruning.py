@@ -169,3 +169,13 @@ def test_prune_on_camvid_meets_the_budget_and_resumes(random_b0, camvid_root, tm
     assert "pruning" in loaded.metadata.extra
     with torch.no_grad():
         assert loaded.model(_input()).shape[1] == 11
+
+
+def test_cli_rejects_a_bad_budget_with_a_typed_error(camvid_root, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "segrt", "prune", "random:b0:11", "--flops", "1.5", "--data", str(camvid_root),
+                        "-o", str(tmp_path / "p.safetensors")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "ConfigError" in r.stderr and "--flops" in r.stderr
+    assert not (tmp_path / "p.safetensors").exists()
