@@ -226,6 +226,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
         raise ExportError(f"quantized graph fails onnx.checker: {exc}") from exc
     with tempfile.NamedTemporaryFile(dir=onnx_out.parent, suffix=".onnx.tmp", delete=False) as tmp_file:
         tmp_file.write(quantized.SerializeToString())
+    Path(tmp_file.name).chmod(0o644)  # NamedTemporaryFile creates 0600; a model file is for everyone to read
     Path(tmp_file.name).replace(onnx_out)  # never leave a half-written model under the final name
     q, f = census(quantized)
     return QuantizeResult(onnx_out, len(images), q, f)

@@ -47,7 +47,8 @@ class KernelProfile:
         return sorted(self.op_types, key=lambda o: -o.ms_per_run)[:n]
 
     def integer_kernels(self) -> list[str]:
-        return sorted(o.op_type for o in self.op_types if o.integer or o.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger")))
+        """Kernels that multiply in integer arithmetic (not the Q/DQ conversions or data movement around them)."""
+        return sorted(o.op_type for o in self.op_types if o.op_type.startswith("QLinear") or "Integer" in o.op_type)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "runs": self.runs, "threads": self.threads,

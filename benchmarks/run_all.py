@@ -1,0 +1,417 @@
+"""The headline table: segrt's tiers against what users would run instead, on this machine, in one run.
+
+    make bench                                  # = python benchmarks/run_all.py (bundled camvid-b0, 512x512)
+    python benchmarks/run_all.py --quick        # smoke run on a random model; numbers are meaningless
+
+Steps, all at one input size (default 512x512):
+
+1. export segrt's tiers from the checkpoint: FP32 (verified export, folded decoder), INT8 (static Q/DQ
+   calibrated on CamVid train), and, when ``segrt.export.merging`` is installed, token-merging tiers
+   in FP32 and INT8;
+2. build the peers from the same weights: transformers ``SegformerForSemanticSegmentation`` in eager
+   PyTorch, and its plain ``torch.onnx.export`` run by ONNX Runtime with default session options;
+3. time everything interleaved (``segrt.runtime.bench``), with peak-throughput probes in the same run;
+4. CamVid val mIoU of every candidate through the very pipeline that was timed;
+5. ONNX Runtime's profiler on the ONNX candidates: which kernels ran (QLinearConv, QLinearMatMul on
+   uint8 ...) and where the time goes;
+6. write ``headline.json``, ``headline.md``, ``pareto.png`` and ``stages.png`` (to
+   ``benchmarks/results/``; ``--quick`` writes to ``out/bench-quick/``) and, for full runs, the
+   headline table into README.md between its ``bench:headline`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_DATA = Path(os.environ.get("SEGRT_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+README_START, README_END = "<!-- bench:headline:start -->", "<!-- bench:headline:end -->"
+EAGER, PLAIN = "transformers (eager PyTorch)", "transformers -> ONNX Runtime"
+GOALS = {"vs_eager": 12.0, "vs_plain_ort": 4.0, "miou_points": 1.0}
+
+
+@dataclass
+class Tier:
+    name: str
+    path: Path
+    precision: str
+    merge: str
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--size", default=None, help="input size HxW (default 512x512; --quick 256x320)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root (train for calibration, val for mIoU)")
+    p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include (default: hq fast)")
+    p.add_argument("--calib-count", type=int, default=None, help="INT8 calibration images (default 64; --quick 4)")
+    p.add_argument("--runs", type=int, default=None, help="timed interleaved runs per candidate (default 30; --quick 3)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--eval-limit", type=int, default=None, help="first N val images (default all 101; --quick 4)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every candidate (default: all CPUs)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick out/bench-quick)")
+    p.add_argument("--work", type=Path, default=REPO / "out" / "bench-work", help="exported models go here")
+    p.add_argument("--quick", action="store_true", help="random model, small size, few runs and images: a smoke run")
+    p.add_argument("--no-readme", action="store_true", help="do not write the table into README.md")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.model = args.model or ("random:b0:11" if q else "camvid-b0")
+    args.size = args.size or ("256x320" if q else "512x512")
+    args.merges = args.merges if args.merges is not None else ["hq", "fast"]
+    args.calib_count = args.calib_count or (4 if q else 64)
+    args.runs = args.runs or (3 if q else 30)
+    args.eval_limit = args.eval_limit if args.eval_limit is not None else (4 if q else None)
+    args.threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    args.out = args.out or (REPO / "out" / "bench-quick" if q else RESULTS)
+    return args
+
+
+def check_model(spec: str) -> None:
+    if spec.startswith("random:") or Path(spec).exists():
+        return
+    from segrt.runtime.models import models_dir
+
+    if not (models_dir() / f"{spec}.safetensors").exists():
+        raise SystemExit(f"{spec}: no checkpoint {models_dir() / (spec + '.safetensors')}. The bundled CamVid model "
+                         "ships with the repository; for a smoke run without it use --quick.")
+
+
+# ----------------------------------------------------------------------------- 1. segrt's tiers
+
+
+def merging_available() -> bool:
+    try:
+        import segrt.export.merging  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_tiers(spec: str, size: tuple[int, int], args, work: Path, progress) -> list[Tier]:
+    from segrt.export.onnx_export import export_onnx
+    from segrt.export.quantize import quantize_int8
+    from segrt.export.resolve import load_model
+
+    merges = ["none"] + (list(args.merges) if merging_available() else [])
+    task = progress.add_task("export tiers", total=2 * len(merges), info="")
+    tiers = []
+    for merge in merges:
+        loaded = load_model(spec)
+        model, label = loaded.model, "segrt"
+        if merge != "none":
+            from segrt.export.merging import apply_merging, describe, merge_config
+
+            config = merge_config(merge)
+            loaded.metadata.extra["token_merge"] = describe(config)
+            model, label = apply_merging(loaded.model, config), f"segrt merge-{merge}"
+        fp32 = work / f"{label.replace(' ', '_')}_fp32.onnx"
+        progress.update(task, info=f"{label} fp32")
+        export_onnx(model, loaded.metadata, fp32, size=size)
+        tiers.append(Tier(f"{label} FP32", fp32, "fp32", merge))
+        progress.advance(task)
+        progress.update(task, info=f"{label} int8")
+        int8 = work / f"{label.replace(' ', '_')}_int8.onnx"
+        quantize_int8(fp32, int8, args.data / "train", args.calib_count, show_progress=False)
+        tiers.append(Tier(f"{label} INT8", int8, "int8", merge))
+        progress.advance(task)
+    return tiers
+
+
+# ----------------------------------------------------------------------------- 2-4. bench and accuracy
+
+
+def candidates_for(spec: str, tiers: list[Tier], args, work: Path, frame: np.ndarray) -> list:
+    from segrt.export.macs import count_macs
+    from segrt.export.peers import plain_onnx_candidate, transformers_candidate
+    from segrt.runtime.bench import segrt_candidate
+
+    cands = [transformers_candidate(spec, args.threads, name=EAGER, check_frames=[frame]),
+             plain_onnx_candidate(spec, args.threads, work, name=PLAIN)]
+    for tier in tiers:
+        cands.append(segrt_candidate(tier.path, name=tier.name, threads=args.threads,
+                                     macs=lambda size, p=tier.path: count_macs(p, (1, 3, *size)).total))
+    return cands
+
+
+def evaluate_candidates(cands: list, size: tuple[int, int], args, progress) -> dict[str, dict]:
+    """mIoU through the timed pipeline (the same preprocessing, network and postprocessing)."""
+    from segrt.runtime.bench import pipeline_predictor
+    from segrt.runtime.datasets import open_dataset
+    from segrt.runtime.evaluate import evaluate
+
+    dataset = open_dataset(args.data, "camvid", "val")
+    out = {}
+    for cand in cands:
+        if cand.prepare is not None:
+            cand.prepare(size)
+        runner = cand.load(size)
+        metrics = evaluate(pipeline_predictor(cand, runner, size), dataset, limit=args.eval_limit,
+                           show_progress=False, description=cand.name)
+        runner.close()
+        out[cand.name] = metrics.to_dict()
+        progress.console.print(f"  {cand.name}: mIoU {100 * metrics.miou:.2f} on {metrics.images} val images")
+    return out
+
+
+def kernel_profiles(cands: list, size: tuple[int, int], args, frame: np.ndarray) -> dict[str, dict]:
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.profile import profile_kernels
+
+    out = {}
+    for cand in cands:
+        if cand.kind != "onnxruntime":
+            continue
+        path = cand.source if cand.source.endswith(".onnx") else cand.load(size).info["path"]
+        x = frames_to_input([frame], size, cand.mean, cand.std)
+        out[cand.name] = profile_kernels(path, x, runs=5, threads=args.threads).to_dict()
+    return out
+
+
+# ----------------------------------------------------------------------------- 5-6. report
+
+
+def headline_rows(group: dict, accuracy: dict[str, dict]) -> list[dict]:
+    by_name = {r["name"]: r for r in group["results"]}
+    eager, plain = by_name.get(EAGER), by_name.get(PLAIN)
+    rows = []
+    for r in group["results"]:
+        miou = accuracy.get(r["name"], {}).get("miou")
+        rows.append({
+            "name": r["name"], "runtime": r["info"].get("backend", r["kind"]), "precision": r["precision"],
+            "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "e2e_p50_ms": r["end_to_end_ms"]["p50"],
+            "fps": r["throughput_fps"], "miou": miou,
+            "delta_miou_points": 100 * (miou - accuracy[EAGER]["miou"]) if miou is not None and EAGER in accuracy else None,
+            "vs_eager": eager["latency_ms"]["p50"] / r["latency_ms"]["p50"] if eager else None,
+            "vs_plain_ort": plain["latency_ms"]["p50"] / r["latency_ms"]["p50"] if plain else None,
+            "gmacs": r["gmacs"], "gmacs_per_s": r["gmacs_per_s"], "pct_of_peak": r["pct_of_peak"],
+            "peak_kind": r["peak_kind"], "peak_mb": r["memory_mb"]["peak"],
+        })
+    return rows
+
+
+def goals(rows: list[dict]) -> dict:
+    """segrt's fastest tier within 1 mIoU point of eager transformers, against the two goals."""
+    eligible = [r for r in rows if r["name"].startswith("segrt") and r["delta_miou_points"] is not None
+                and r["delta_miou_points"] >= -GOALS["miou_points"]]
+    if not eligible:
+        return {"best": None, "met": False, "note": "no segrt tier within 1 mIoU point of eager transformers"}
+    best = min(eligible, key=lambda r: r["p50_ms"])
+    met_eager = best["vs_eager"] is not None and best["vs_eager"] >= GOALS["vs_eager"]
+    met_plain = best["vs_plain_ort"] is not None and best["vs_plain_ort"] >= GOALS["vs_plain_ort"]
+    return {"best": best["name"], "vs_eager": best["vs_eager"], "vs_plain_ort": best["vs_plain_ort"],
+            "delta_miou_points": best["delta_miou_points"], "met_vs_eager": met_eager, "met_vs_plain_ort": met_plain,
+            "met": met_eager and met_plain, "targets": GOALS}
+
+
+def _f(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    env, s = report["environment"], report["settings"]
+    cpu = env["cpu"]
+    g = report["goals"]
+    lines = [
+        f"**{s['model']}, {s['size'][0]}x{s['size'][1]}, batch 1, {s['threads']} threads** on {cpu.get('model', '?')} "
+        f"({', '.join(cpu.get('extensions', []))}); ONNX Runtime {env['onnxruntime']}, PyTorch {env.get('torch', '-')}, "
+        f"transformers {env.get('transformers', '-')}. Network latency over {s['runs']} interleaved runs; "
+        f"mIoU on CamVid val ({report['eval_images']} images) through the same pipeline.",
+        "",
+        "| model | runtime | precision | p50 ms | p95 ms | end-to-end p50 ms | FPS | vs eager | vs plain ORT | mIoU | ΔmIoU | GMAC | GMAC/s | % of peak | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['runtime']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['e2e_p50_ms']:.1f} | {r['fps']:.1f} | {_f(r['vs_eager'], '.2f')}x | {_f(r['vs_plain_ort'], '.2f')}x | "
+            f"{_f(None if r['miou'] is None else 100 * r['miou'], '.2f')} | {_f(r['delta_miou_points'], '+.2f')} | "
+            f"{_f(r['gmacs'], '.2f')} | {_f(r['gmacs_per_s'])} | {_f(r['pct_of_peak'])} ({r['peak_kind']}) | "
+            f"{_f(r['peak_mb'], '.0f')} |")
+    peaks = report["group"]["peaks_gmacs_per_s"]
+    probes = "; ".join(f"{p['name']} {p['gmacs_per_s']:.0f} GMAC/s" for p in report["group"]["probes"])
+    lines += ["", f"Machine peak, measured in the same run: {probes}. "
+              f"% of peak is against the fp32 peak ({_f(peaks.get('fp32'), '.0f')} GMAC/s) for float models and the "
+              f"int8 peak ({_f(peaks.get('int8'), '.0f')} GMAC/s) for INT8 ones."]
+    if g.get("best"):
+        lines += ["", f"Goals (fastest segrt tier within {GOALS['miou_points']:g} mIoU point of eager transformers): "
+                  f"**{g['best']}** is {g['vs_eager']:.1f}x faster than eager transformers (goal {GOALS['vs_eager']:g}x: "
+                  f"{'met' if g['met_vs_eager'] else 'not met'}) and {g['vs_plain_ort']:.1f}x faster than the plain ONNX "
+                  f"Runtime export (goal {GOALS['vs_plain_ort']:g}x: {'met' if g['met_vs_plain_ort'] else 'not met'}), "
+                  f"ΔmIoU {g['delta_miou_points']:+.2f} points."]
+    else:
+        lines += ["", f"Goals: {g.get('note')}."]
+    kern = report.get("kernels", {})
+    int8 = next((v for k, v in kern.items() if "INT8" in k), None)
+    if int8:
+        lines += ["", f"INT8 kernels ONNX Runtime ran (profiler): {', '.join(int8['integer_kernels'])} "
+                  f"(input types: {', '.join(sorted({t for o in int8['op_types'] for t in o['input_types'] if o['op_type'].startswith('QLinear')}))}). "
+                  + report.get("int8_dispatch", "")]
+    lines += ["", f"Command: `{s['command']}` ({report['wall_s'] / 60:.1f} min)."]
+    return "\n".join(lines) + "\n"
+
+
+def int8_dispatch_note(group: dict) -> str:
+    """Which MLAS int8 GEMM path the u8 x s8 probe shows: AVX-512 VNNI does at most 4 int8 MACs per
+    fp32 FMA lane-cycle; a larger ratio means the AMX tile kernels are running."""
+    by = {p["precision"]: p["gmacs_per_s"] for p in group["probes"]}
+    fp32 = max((p["gmacs_per_s"] for p in group["probes"] if p["precision"] == "fp32"), default=None)
+    if not fp32 or "int8" not in by:
+        return ""
+    ratio = by["int8"] / fp32
+    engine = "AMX tile kernels (beyond the 4x AVX-512 VNNI can give)" if ratio > 4.5 else "AVX-512 VNNI / AVX2 kernels"
+    return f"The u8 x s8 GEMM probe runs {ratio:.1f}x the fp32 peak: MLAS is using its {engine}."
+
+
+def plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["miou"] is not None]
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        color = "tab:blue" if r["name"].startswith("segrt") else "tab:red"
+        ax.scatter(r["p50_ms"], 100 * r["miou"], color=color, zorder=3)
+        ax.annotate(r["name"], (r["p50_ms"], 100 * r["miou"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: r["p50_ms"]):
+        if r["miou"] > best:
+            front.append(r)
+            best = r["miou"]
+    ax.step([r["p50_ms"] for r in front], [100 * r["miou"] for r in front], where="post", color="grey", lw=1,
+            label="Pareto front")
+    eager = next((r for r in rows if r["name"] == EAGER), None)
+    plain = next((r for r in rows if r["name"] == PLAIN), None)
+    if eager:
+        ax.axvline(eager["p50_ms"] / GOALS["vs_eager"], color="tab:red", ls="--", lw=0.8, label="goal: eager / 12")
+    if plain:
+        ax.axvline(plain["p50_ms"] / GOALS["vs_plain_ort"], color="tab:orange", ls="--", lw=0.8, label="goal: plain ORT / 4")
+    ax.set_xscale("log")
+    ax.set_xlabel("network latency p50 (ms, log scale)")
+    ax.set_ylabel("CamVid val mIoU (%)")
+    s = report["settings"]
+    ax.set_title(f"{s['model']} {s['size'][0]}x{s['size'][1]}, {s['threads']} threads: latency vs accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "pareto.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    results = report["group"]["results"]
+    kern = report.get("kernels", {})
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.2]})
+    names = [r["name"] for r in results]
+    left = np.zeros(len(results))
+    for stage, color in zip(("preprocess", "network", "postprocess"), ("tab:gray", "tab:blue", "tab:green")):
+        vals = np.array([r["stages_ms"][stage] for r in results])
+        axes[0].barh(names, vals, left=left, color=color, label=stage)
+        left += vals
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("ms per frame (p50 of each stage)")
+    axes[0].set_title("frame pipeline stages")
+    axes[0].legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    if kern:
+        top: dict[str, float] = {}
+        for prof in kern.values():
+            for o in prof["op_types"]:
+                top[o["op_type"]] = top.get(o["op_type"], 0.0) + o["ms_per_run"]
+        keep = [k for k, _ in sorted(top.items(), key=lambda kv: -kv[1])[:9]]
+        knames = list(kern)
+        left = np.zeros(len(knames))
+        cmap = plt.get_cmap("tab10")
+        for i, op in enumerate([*keep, "other"]):
+            vals = np.array([sum(o["ms_per_run"] for o in kern[k]["op_types"]
+                                 if (o["op_type"] == op) or (op == "other" and o["op_type"] not in keep)) for k in knames])
+            axes[1].barh(knames, vals, left=left, color=cmap(i % 10), label=op)
+            left += vals
+        axes[1].invert_yaxis()
+        axes[1].set_xlabel("ms per run, ONNX Runtime profiler (kernel time by operator type)")
+        axes[1].set_title("where the network time goes")
+        axes[1].legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    written.append(out / "stages.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
+def update_readme(table_md: str) -> bool:
+    readme = REPO / "README.md"
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{table_md}{README_END}{tail}")
+    return True
+
+
+def main(argv=None) -> dict:
+    import cv2
+
+    from segrt.commands._args import parse_size
+    from segrt.runtime.bench import benchmark_size, environment
+    from segrt.runtime.peak import default_probes
+    from segrt.runtime.progress import make_progress
+
+    started = time.perf_counter()
+    args = parse_args(argv)
+    check_model(args.model)
+    size = parse_size(args.size)
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame = cv2.imread(str(sorted((args.data / "val").glob("*.png"))[0]), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise SystemExit(f"no CamVid val images under {args.data}")
+    with make_progress() as progress:
+        tiers = export_tiers(args.model, size, args, work, progress)
+        cands = candidates_for(args.model, tiers, args, work, frame)
+        group = benchmark_size(cands, size, frame, runs=args.runs, warmup=args.warmup,
+                               probes=default_probes(args.threads), progress=progress)
+        for s in group["skipped"]:
+            progress.console.print(f"[yellow]skipped[/] {s['name']}: {s['reason']}")
+        progress.console.print("CamVid val mIoU through the timed pipelines:")
+        accuracy = evaluate_candidates([c for c in cands if c.name in {r['name'] for r in group['results']}], size, args, progress)
+        kernels = kernel_profiles([c for c in cands if c.kind == "onnxruntime"], size, args, frame)
+    rows = headline_rows(group, accuracy)
+    command = "python benchmarks/run_all.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    report = {
+        "environment": environment(args.threads),
+        "settings": {"model": args.model, "size": list(size), "threads": args.threads, "runs": args.runs,
+                     "warmup": args.warmup, "calibration_images": args.calib_count, "merges": args.merges,
+                     "quick": args.quick, "command": command.strip()},
+        "tiers": [{"name": t.name, "path": str(t.path.relative_to(REPO)) if t.path.is_relative_to(REPO) else str(t.path),
+                   "precision": t.precision, "merge": t.merge} for t in tiers],
+        "group": group, "accuracy": accuracy, "kernels": kernels, "rows": rows, "goals": goals(rows),
+        "eval_images": next(iter(accuracy.values()))["images"] if accuracy else 0,
+        "int8_dispatch": int8_dispatch_note(group),
+    }
+    report["wall_s"] = time.perf_counter() - started
+    table = markdown(report)
+    (args.out / "headline.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "headline.md").write_text("# segrt headline benchmark\n\n" + table)
+    written = plots(report, args.out)
+    print(table)
+    print(f"wrote {args.out / 'headline.json'}, {args.out / 'headline.md'}, " + ", ".join(str(p) for p in written))
+    if not args.quick and not args.no_readme and update_readme(table):
+        print("updated the headline table in README.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
