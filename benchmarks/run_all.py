@@ -221,10 +221,10 @@ def markdown(report: dict) -> str:
     cpu = env["cpu"]
     g = report["goals"]
     lines = [
-        f"**{s['model']}, {s['size'][0]}x{s['size'][1]}, batch 1, {s['threads']} threads** on {cpu.get('model', '?')} "
-        f"({', '.join(cpu.get('extensions', []))}); ONNX Runtime {env['onnxruntime']}, PyTorch {env.get('torch', '-')}, "
-        f"transformers {env.get('transformers', '-')}. Network latency over {s['runs']} interleaved runs; "
-        f"mIoU on CamVid val ({report['eval_images']} images) through the same pipeline.",
+        (f"**{s['model']}, {s['size'][0]}x{s['size'][1]}, batch 1, {s['threads']} threads** on {cpu.get('model', '?')} "
+         f"({', '.join(cpu.get('extensions', []))}); ONNX Runtime {env['onnxruntime']}, PyTorch {env.get('torch', '-')}, "
+         f"transformers {env.get('transformers', '-')}. Network latency over {s['runs']} interleaved runs; "
+         f"mIoU on CamVid val ({report['eval_images']} images) through the same pipeline."),
         "",
         "| model | runtime | precision | p50 ms | p95 ms | end-to-end p50 ms | FPS | vs eager | vs plain ORT | mIoU | ΔmIoU | GMAC | GMAC/s | % of peak | peak MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -238,15 +238,15 @@ def markdown(report: dict) -> str:
             f"{_f(r['peak_mb'], '.0f')} |")
     peaks = report["group"]["peaks_gmacs_per_s"]
     probes = "; ".join(f"{p['name']} {p['gmacs_per_s']:.0f} GMAC/s" for p in report["group"]["probes"])
-    lines += ["", f"Machine peak, measured in the same run: {probes}. "
-              f"% of peak is against the fp32 peak ({_f(peaks.get('fp32'), '.0f')} GMAC/s) for float models and the "
-              f"int8 peak ({_f(peaks.get('int8'), '.0f')} GMAC/s) for INT8 ones."]
+    lines += ["", (f"Machine peak, measured in the same run: {probes}. "
+                   f"% of peak is against the fp32 peak ({_f(peaks.get('fp32'), '.0f')} GMAC/s) for float models and the "
+                   f"int8 peak ({_f(peaks.get('int8'), '.0f')} GMAC/s) for INT8 ones.")]
     if g.get("best"):
-        lines += ["", f"Goals (fastest segrt tier within {GOALS['miou_points']:g} mIoU point of eager transformers): "
-                  f"**{g['best']}** is {g['vs_eager']:.1f}x faster than eager transformers (goal {GOALS['vs_eager']:g}x: "
-                  f"{'met' if g['met_vs_eager'] else 'not met'}) and {g['vs_plain_ort']:.1f}x faster than the plain ONNX "
-                  f"Runtime export (goal {GOALS['vs_plain_ort']:g}x: {'met' if g['met_vs_plain_ort'] else 'not met'}), "
-                  f"ΔmIoU {g['delta_miou_points']:+.2f} points."]
+        lines += ["", (f"Goals (fastest segrt tier within {GOALS['miou_points']:g} mIoU point of eager transformers): "
+                       f"**{g['best']}** is {g['vs_eager']:.1f}x faster than eager transformers (goal {GOALS['vs_eager']:g}x: "
+                       f"{'met' if g['met_vs_eager'] else 'not met'}) and {g['vs_plain_ort']:.1f}x faster than the plain ONNX "
+                       f"Runtime export (goal {GOALS['vs_plain_ort']:g}x: {'met' if g['met_vs_plain_ort'] else 'not met'}), "
+                       f"ΔmIoU {g['delta_miou_points']:+.2f} points.")]
     else:
         lines += ["", f"Goals: {g.get('note')}."]
     kern = report.get("kernels", {})
@@ -375,7 +375,8 @@ def main(argv=None) -> dict:
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    frame = cv2.imread(str(sorted((args.data / "val").glob("*.png"))[0]), cv2.IMREAD_COLOR)
+    val_images = sorted((args.data / "val").glob("*.png"))
+    frame = cv2.imread(str(val_images[0]), cv2.IMREAD_COLOR) if val_images else None
     if frame is None:
         raise SystemExit(f"no CamVid val images under {args.data}")
     with make_progress() as progress:
