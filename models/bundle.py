@@ -86,7 +86,7 @@ SegFormer-{bundled.model.config.variant.upper()} trained from scratch by segrt o
 Training command (resumable; rerun the same command to continue):
 
 ```bash
-segrt train --data ../shared/data/camvid --format camvid --variant {cfg['variant']} --out {cfg['out']} \\
+segrt train --data ../shared/data/camvid --format camvid --variant {cfg['variant']} --out runs/camvid-b0 \\
   --iterations {cfg['iterations']} --batch-size {cfg['batch_size']} --lr {cfg['lr']} --loss {cfg['loss']} \\
   --base-size {cfg['base_size'][0]}x{cfg['base_size'][1]} --crop {cfg['crop'][0]}x{cfg['crop'][1]} --val-every {cfg['val_every']}
 ```
