@@ -9,7 +9,9 @@ Formats:
 - NVlabs (original SegFormer repo): ``patch_embedN``/``blockN``/``normN`` and ``decode_head.linear_cN``.
 
 Pickled ``.pth``/``.bin`` files are read with ``torch.load(weights_only=True)``: tensors and plain
-containers only, never arbitrary objects.
+containers only, never arbitrary objects. A pickle that needs more is refused with
+:class:`UnsafeModelError` unless the caller passes ``trust_pickle=True`` (``--trust-pickle``), which
+unpickles it fully and so runs whatever code it carries: only for files from a source you trust.
 """
 
 from __future__ import annotations
@@ -79,17 +81,23 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, meta
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_pickle(path: Path, trust_pickle: bool = False) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         msg = str(exc)
-        if "weights_only" in msg or "Unsupported global" in msg:
+        if not ("weights_only" in msg or "Unsupported global" in msg):
+            raise ModelLoadError(f"{path}: cannot read checkpoint ({exc})") from exc
+        if not trust_pickle:
             raise UnsafeModelError(
                 f"{path}: the checkpoint contains pickled Python objects beyond tensors; segrt only loads "
-                "tensors (weights_only=True). Convert it to safetensors in a trusted environment."
+                "tensors (weights_only=True). Convert it to safetensors in a trusted environment, or pass "
+                "--trust-pickle (trust_pickle=True) if you trust whoever made the file: unpickling runs its code."
             ) from exc
-        raise ModelLoadError(f"{path}: cannot read checkpoint ({exc})") from exc
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise ModelLoadError(f"{path}: cannot read checkpoint ({exc2})") from exc2
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     for key in ("state_dict", "model", "module"):
@@ -99,10 +107,10 @@ def _read_pickle(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_state_dict(path: Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _read_pickle(path), {}
+    return _read_pickle(path, trust_pickle), {}
 
 
 # ----------------------------------------------------------------------------- format detection and renames
@@ -340,8 +348,10 @@ def _config_from_hf(raw: dict) -> tuple[SegFormerConfig, list[str] | None]:
     return cfg, names
 
 
-def load_checkpoint(path: str | Path, classes: list[str] | None = None) -> LoadedModel:
-    """Load any supported checkpoint (file or Hugging Face folder) into a segrt SegFormer."""
+def load_checkpoint(path: str | Path, classes: list[str] | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load any supported checkpoint (file or Hugging Face folder) into a segrt SegFormer.
+
+    ``trust_pickle`` allows pickles that hold more than tensors (see the module docstring)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"checkpoint {path} does not exist")
@@ -354,7 +364,7 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None) -> Loade
         weights = found
     elif path.parent.joinpath("config.json").exists() and path.name in ("model.safetensors", "pytorch_model.bin"):
         hf_raw, _ = _hf_config(path.parent)
-    state, file_meta = read_state_dict(weights)
+    state, file_meta = read_state_dict(weights, trust_pickle)
     if not state:
         raise CheckpointError(f"{weights}: no tensors in checkpoint")
     fmt = detect_format(state)

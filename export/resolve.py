@@ -9,8 +9,8 @@ from segrt.runtime.models import resolve
 from .checkpoints import LoadedModel, load_checkpoint, random_model
 
 
-def load_model(spec: str | Path) -> LoadedModel:
+def load_model(spec: str | Path, *, trust_pickle: bool = False) -> LoadedModel:
     text = str(spec)
     if text.startswith("random:"):
         return random_model(text)
-    return load_checkpoint(resolve(text, "safetensors"))
+    return load_checkpoint(resolve(text, "safetensors"), trust_pickle=trust_pickle)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError
+from ..errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError, UnsafeModelError
 from ..metadata import METADATA_KEY, ModelMetadata
 
 PROVIDER_ALIASES = {
@@ -49,6 +49,51 @@ def _classify_load_error(path: Path, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {msg}")
 
 
+def _tensors(graph):
+    """Every TensorProto a graph holds: initializers, sparse initializers, constant attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse a model whose external-data files lie outside its own folder, before ONNX Runtime opens any.
+
+    A model can name arbitrary files as tensor storage (``../../etc/shadow``, an absolute path, a
+    symlink out); loading it would read them into the network. Needs the ``onnx`` package to parse the
+    graph without its data; where onnx is not installed (it is not a runtime dependency) the check is
+    skipped and ONNX Runtime's own path validation is all there is.
+    """
+    try:
+        import onnx
+        from onnx import TensorProto
+    except ImportError:
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError: a truncated or non-ONNX file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    folder = path.resolve().parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()  # resolve() follows symlinks and "..", so both count
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise UnsafeModelError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}, outside the "
+                                   f"model's folder {folder}; segrt refuses external data that is not next to the model")
+
+
 class OnnxRuntimeBackend:
     input_shape: tuple[int | None, int | None, int | None, int | None]
 
@@ -57,6 +102,7 @@ class OnnxRuntimeBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist")
+        check_external_data(self.path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

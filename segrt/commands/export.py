@@ -29,6 +29,8 @@ def export(
     inline_merge_ops: bool = typer.Option(False, "--inline-merge-ops", help="emit token merging as plain standard ops "
                                           "instead of segrt.TokenMerge/TokenUnmerge local functions"),
     no_fold: bool = typer.Option(False, "--no-fold", help="keep the decoder as trained (default: exact decoder folding)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a .pth/.bin pickle holding more than tensors "
+                                      "(unpickling runs its code: only for files you trust)"),
 ) -> None:
     """Export a SegFormer to ONNX (dynamo exporter), embed its metadata, and verify it against PyTorch."""
     from segrt.export.onnx_export import export_onnx
@@ -37,7 +39,7 @@ def export(
     check_precision(precision, calib)
     console = Console()
     with console.status("loading checkpoint"):
-        loaded = load_model(checkpoint)
+        loaded = load_model(checkpoint, trust_pickle=trust_pickle)
     hw = parse_size(size) if size else (loaded.metadata.input_size or (512, 512))
     model, transform = merged_model(console, loaded, merge, inline_merge_ops, hw, dynamic)
     fp32_out = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
