@@ -17,6 +17,7 @@ stops delivering it raises :class:`SourceDisconnectedError` and can be reopened 
 from __future__ import annotations
 
 import glob
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import numpy as np
 from .datasets import IMAGE_SUFFIXES
 from .errors import ConfigError, SourceDisconnectedError, SourceError
 
+log = logging.getLogger("segrt.sources")
+MAX_DECODE_GAP = 64  # consecutive failed reads of a file before its remaining part counts as undecodable
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 SPEC_HELP = "expected a camera index (0), /dev/videoN, csi://N, an rtsp:// or http:// URL, a video file, an image folder or a glob"
 
@@ -80,6 +83,8 @@ class VideoCaptureSource(FrameSource):
         self.properties = dict(properties or {})
         self.hint = hint
         self._cap: cv2.VideoCapture | None = None
+        self.undecodable = 0  # frames of a damaged file the decoder could not produce, known at its end
+        self._position = 0
         self.open()
 
     def open(self) -> None:
@@ -98,6 +103,7 @@ class VideoCaptureSource(FrameSource):
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 and not self.live else None
         self._cap = cap
+        self._position = 0
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
@@ -107,9 +113,31 @@ class VideoCaptureSource(FrameSource):
         except cv2.error as exc:
             raise SourceError(f"{self.name}: reading a frame failed: {exc}") from exc
         if ok and frame is not None:
+            self._position += 1
             return frame
         if self.live:
             raise SourceDisconnectedError(f"{self.name} stopped delivering frames")
+        return self._skip_damage()
+
+    def _skip_damage(self) -> np.ndarray | None:
+        """A file whose decoder fails before its last frame (a damaged stretch) is not at its end:
+        OpenCV's next reads often decode again, so read on past up to MAX_DECODE_GAP failed reads instead
+        of silently ending the file half way; at the end ``undecodable`` says how many of the file's
+        frames could not be decoded."""
+        assert self._cap is not None
+        if not self.frame_count or self._position >= self.frame_count - 1:
+            return None
+        for gap in range(1, MAX_DECODE_GAP + 1):
+            try:
+                ok, frame = self._cap.read()
+            except cv2.error:
+                ok, frame = False, None
+            if ok and frame is not None:
+                log.warning("%s: %d undecodable frame(s) before frame %d (damaged file)", self.name, gap, self._position)
+                self._position += 1
+                return frame
+        self.undecodable = self.frame_count - self._position
+        log.warning("%s: decoding stopped at frame %d of %d (damaged file)", self.name, self._position, self.frame_count)
         return None
 
     def close(self) -> None:
