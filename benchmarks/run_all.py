@@ -255,6 +255,12 @@ def markdown(report: dict) -> str:
         lines += ["", f"INT8 kernels ONNX Runtime ran (profiler): {', '.join(int8['integer_kernels'])} "
                   f"(input types: {', '.join(sorted({t for o in int8['op_types'] for t in o['input_types'] if o['op_type'].startswith('QLinear')}))}). "
                   + report.get("int8_dispatch", "")]
+    load = [s.get("load_average_at_start"), env.get("load_average")]
+    if all(load):
+        lines += ["", (f"1-minute load average {load[0][0]:.1f} at the start and {load[1][0]:.1f} at the end on "
+                       f"{len(cpu.get('affinity', [])) or cpu.get('logical_cpus')} CPUs: other work shared the machine "
+                       "unless these are near 0; interleaving spreads it over all candidates, but eager PyTorch's "
+                       "OpenMP threads suffer most from oversubscription.")]
     lines += ["", f"Command: `{s['command']}` ({report['wall_s'] / 60:.1f} min)."]
     return "\n".join(lines) + "\n"
 
@@ -369,6 +375,7 @@ def main(argv=None) -> dict:
     from segrt.runtime.progress import make_progress
 
     started = time.perf_counter()
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     args = parse_args(argv)
     check_model(args.model)
     size = parse_size(args.size)
@@ -395,7 +402,7 @@ def main(argv=None) -> dict:
         "environment": environment(args.threads),
         "settings": {"model": args.model, "size": list(size), "threads": args.threads, "runs": args.runs,
                      "warmup": args.warmup, "calibration_images": args.calib_count, "merges": args.merges,
-                     "quick": args.quick, "command": command.strip()},
+                     "quick": args.quick, "command": command.strip(), "load_average_at_start": load_at_start},
         "tiers": [{"name": t.name, "path": str(t.path.relative_to(REPO)) if t.path.is_relative_to(REPO) else str(t.path),
                    "precision": t.precision, "merge": t.merge} for t in tiers],
         "group": group, "accuracy": accuracy, "kernels": kernels, "rows": rows, "goals": goals(rows),

@@ -108,7 +108,8 @@ def test_cli_writes_json_with_threads_and_ratios(b0_onnx, tmp_path):
 
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", f"first={b0_onnx}", f"again={b0_onnx}", "--runs", "2", "--warmup", "1",
-                                   "--threads", "1", "--no-peak", "--json", str(out), "--markdown", str(tmp_path / "b.md")])
+                                   "--threads", "1", "--no-peak", "--profile", "--json", str(out),
+                                   "--markdown", str(tmp_path / "b.md")])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["settings"]["threads"] == 1 and report["settings"]["interleaved"] is True
@@ -117,6 +118,10 @@ def test_cli_writes_json_with_threads_and_ratios(b0_onnx, tmp_path):
     assert [r["name"] for r in group["results"]] == ["first", "again"]
     assert group["results"][0]["speedup_vs_first"] == 1.0
     assert (tmp_path / "b.md").read_text().startswith("**256x320**")
+    profiles = group["kernel_profiles"]
+    assert set(profiles) == {"first", "again"}
+    assert {"Conv"} <= {o["op_type"] for o in profiles["first"]["op_types"]}
+    assert profiles["first"]["integer_kernels"] == []  # a float model runs no integer kernels
 
 
 def test_peers_need_a_checkpoint(b0_onnx, tmp_path):

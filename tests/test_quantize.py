@@ -162,3 +162,16 @@ def test_each_activation_pair_has_one_consumer(int8_model):
     for node in proto.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] not in constants:
             assert users.get(node.output[0], 0) == 1, f"{node.name} feeds {users.get(node.output[0], 0)} nodes"
+
+
+def test_profiler_reports_the_integer_kernels(int8_model, camvid_frame):
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.profile import profile_kernels
+
+    result, proto = int8_model
+    meta = read_metadata(proto, result.path)
+    prof = profile_kernels(result.path, frames_to_input([camvid_frame], meta.input_size, meta.mean, meta.std), runs=2)
+    assert {"QLinearConv", "QLinearMatMul"} <= set(prof.integer_kernels())
+    by_type = {o.op_type: o for o in prof.op_types}
+    assert by_type["QLinearConv"].input_types == ["uint8"]  # signed Q/DQ runs on the unsigned (AMX/VNNI) path
+    assert prof.total_ms_per_run == pytest.approx(sum(o.ms_per_run for o in prof.op_types))

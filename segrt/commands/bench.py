@@ -107,6 +107,24 @@ def print_group(console: Console, group: dict) -> None:
         console.print(f"  [yellow]skipped[/] {s['name']}: {s['reason']}")
 
 
+def report_profiles(console: Console, candidates: list, size: tuple[int, int], frame, threads: int, groups: list) -> None:
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.profile import profile_kernels
+
+    group = next(g for g in groups if tuple(g["size"]) == tuple(size))
+    measured = {r["name"]: r for r in group["results"]}
+    for cand in candidates:
+        if cand.name not in measured or cand.kind != "onnxruntime":
+            continue
+        path = measured[cand.name]["info"].get("path")
+        prof = profile_kernels(path, frames_to_input([frame], size, cand.mean, cand.std), runs=5, threads=threads)
+        top = ", ".join(f"{o.op_type} {o.ms_per_run:.1f}" for o in prof.top(8))
+        kernels = ", ".join(prof.integer_kernels()) or "none (float kernels only)"
+        console.print(f"[bold]{cand.name}[/] {size[0]}x{size[1]}: {prof.total_ms_per_run:.1f} ms of kernels per run; "
+                      f"top ms: {top}; integer kernels: {kernels}")
+        group.setdefault("kernel_profiles", {})[cand.name] = prof.to_dict()
+
+
 def bench(
     models: list[str] = typer.Argument(..., help="ONNX files, engines, checkpoints/bundled names, hf:SPEC, hf-onnx:SPEC; NAME=MODEL labels a row"),
     size: list[str] = typer.Option(None, "--size", help="input size HxW; repeat for several (default: the models' own, else 512x512)"),
@@ -120,6 +138,8 @@ def bench(
     json_out: Path = typer.Option(None, "--json", help="write all numbers as JSON"),
     markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     workdir: Path = typer.Option(Path("out/bench"), "--workdir", help="where peer ONNX exports are written"),
+    profile: bool = typer.Option(False, "--profile", help="also run ONNX Runtime's profiler on each ONNX model: "
+                                 "which kernels ran (QLinearConv, QLinearMatMul ...) and time per operator type"),
 ) -> None:
     """Benchmark models side by side: interleaved runs, p50/p95, FPS, memory, GMAC/s vs the machine's peak."""
     import cv2
@@ -151,6 +171,9 @@ def bench(
                                          probes=default_probes(threads) if peak else (), progress=progress))
     for group in groups:
         print_group(console, group)
+    if profile:
+        for hw in sizes:
+            report_profiles(console, candidates, hw, frame, threads, groups)
     report = {"environment": environment(threads),
               "settings": {"runs": runs, "warmup": warmup, "threads": threads, "interleaved": True,
                            "frame": str(frame_path) if frame_path else "bundled sample frame",
