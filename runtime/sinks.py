@@ -57,8 +57,14 @@ class VideoSink:
                 raise OutputError(f"cannot write video {self.path} with codec {self.fourcc} (is the suffix .mp4/.avi?)")
         if (image.shape[1], image.shape[0]) != self.size:  # a camera reconnected at another resolution
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
+        # Counted before the call: CPython raises a pending KeyboardInterrupt right after a call returns,
+        # so counting afterwards would miss a frame that is already in the file.
         self.frames += 1
+        try:
+            self._writer.write(image)
+        except Exception:
+            self.frames -= 1
+            raise
 
     def close(self) -> None:
         if self._writer is not None:
@@ -82,9 +88,14 @@ class MaskSink:
 
     def write(self, index: int, mask: np.ndarray) -> Path:
         path = self.folder / f"{index:06d}.png"
-        if not cv2.imwrite(str(path), mask):
+        self.frames += 1  # before the call, as in VideoSink.write: Ctrl-C cannot land between write and count
+        try:
+            written = cv2.imwrite(str(path), mask)
+        except Exception:
+            written = False
+        if not written:
+            self.frames -= 1
             raise OutputError(f"cannot write mask {path}")
-        self.frames += 1
         return path
 
     def close(self) -> None:
