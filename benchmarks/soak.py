@@ -148,8 +148,8 @@ def write_report(result: dict) -> None:
     lines = [
         "# Soak: Engine.stream over a looped video file",
         "",
-        f"Command: `python benchmarks/soak.py --frames {result['frames_requested']}` "
-        f"(model {result['model_label']}, {result['video']} x{result['loops']}).",
+        (f"Command: `python benchmarks/soak.py --frames {result['frames_requested']}` "
+         f"(model {result['model_label']}, {result['video']} x{result['loops']})."),
         "",
         "| metric | value | goal |",
         "|---|---|---|",
@@ -163,8 +163,7 @@ def write_report(result: dict) -> None:
         "",
         f"**{'PASS' if result['pass'] else 'FAIL'}**",
         "",
-        "RSS samples (frames delivered, MB): "
-        + ", ".join(f"{n}: {mb}" for n, mb in result["rss_mb_samples"]),
+        "RSS samples (frames delivered, MB): " + ", ".join(f"{n}: {mb}" for n, mb in result["rss_mb_samples"]),
         "",
     ]
     if result["lost"]:

@@ -91,7 +91,7 @@ class MaskSink:
         self.frames += 1  # before the call, as in VideoSink.write: Ctrl-C cannot land between write and count
         try:
             written = cv2.imwrite(str(path), mask)
-        except Exception:
+        except cv2.error:
             written = False
         if not written:
             self.frames -= 1

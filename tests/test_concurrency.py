@@ -51,8 +51,12 @@ def test_many_threads_infer_on_one_engine_like_one_thread(engine, frames):
 def test_infer_and_infer_batch_mixed_across_threads(engine, frames):
     single = [engine.infer(f) for f in frames]
     batch = engine.infer_batch(frames[::-1])
-    tasks = [(lambda: engine.infer_batch(frames[::-1])) if n % 2 else (lambda i=n % len(frames): engine.infer(frames[i]))
-             for n in range(THREADS * 3)]
+    def task(n: int):
+        if n % 2:
+            return lambda: engine.infer_batch(frames[::-1])
+        return lambda: engine.infer(frames[n % len(frames)])
+
+    tasks = [task(n) for n in range(THREADS * 3)]
     for n, out in enumerate(run_concurrently(tasks)):
         if n % 2:
             assert all(np.array_equal(a, b) for a, b in zip(out, batch))

@@ -46,8 +46,11 @@ def is_valid(frame: np.ndarray) -> bool:
     return 1 <= frame.shape[0] <= MAX_SIDE and 1 <= frame.shape[1] <= MAX_SIDE
 
 
+ANY_DTYPE = st.sampled_from(DTYPES)
+
+
 @st.composite
-def views(draw, dtypes=st.sampled_from(DTYPES), max_side=40):
+def views(draw, dtypes=ANY_DTYPE, max_side=40):
     """Arrays of any small shape and dtype, then turned into a strided, flipped, transposed, Fortran,
     broadcast or read-only view, the kinds of arrays callers hand over after slicing."""
     ndim = draw(st.integers(0, 5))

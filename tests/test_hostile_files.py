@@ -150,8 +150,9 @@ def test_tensor_only_pickle_loads_without_trust(tmp_path, random_b0):
 
 
 def test_cli_export_has_the_trust_flag(tmp_path, random_b0):
-    from segrt.cli import app
     from typer.testing import CliRunner
+
+    from segrt.cli import app
 
     path = tmp_path / "model.pth"
     torch.save({"state_dict": random_b0.model.state_dict(), "hook": _Touch(tmp_path / "x")}, path)

@@ -52,7 +52,7 @@ def test_decoder_errors_mid_file_do_not_end_the_file_early(damaged_video):
     assert [r.index for r in results] == list(range(len(results)))
     assert first_failure < len(results) < 250, "the damage should cost frames, but not the rest of the file"
     assert source.undecodable == 250 - len(results)
-    assert source._cap is None and not stream_threads_alive()  # noqa: SLF001 - the capture is released
+    assert source._cap is None and not stream_threads_alive()  # the capture is released
 
 
 class VanishingDevice(FrameSource):
@@ -142,17 +142,17 @@ def test_ctrl_c_while_saving_leaves_complete_video_and_masks(tmp_path, bikes_fra
     source = Looped(bikes_frames)
     video, masks = tmp_path / "out.mp4", tmp_path / "masks"
     timer = None
-    with pytest.raises(KeyboardInterrupt):
-        with source, Stream(ThresholdEngine(), source) as stream, VideoSink(video, fps=25) as vsink, MaskSink(masks) as msink:
-            for result in stream:
-                msink.write(result.index, result.mask * 255)
-                vsink.write(result.frame)
-                if where == "loop" and result.index == 29:
-                    raise KeyboardInterrupt
-                if where == "signal" and result.index == 10 and timer is None:
-                    timer = threading.Timer(0.2, signal.raise_signal, (signal.SIGINT,))
-                    timer.start()
-                assert result.index < 100_000
+    with (pytest.raises(KeyboardInterrupt), source, Stream(ThresholdEngine(), source) as stream,
+          VideoSink(video, fps=25) as vsink, MaskSink(masks) as msink):
+        for result in stream:
+            msink.write(result.index, result.mask * 255)
+            vsink.write(result.frame)
+            if where == "loop" and result.index == 29:
+                raise KeyboardInterrupt
+            if where == "signal" and result.index == 10 and timer is None:
+                timer = threading.Timer(0.2, signal.raise_signal, (signal.SIGINT,))
+                timer.start()
+            assert result.index < 100_000
     if timer is not None:
         timer.join()
     assert source.closed and not stream_threads_alive()
