@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distilled", default=None, help="pruned + distilled checkpoint")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    help="variants of the bundled and the distilled model")
+    p.add_argument("--distilled-variants", nargs="+", default=None, choices=VARIANTS,
+                   help="variants of the distilled model (default: --variants)")
     p.add_argument("--pruned-variants", nargs="+", default=["fold"], choices=VARIANTS,
                    help="variants of the pruned models before distillation")
     p.add_argument("--merge", default="hq", help="token-merging strategy for the fold+merge variant")
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--reuse-exact", action="store_true", help="take a folded model's mIoU from its plain export (exact rewrite)")
+    p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
+    p.add_argument("--export-only", action="store_true", help="export (into --cache) and stop")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="pruning")
     p.add_argument("--quick", action="store_true", help="smoke run: random models pruned on the fly, 4 images, 4 rounds")
@@ -113,8 +117,12 @@ def export_rows(label: str, loaded, variants, merge: str, size, folder: Path, pr
     task = progress.add_task(f"export {label}", total=len(variants), info="")
     for variant in variants:
         model = apply_merging(loaded.model, merge) if variant == "fold+merge" else loaded.model
-        path = folder / f"{label}-{variant.replace('+', '-')}.onnx"
-        export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain")
+        path = folder / f"{label}-{variant.replace('+', '-')}-{size[0]}x{size[1]}.onnx"
+        stamp = path.with_suffix(".source")  # a cached export is reused only for the same checkpoint
+        key = f"{loaded.sha256} {merge if variant == 'fold+merge' else ''}"
+        if not (path.exists() and stamp.exists() and stamp.read_text() == key):
+            export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain")
+            stamp.write_text(key)
         proto = onnx.load(str(path))
         params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) > 1 or (t.dims and t.dims[0] > 1))
         rows.append(Row(label, variant, loaded.source, str(path), count_macs(path).gmacs, params / 1e6,
@@ -219,10 +227,16 @@ def main(argv=None) -> dict:
             models.append((label, quick_pruned(bundled, fraction)))
     dataset = open_dataset(str(args.data), "camvid", "val")
     with tempfile.TemporaryDirectory() as tmp, make_progress() as progress:
+        folder = args.cache or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         rows: list[Row] = []
         for label, loaded in models:
             variants = args.pruned_variants if label in ("pruned-50", "pruned-30") else args.variants
-            rows += export_rows(label, loaded, variants, args.merge, size, Path(tmp), progress)
+            if label.endswith("distilled") and args.distilled_variants:
+                variants = args.distilled_variants
+            rows += export_rows(label, loaded, variants, args.merge, size, folder, progress)
+        if args.export_only:
+            return {"exported": [r.path for r in rows]}
         engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
         img, _ = dataset[0]
         x = frames_to_input([img], size, bundled.metadata.mean, bundled.metadata.std)
