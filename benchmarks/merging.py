@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def export_candidates(loaded, size: tuple[int, int], strategies: list[str], folder: Path, progress) -> list[Candidate]:
-    from segrt.export.merging import apply_merging, plan_tokens
-    from segrt.export.onnx_export import export_onnx
+    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, merge_config, plan_tokens
+    from segrt.export.onnx_export import TOLERANCE, export_onnx
 
     out = []
     task = progress.add_task(f"export {size[0]}x{size[1]}", total=len(strategies) + 1, info="")
@@ -86,7 +86,8 @@ def export_candidates(loaded, size: tuple[int, int], strategies: list[str], fold
         strategy = "none" if name == PLAIN else name
         model = apply_merging(loaded.model, strategy)
         path = folder / f"{name}-{size[0]}x{size[1]}.onnx"
-        result = export_onnx(model, loaded.metadata, path, size=size, fold=name != PLAIN)
+        tolerance = MATCHING_TOLERANCE if merge_config(strategy).needs_static_size else TOLERANCE
+        result = export_onnx(model, loaded.metadata, path, size=size, fold=name != PLAIN, tolerance=tolerance)
         tokens = [asdict(p) for p in plan_tokens(loaded.model.config, strategy, size)]
         out.append(Candidate(name, size, str(path), result.max_rel_error, tokens=tokens))
         progress.advance(task)
@@ -139,14 +140,15 @@ def markdown(results: dict) -> str:
               f"(load average {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end); "
               f"CamVid val ({results['images']} images); latency p50 over {results['rounds']} interleaved rounds. "
               "Every candidate except `plain` has the folded decoder."), "",
-             "| size | strategy | p50 ms | p90 ms | speed-up | mIoU | ΔmIoU (points) | agreement | tokens (q / kv per stage) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| size | strategy | p50 ms | p90 ms | speed-up | mIoU | ΔmIoU (points) | agreement | ONNX vs PyTorch | tokens (q / kv per stage) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for size, group in results["sizes"].items():
         base = next(c for c in group if c["name"] == PLAIN)
         for c in group:
             toks = ", ".join(f"{t['queries'][1]}/{t['keys_values'][1]}" for t in c["tokens"])
             lines.append(f"| {size} | {c['name']} | {c['p50_ms']:.1f} | {c['p90_ms']:.1f} | {c['speedup']:.2f}x | "
-                         f"{100 * c['miou']:.2f} | {100 * (c['miou'] - base['miou']):+.2f} | {100 * c['agreement']:.2f}% | {toks} |")
+                         f"{100 * c['miou']:.2f} | {100 * (c['miou'] - base['miou']):+.2f} | {100 * c['agreement']:.2f}% | "
+                         f"{c['export_rel_error']:.1e} | {toks} |")
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 

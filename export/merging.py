@@ -38,6 +38,14 @@ from .segformer import EfficientAttention, SegFormer, SegFormerConfig, tokens_to
 
 STRATEGIES = ("none", "2x2", "hq", "fast", "downsample")
 
+# Bipartite matching is discontinuous in its input: where two candidates score within rounding of each
+# other (smooth or upscaled images make many near-identical tokens), ONNX Runtime and PyTorch may pick
+# different ones. Measured on the seeded random B0 with the bundled sample frames: at 512x512 exports
+# match to ~7e-7, but at 1024x1024 "hq" differs by 1.4e-4 (label agreement 1.0), while PyTorch itself
+# moves by 5e-5 when its input is perturbed by 1e-6 (3e-6 without merging). Exports with matching are
+# therefore verified at this tolerance; the label agreement is reported alongside.
+MATCHING_TOLERANCE = 1e-3
+
 
 # ----------------------------------------------------------------------------- configuration
 

@@ -20,7 +20,8 @@ def export(
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)"),
     labels: bool = typer.Option(False, "--labels", help="in-graph ArgMax: output uint8 labels instead of logits"),
-    tolerance: float = typer.Option(1e-4, "--tolerance", help="max relative error vs PyTorch on real images"),
+    tolerance: float = typer.Option(None, "--tolerance", help="max relative error vs PyTorch on real images "
+                                    "(default 1e-4; 1e-3 with bipartite token merging, see segrt.export.merging)"),
     precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
     calib: Path = typer.Option(None, "--calib", help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with train/"),
     calib_count: int = typer.Option(64, "--calib-count", help="int8: calibration images, spread evenly over the folder"),
@@ -41,7 +42,8 @@ def export(
     with console.status("loading checkpoint"):
         loaded = load_model(checkpoint, trust_pickle=trust_pickle)
     hw = parse_size(size) if size else (loaded.metadata.input_size or (512, 512))
-    model, transform = merged_model(console, loaded, merge, inline_merge_ops, hw, dynamic)
+    model, transform, default_tolerance = merged_model(console, loaded, merge, inline_merge_ops, hw, dynamic)
+    tolerance = default_tolerance if tolerance is None else tolerance
     fp32_out = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
     with console.status(f"exporting {'dynamic' if dynamic else f'{hw[0]}x{hw[1]}'} ONNX and verifying on real images"):
         result = export_onnx(model, loaded.metadata, fp32_out, size=hw, dynamic=dynamic, opset=opset,
@@ -55,21 +57,24 @@ def export(
 
 
 def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[int, int], dynamic: bool):
-    """Install token merging (recorded in the model's metadata) and pick the graph transform."""
+    """Install token merging (recorded in the model's metadata); pick the graph transform and the
+    default verification tolerance."""
     from segrt.export.merge_ops import inline_merge_ops
-    from segrt.export.merging import apply_merging, describe, merge_config, plan_tokens
+    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, describe, merge_config, plan_tokens
+    from segrt.export.onnx_export import TOLERANCE
     from segrt.runtime.errors import ConfigError
 
     config = merge_config(merge)
     if config.is_identity:
-        return loaded.model, None
+        return loaded.model, None, TOLERANCE
     if dynamic and config.needs_static_size:
         raise ConfigError(f"--merge {merge}: bipartite matching uses index sets fixed by the grid; drop --dynamic")
     loaded.metadata.extra["token_merge"] = describe(config)
     for p in plan_tokens(loaded.model.config, config, hw):
         console.print(f"stage {p.stage} ({p.grid[0]}x{p.grid[1]}): queries {p.queries[0]} -> {p.queries[1]}, "
                       f"keys/values {p.keys_values[0]} -> {p.keys_values[1]}")
-    return apply_merging(loaded.model, config), (inline_merge_ops if inline else None)
+    tolerance = MATCHING_TOLERANCE if config.needs_static_size else TOLERANCE
+    return apply_merging(loaded.model, config), (inline_merge_ops if inline else None), tolerance
 
 
 def check_precision(precision: str, calib: Path | None) -> None:
