@@ -27,6 +27,7 @@ from segrt.runtime.preprocess import frames_to_input
 
 from . import merge_ops
 from .folding import fold_decoder, has_foldable_head
+from .gelu_order import reorder_gelu
 from .segformer import SegFormer
 
 # ONNX Runtime 1.17+ and TensorRT 10.x (parser built against onnx 1.16) both read IR version 10.
@@ -180,6 +181,7 @@ def export_onnx(model: SegFormer | nn.Module, metadata: ModelMetadata, out: str 
     exported = ExportHead(fold_decoder(model), output).eval() if fold else module
     example = torch.from_numpy(frames_to_input([np.zeros((*size, 3), np.uint8)], size, metadata.mean, metadata.std))
     proto = merge_ops.attach_local_functions(pin_versions(_dynamo_export(exported, example, dynamic, opset), opset))
+    proto = reorder_gelu(proto)  # lets ONNX Runtime fuse GELU (see .gelu_order); verified below like any rewrite
     if transform is not None:
         proto = transform(proto)
     meta = ModelMetadata(**{**metadata.__dict__, "extra": dict(metadata.extra)})
