@@ -148,13 +148,27 @@ def output_heads(proto: onnx.ModelProto) -> list[str]:
     return heads
 
 
+def upsampled_convs(proto: onnx.ModelProto) -> list[str]:
+    """Conv nodes whose output is bilinearly upsampled (the folded decoder's per-stage projections).
+
+    Kept in float: ONNX Runtime runs a float Conv -> Resize chain in its blocked NCHWc layout, while a
+    quantized Conv hands Resize an NHWC-converted, dequantized tensor that falls back to the generic
+    Resize kernel; on the bundled model at 512x512 those three Resizes alone took longer than every
+    quantized MatMul together."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    return sorted({producers[n.input[0]].name for n in proto.graph.node
+                   if n.op_type == "Resize" and n.input[0] in producers and producers[n.input[0]].op_type == "Conv"})
+
+
 def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """(quantized, float) counts of the heavy op types: quantized means its data input comes from a DequantizeLinear."""
+    """(quantized, float) counts of the heavy op types: quantized means its weight (second input) comes
+    from a DequantizeLinear; the data input alone says nothing, as a float node may share a dequantized
+    activation with a quantized one."""
     dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized, floating = Counter(), Counter()
     for n in proto.graph.node:
         if n.op_type in QUANTIZED_OP_TYPES:
-            (quantized if n.input[0] in dq_outputs else floating)[n.op_type] += 1
+            (quantized if n.input[1] in dq_outputs else floating)[n.op_type] += 1
     return dict(quantized), dict(floating)
 
 
@@ -176,7 +190,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
     input_name, hw = _input_name_and_size(proto, meta, size)
     images = calibration_images(calib_dir, count)
     excluded = [n.name for n in proto.graph.node if n.op_type in FLOAT_OP_TYPES]
-    excluded += output_heads(proto)
+    excluded += output_heads(proto) + upsampled_convs(proto)
     if not quantize_attention:
         excluded += attention_matmuls(proto)
     unnamed = [n for n in proto.graph.node if not n.name]

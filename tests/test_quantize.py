@@ -16,6 +16,7 @@ from segrt.export.quantize import (
     output_heads,
     quantize_int8,
     read_metadata,
+    upsampled_convs,
 )
 from segrt.runtime.errors import ConfigError, DatasetError
 
@@ -50,7 +51,7 @@ def test_weights_are_int8_per_output_channel(int8_model):
     _, proto = int8_model
     inits = _initializers(proto)
     dq_of = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    heads = set(output_heads(proto))
+    heads = set(output_heads(proto)) | set(upsampled_convs(proto))
     convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.name not in heads]
     assert convs
     for conv in convs:
@@ -74,6 +75,8 @@ def test_layernorm_softmax_and_attention_stay_float(int8_model, b0_onnx):
     source = onnx.load(str(b0_onnx))
     attention, heads = attention_matmuls(source), output_heads(source)
     assert len(heads) == 1  # the classifier
+    heads += upsampled_convs(source)
+    assert len(heads) == 4  # + the folded decoder's projections of stages 2-4, upsampled in float NCHWc
     kept_float = {n.op_type: 0 for n in source.graph.node if n.name in attention + heads}
     for n in source.graph.node:
         if n.name in attention + heads:
