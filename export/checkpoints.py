@@ -380,6 +380,10 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, *, trust
     else:
         cfg = infer_config(state, fmt=fmt)
     model = SegFormer(cfg)
+    if meta is not None and "gating" in meta.extra:  # dynamic gated Mix-FFNs: gates are part of the weights
+        from .gating import GatingConfig, attach_gates
+
+        attach_gates(model, GatingConfig.from_json(meta.extra["gating"]))
     load_state_into(model, state, str(weights))
     model.eval()
     if meta is None:

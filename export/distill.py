@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,17 @@ class DistillConfig:
     stage1: float = 0.3  # fraction of iterations of feature-level distillation before logit KD
     stage2_features: float = 0.2
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class DistillHooks:
+    """Extensions for methods trained by distillation (neuron gates, auxiliary heads) without a copy of the
+    loop: ``losses(student)`` returns extra weighted loss terms after each student forward (they are added
+    to the loss and shown in the progress line); ``lr_scale(name)`` is a learning-rate multiplier per
+    student parameter name (new, randomly initialised parts usually need a larger one)."""
+
+    losses: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    lr_scale: Callable[[str], float] | None = None
 
 
 def identity_or_random(conv: nn.Module) -> nn.Module:
@@ -202,7 +214,8 @@ def stage_weights(it: int, cfg: DistillConfig) -> dict[str, float]:
             "assistant": f * cfg.embed_weight}
 
 
-def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=print) -> dict:
+def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=print,
+            hooks: DistillHooks | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -224,11 +237,15 @@ def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=
     base_size = tuple(cfg.base_size or teacher.metadata.input_size or (512, 512))
     torch.manual_seed(cfg.seed)  # adapter init and dropout: a resumed run must replay the same draws
     distiller = Distiller(s_model.config.widths, t_model.config.widths, cfg.assistant).to(device)
-    params = list(s_model.parameters()) + list(distiller.parameters())
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    hooks = hooks or DistillHooks()
+    named = list(s_model.named_parameters()) + [("distiller." + n, p) for n, p in distiller.named_parameters()]
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        scale = hooks.lr_scale(name) if hooks.lr_scale else 1.0
+        groups.setdefault((scale, p.ndim > 1), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale}
+                             for (scale, decays), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
+                            lr=cfg.lr)  # (decay, no-decay) order per scale, as resumable states before hooks
     weights = class_weights(train_set, len(train_set)).to(device) if cfg.loss == "balanced" else None
     state_path = out / "distill_state.pt"
     start, best, history, elapsed_before = 0, -1.0, [], 0.0
@@ -282,21 +299,22 @@ def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=
         task = progress.add_task("distill", total=cfg.iterations, completed=start, info="")
         for x, y in loader:
             for group in opt.param_groups:
-                group["lr"] = lr_at(it, cfg)
+                group["lr"] = lr_at(it, cfg) * group.get("lr_scale", 1.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 with torch.no_grad():
                     t_out = forward_with_features(t_model, x)
                 s_out = forward_with_features(s_model, x)
                 parts = distiller.losses(s_out, t_out, cfg.temperature, cfg.embed_temperature)
+                extra = hooks.losses(s_model) if hooks.losses else {}
             w = stage_weights(it, cfg)
             seg = seg_loss(s_out["logits"], y, cfg.loss, weights)
-            loss = seg + sum(w[k] * v for k, v in parts.items() if w[k] > 0)
+            loss = seg + sum(w[k] * v for k, v in parts.items() if w[k] > 0) + sum(extra.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             it += 1
-            info = f"seg {seg.item():.3f} " + " ".join(f"{k} {v.item():.3f}" for k, v in parts.items())
+            info = f"seg {seg.item():.3f} " + " ".join(f"{k} {v.item():.3f}" for k, v in {**parts, **extra}.items())
             progress.update(task, completed=it, info=info)
             if not progress.console.is_terminal and it % 25 == 0:
                 log(f"iter {it}/{cfg.iterations} {info} lr {lr_at(it, cfg):.2e} elapsed {elapsed_before + time.time() - t0:.0f}s")

@@ -1,0 +1,335 @@
+"""Dynamic gated Mix-FFN neurons (DynaSegFormer, Bai et al. 2023): compute that follows the input.
+
+A light gate per Mix-FFN reads the block's input tokens (mean-pooled, a two-layer MLP) and scores every
+hidden neuron for this image; the low-scoring neurons are skipped. A hidden neuron ``i`` is one row of
+``fc1``, one channel of the depth-wise conv and one column of ``fc2``, and nothing else reads it, so
+skipping it is exactly multiplying its activation by zero (GELU(0) is never computed; the neuron's
+contribution to ``fc2`` is simply absent).
+
+Modes of :class:`GatedMixFFN` (``set_mode``):
+
+- ``open``: the gate is ignored; the block is the unpruned Mix-FFN.
+- ``mask`` (training and PyTorch evaluation): every neuron is computed and multiplied by a mask, hard
+  ``score > threshold`` in the forward pass and ``sigmoid(score)`` in the backward pass (straight-through),
+  so the loss reaches the gate. The fraction kept is recorded for the keep-ratio (sparsity) loss.
+- ``topk`` (export, static shapes): TopK over the scores -> Gather of the k rows of ``fc1`` (and bias), k
+  depth-wise channels, k columns of ``fc2`` -> MatMul on k neurons only. Every shape is static, TopK's k
+  stays below TensorRT's 3840 limit.
+- ``threshold`` (export, ONNX Runtime, batch 1): the neurons with ``score > threshold`` (at least one),
+  a data-dependent number. Its depth-wise conv is a one-hot tap Conv plus per-channel weights, because an ONNX
+  Conv's ``group`` must be a constant.
+
+Gated checkpoints are ordinary segrt safetensors plus the gate weights; the gating config rides in the
+model metadata (``extra["gating"]``), so :func:`segrt.export.checkpoints.load_checkpoint` rebuilds the
+gates from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segrt.runtime.errors import ConfigError
+
+from .segformer import MixFFN, SegFormer, tokens_to_grid
+
+GATING_KEY = "gating"
+MODES = ("open", "mask", "topk", "threshold")
+
+
+@dataclass
+class GatingConfig:
+    keep_ratio: float = 0.5  # target fraction of hidden neurons kept per block (sparsity target; TopK's k)
+    reduction: int = 4  # gate width = max(dim // reduction, 16)
+    threshold: float = 0.0  # score above which a neuron is kept (mask / threshold modes)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError(f"keep ratio {self.keep_ratio} must be in (0, 1]")
+        if self.reduction < 1:
+            raise ConfigError(f"gate reduction {self.reduction} must be >= 1")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GatingConfig:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid gating config {text!r}: {exc}") from exc
+
+
+def kept_count(hidden: int, keep_ratio: float) -> int:
+    return max(1, min(hidden, round(hidden * keep_ratio)))
+
+
+class NeuronGate(nn.Module):
+    """(B, N, C) block-input tokens -> (B, hidden) neuron scores: mean-pool, Linear, ReLU, Linear.
+    Starts with every score at +3 (all neurons kept) until calibrated or trained."""
+
+    def __init__(self, dim: int, hidden: int, reduction: int):
+        super().__init__()
+        width = max(dim // reduction, 16)
+        self.fc1 = nn.Linear(dim, width)
+        self.fc2 = nn.Linear(width, hidden)
+        nn.init.normal_(self.fc2.weight, std=0.01)
+        nn.init.constant_(self.fc2.bias, 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # sum / count, not mean: the exporter's ReduceMean-18 does not convert cleanly to opset 17
+        return self.fc2(F.relu(self.fc1(x.sum(dim=1) / x.shape[1])))
+
+
+class GatedMixFFN(MixFFN):
+    """Mix-FFN with a neuron gate; keeps MixFFN's parameter names so the unpruned weights load as they are."""
+
+    def __init__(self, dim: int, hidden: int, cfg: GatingConfig):
+        super().__init__(dim, hidden)
+        self.gate = NeuronGate(dim, hidden, cfg.reduction)
+        self.hidden = hidden
+        self.k = kept_count(hidden, cfg.keep_ratio)
+        self.threshold = cfg.threshold
+        self.mode = "mask"
+        self.register_buffer("taps", torch.eye(9).reshape(9, 1, 3, 3), persistent=False)
+        self.keep_fraction: torch.Tensor | None = None  # (B,) of the last mask-mode forward, for the sparsity loss
+        self.kept: torch.Tensor | None = None  # (B,) neurons kept in the last forward (any mode but open)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if self.mode == "open":
+            return super().forward(x, h, w)
+        scores = self.gate(x)
+        if self.mode == "mask":
+            return self._masked(x, scores, h, w)
+        if self.mode == "topk":
+            idx = scores.topk(self.k, dim=1).indices  # (B, k)
+            self._record(kept=torch.full((x.shape[0],), self.k, dtype=torch.int64))
+            return self._gathered(x, idx, h, w)
+        if self.mode == "threshold":
+            return self._thresholded(x, scores, h, w)
+        raise ConfigError(f"unknown gating mode {self.mode!r}; expected one of {MODES}")
+
+    def _record(self, **values) -> None:
+        # statistics for the sparsity loss and the compute histogram; not part of an exported graph
+        if torch.compiler.is_compiling():
+            return
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def _masked(self, x: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        soft = torch.sigmoid(scores - self.threshold)
+        hard = (scores > self.threshold).to(soft.dtype)
+        mask = hard + soft - soft.detach()  # value: hard 0/1; gradient: the sigmoid's
+        self._record(keep_fraction=mask.mean(dim=1), kept=hard.sum(dim=1).long())
+        y = self.fc1(x)
+        y = self.dwconv(tokens_to_grid(y, h, w)).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(y) * mask[:, None, :])
+
+    def _gathered(self, x: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Only the neurons ``idx`` (B, k): per-image weight slices, grouped conv over B*k channels."""
+        b, k = idx.shape
+        y = torch.matmul(x, self.fc1.weight[idx].transpose(1, 2)) + self.fc1.bias[idx][:, None, :]
+        grid = y.transpose(1, 2).reshape(1, b * k, h, w)
+        kernel = self.dwconv.weight[idx].reshape(b * k, 1, 3, 3)
+        y = F.conv2d(grid, kernel, self.dwconv.bias[idx].reshape(b * k), padding=1, groups=b * k)
+        y = F.gelu(y.reshape(b, k, h * w).transpose(1, 2))
+        return torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias
+
+    def _thresholded(self, x: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise ConfigError("the threshold (dynamic-ratio) gating runs one image at a time; use topk for batches")
+        s = scores[0]
+        # at least one neuron: the arg-max is always kept, so an all-closed gate still yields valid shapes
+        keep = (s > self.threshold) | (torch.arange(s.shape[0]) == s.argmax())
+        idx = torch.nonzero(keep).squeeze(1)
+        self._record(kept=torch.tensor([idx.shape[0]]) if not torch.compiler.is_compiling() else None)
+        y = torch.matmul(x[0], self.fc1.weight[idx].t()) + self.fc1.bias[idx]  # (N, n)
+        # depth-wise 3x3 over a data-dependent channel count: a constant one-hot Conv (exact copies) lays
+        # out the 9 taps of every channel, then each channel's own kernel weighs them
+        n = y.shape[1]
+        taps = F.conv2d(y.t().reshape(n, 1, h, w), self.taps, padding=1)  # (n, 9, h, w)
+        kernel = self.dwconv.weight[idx].reshape(n, 9, 1, 1)
+        acc = (taps * kernel).sum(dim=1) + self.dwconv.bias[idx][:, None, None]
+        y = F.gelu(acc.reshape(acc.shape[0], h * w).t())  # (N, n)
+        return (torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias)[None]
+
+
+def gated_blocks(model: nn.Module) -> list[GatedMixFFN]:
+    return [m for m in model.modules() if isinstance(m, GatedMixFFN)]
+
+
+def gating_config(model: nn.Module) -> GatingConfig | None:
+    blocks = gated_blocks(model)
+    return getattr(blocks[0], "gating", None) if blocks else None
+
+
+def attach_gates(model: SegFormer, cfg: GatingConfig) -> SegFormer:
+    """Replace every Mix-FFN of ``model`` (in place) by a gated one holding the same weights."""
+    for stage in model.encoder.stages:
+        for block in stage.blocks:
+            old = block.mlp
+            if isinstance(old, GatedMixFFN):
+                raise ConfigError("model is already gated")
+            new = GatedMixFFN(old.fc1.in_features, old.fc1.out_features, cfg)
+            new.load_state_dict(old.state_dict(), strict=False)
+            new.gating = cfg
+            block.mlp = new.to(old.fc1.weight.device)
+    return model
+
+
+def set_mode(model: nn.Module, mode: str, threshold: float | None = None, keep_ratio: float | None = None) -> nn.Module:
+    """Switch every gate to ``mode``; optionally override the threshold or the TopK keep ratio."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown gating mode {mode!r}; expected one of {MODES}")
+    blocks = gated_blocks(model)
+    if not blocks:
+        raise ConfigError("model has no gated Mix-FFN blocks")
+    for b in blocks:
+        b.mode = mode
+        if threshold is not None:
+            b.threshold = threshold
+        if keep_ratio is not None:
+            b.k = kept_count(b.hidden, keep_ratio)
+    return model
+
+
+def sparsity_loss(model: nn.Module, keep_ratio: float) -> torch.Tensor:
+    """Mean over gated blocks of (kept fraction - target)^2, the kept fraction averaged over the batch.
+    Squared distance rather than a one-sided penalty: keeping far more or far fewer neurons than the
+    export's TopK k both make the fixed-ratio export differ from what was trained."""
+    terms = [(b.keep_fraction.mean() - keep_ratio) ** 2 for b in gated_blocks(model) if b.keep_fraction is not None]
+    if not terms:
+        raise ConfigError("no gated block ran in mask mode: run a forward pass before the sparsity loss")
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: float, spread: float = 2.0) -> None:
+    """Start each gate as static magnitude pruning: neuron importance = mean |GELU activation| times the
+    norm of its ``fc2`` column over ``batches``; the gate bias is its log-importance, centred so that the
+    top ``keep_ratio`` fraction scores above 0 and scaled to ``spread`` standard deviations. The gate's
+    input-dependent part starts near zero and is learned by distillation."""
+    blocks = gated_blocks(model)
+    sums = {id(b): torch.zeros(b.hidden) for b in blocks}
+    hooks = []
+    for b in blocks:
+        def record(mod, args, out, key=id(b)):
+            sums[key] += out.abs().mean(dim=(0, 2, 3))  # dwconv output (B, hidden, h, w) before GELU
+        hooks.append(b.dwconv.register_forward_hook(record))
+    modes = [b.mode for b in blocks]
+    set_mode(model, "open")
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for b, m in zip(blocks, modes):
+            b.mode = m
+        model.train(was_training)
+    for b in blocks:
+        # |GELU(z)| ~ |z| for the large activations that matter; fc2 column norm converts to output scale
+        imp = (sums[id(b)] / len(batches)) * b.fc2.weight.norm(dim=0)
+        logi = imp.clamp_min(1e-12).log()
+        cut = torch.quantile(logi, 1.0 - b.k / b.hidden)
+        centred = logi - cut
+        b.gate.fc2.bias.copy_(spread * centred / centred.std().clamp_min(1e-6) + b.threshold)
+
+
+def mlp_macs(hidden: int, dim: int, tokens: int) -> int:
+    """MACs of one Mix-FFN on ``hidden`` neurons: fc1, 3x3 depth-wise conv, fc2."""
+    return tokens * hidden * (dim + 9 + dim)
+
+
+def block_shapes(model: SegFormer, size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(dim, dense hidden, tokens) of every Mix-FFN at input ``size``, in forward order."""
+    cfg = model.config
+    h, w = size
+    out = []
+    for s in range(len(cfg.widths)):
+        p, st = cfg.patch_sizes[s], cfg.strides[s]
+        h, w = (h + 2 * (p // 2) - p) // st + 1, (w + 2 * (p // 2) - p) // st + 1
+        for b in range(cfg.depths[s]):
+            out.append((cfg.widths[s], cfg.hidden_width(s, b), h * w))
+    return out
+
+
+def mlp_savings(model: SegFormer, size: tuple[int, int], kept: list[int]) -> int:
+    """MACs skipped when block i keeps ``kept[i]`` neurons instead of all of them."""
+    return int(sum(mlp_macs(hid - k, dim, n) for (dim, hid, n), k in zip(block_shapes(model, size), kept)))
+
+
+def kept_per_block(model: nn.Module) -> list[int]:
+    """Neurons kept by each gated block in the last forward (batch of one)."""
+    return [int(b.kept[0]) if b.kept is not None else b.hidden for b in gated_blocks(model)]
+
+
+def frames_to_batches(frames: list[np.ndarray], size: tuple[int, int], mean, std, batch: int = 4) -> list[torch.Tensor]:
+    from segrt.runtime.preprocess import frames_to_input
+
+    return [torch.from_numpy(frames_to_input(frames[i : i + batch], size, mean, std)) for i in range(0, len(frames), batch)]
+
+
+# ----------------------------------------------------------------------------- training (two-stage KD)
+
+
+def gated_student(teacher_spec: str, cfg: GatingConfig, calibration: list[torch.Tensor] | None = None):
+    """A fresh copy of the teacher with gates attached (calibrated on ``calibration`` batches if given),
+    its metadata carrying the gating config so every checkpoint the trainer writes reloads on its own."""
+    from .resolve import load_model
+
+    student = load_model(teacher_spec)
+    attach_gates(student.model, cfg)
+    if calibration:
+        calibrate_gates(student.model, calibration, cfg.keep_ratio)
+    student.metadata.extra = {**student.metadata.extra, GATING_KEY: cfg.to_json()}
+    student.source = f"gated({cfg.keep_ratio}):{student.source}"
+    return student
+
+
+def gating_hooks(keep_ratio: float, sparsity_weight: float, gate_lr_scale: float):
+    """Distillation hooks: the keep-ratio loss on the student's gates, and a larger learning rate for the
+    gates (new parameters) than for the pretrained weights they gate."""
+    from .distill import DistillHooks
+
+    return DistillHooks(losses=lambda model: {"sparsity": sparsity_weight * sparsity_loss(model, keep_ratio)},
+                        lr_scale=lambda name: gate_lr_scale if ".mlp.gate." in name else 1.0)
+
+
+def calibration_batches(data: str, fmt: str, images: int, size: tuple[int, int], mean, std) -> list[torch.Tensor]:
+    """The first ``images`` training images at the model's input size (real statistics for the gate start)."""
+    from segrt.runtime.datasets import open_dataset
+
+    train_set = open_dataset(data, fmt, "train")
+    step = max(1, len(train_set) // max(images, 1))
+    frames = [train_set.read_image(i) for i in range(0, len(train_set), step)][:images]
+    return frames_to_batches(frames, size, mean, std)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_gated(model: SegFormer, metadata, out, mode: str = "topk", size: tuple[int, int] = (512, 512),
+                 keep_ratio: float | None = None, threshold: float | None = None, **export_options):
+    """Export a gated model with segrt's verified exporter (numerically checked against this same gated
+    model in PyTorch). ``topk``: static shapes, k = keep ratio x hidden per block; ``threshold``: the
+    data-dependent variant for ONNX Runtime, batch 1. Returns :class:`ExportResult`."""
+    import copy
+
+    from .onnx_export import export_onnx
+
+    if mode not in ("topk", "threshold"):
+        raise ConfigError(f"gated export mode {mode!r}; expected 'topk' or 'threshold'")
+    gated = set_mode(copy.deepcopy(model).eval(), mode, threshold=threshold, keep_ratio=keep_ratio)
+    blocks = gated_blocks(gated)
+    desc = {"mode": mode, "kept": [b.k for b in blocks]} if mode == "topk" else {"mode": mode, "threshold": blocks[0].threshold}
+    meta = copy.deepcopy(metadata)
+    meta.extra = {**meta.extra, "gating_export": json.dumps(desc)}
+    return export_onnx(gated, meta, out, size=size, dynamic=False, **export_options)
