@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", default=None, help="input size HxW (default 512x512; --quick 256x320)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root (train for calibration, val for mIoU)")
     p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include (default: hq fast)")
+    p.add_argument("--students", nargs="*", default=None,
+                   help="smaller models (pruned + distilled) to add in FP32 (default: every bundled MODEL-p*; --quick none)")
+    p.add_argument("--student-merge", default="fast", help="token merging also applied to each student ('none' to skip)")
     p.add_argument("--calib-count", type=int, default=None, help="INT8 calibration images (default 64; --quick 4)")
     p.add_argument("--runs", type=int, default=None, help="timed interleaved runs per candidate (default 30; --quick 3)")
     p.add_argument("--warmup", type=int, default=3)
@@ -67,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = args.model or ("random:b0:11" if q else "camvid-b0")
     args.size = args.size or ("256x320" if q else "512x512")
     args.merges = args.merges if args.merges is not None else ["hq", "fast"]
+    args.students = args.students if args.students is not None else ([] if q else default_students(args.model))
     args.calib_count = args.calib_count or (4 if q else 64)
     args.runs = args.runs or (3 if q else 30)
     args.eval_limit = args.eval_limit if args.eval_limit is not None else (4 if q else None)
@@ -96,32 +100,53 @@ def merging_available() -> bool:
     return True
 
 
+def default_students(model: str) -> list[str]:
+    """Every bundled smaller version of ``model`` (``models/<model>-p*.safetensors``: pruned + distilled)."""
+    from segrt.runtime.models import models_dir
+
+    return sorted(p.stem for p in models_dir().glob(f"{model}-p*.safetensors"))
+
+
 def export_tiers(spec: str, size: tuple[int, int], args, work: Path, progress) -> list[Tier]:
+    """segrt's tiers of the model itself (FP32 and INT8, plain and merged), then each student in FP32,
+    plain and with ``--student-merge``: the students are where the big speed-ups come from, and INT8
+    has not beaten FP32 on this CPU (see README), so they skip it to keep the run short."""
+    merges = ["none"] + (list(args.merges) if merging_available() else [])
+    student_merges = ["none"] + ([args.student_merge] if merging_available() and args.student_merge != "none" else [])
+    plan = [(spec, "segrt", merge, True) for merge in merges]
+    plan += [(student, f"segrt {student.removeprefix(spec + '-')}", merge, False)
+             for student in args.students for merge in student_merges]
+    task = progress.add_task("export tiers", total=sum(2 if int8 else 1 for *_, int8 in plan), info="")
+    tiers = []
+    for source, prefix, merge, int8 in plan:
+        tiers += export_tier(source, prefix, merge, int8, size, args, work, progress, task)
+    return tiers
+
+
+def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[int, int], args, work: Path,
+                progress, task) -> list[Tier]:
     from segrt.export.onnx_export import export_onnx
     from segrt.export.quantize import quantize_int8
     from segrt.export.resolve import load_model
 
-    merges = ["none"] + (list(args.merges) if merging_available() else [])
-    task = progress.add_task("export tiers", total=2 * len(merges), info="")
-    tiers = []
-    for merge in merges:
-        loaded = load_model(spec)
-        model, label = loaded.model, "segrt"
-        if merge != "none":
-            from segrt.export.merging import apply_merging, describe, merge_config
+    loaded = load_model(source)
+    model, label = loaded.model, prefix
+    if merge != "none":
+        from segrt.export.merging import apply_merging, describe, merge_config
 
-            config = merge_config(merge)
-            loaded.metadata.extra["token_merge"] = describe(config)
-            model, label = apply_merging(loaded.model, config), f"segrt merge-{merge}"
-        fp32 = work / f"{label.replace(' ', '_')}_fp32.onnx"
-        progress.update(task, info=f"{label} fp32")
-        export_onnx(model, loaded.metadata, fp32, size=size)
-        tiers.append(Tier(f"{label} FP32", fp32, "fp32", merge))
-        progress.advance(task)
+        config = merge_config(merge)
+        loaded.metadata.extra["token_merge"] = describe(config)
+        model, label = apply_merging(loaded.model, config), f"{prefix} merge-{merge}"
+    fp32 = work / f"{label.replace(' ', '_')}_fp32.onnx"
+    progress.update(task, info=f"{label} fp32")
+    export_onnx(model, loaded.metadata, fp32, size=size)
+    tiers = [Tier(f"{label} FP32", fp32, "fp32", merge)]
+    progress.advance(task)
+    if int8:
         progress.update(task, info=f"{label} int8")
-        int8 = work / f"{label.replace(' ', '_')}_int8.onnx"
-        quantize_int8(fp32, int8, args.data / "train", args.calib_count, show_progress=False)
-        tiers.append(Tier(f"{label} INT8", int8, "int8", merge))
+        path = work / f"{label.replace(' ', '_')}_int8.onnx"
+        quantize_int8(fp32, path, args.data / "train", args.calib_count, show_progress=False)
+        tiers.append(Tier(f"{label} INT8", path, "int8", merge))
         progress.advance(task)
     return tiers
 
@@ -377,7 +402,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     args = parse_args(argv)
-    check_model(args.model)
+    for spec in [args.model, *args.students]:
+        check_model(spec)
     size = parse_size(args.size)
     work = args.work / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
@@ -402,6 +428,7 @@ def main(argv=None) -> dict:
         "environment": environment(args.threads),
         "settings": {"model": args.model, "size": list(size), "threads": args.threads, "runs": args.runs,
                      "warmup": args.warmup, "calibration_images": args.calib_count, "merges": args.merges,
+                     "students": args.students, "student_merge": args.student_merge,
                      "quick": args.quick, "command": command.strip(), "load_average_at_start": load_at_start},
         "tiers": [{"name": t.name, "path": str(t.path.relative_to(REPO)) if t.path.is_relative_to(REPO) else str(t.path),
                    "precision": t.precision, "merge": t.merge} for t in tiers],
