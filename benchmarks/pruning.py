@@ -2,12 +2,13 @@
 latency and CamVid val mIoU, each alone and with the training-free tier (decoder folding, token merging).
 
     python benchmarks/pruning.py --pruned50 runs/prune/b0-50.safetensors --pruned30 runs/prune/b0-30.safetensors \\
-        --distilled runs/distill-b0-50/best.safetensors
+        --distilled runs/distill-b0-50/best.safetensors --distilled30 runs/distill-b0-30/best.safetensors \\
+        --control runs/control-b0/best.safetensors
     python benchmarks/pruning.py --quick          # smoke run on random models, 4 images
 
 Every model is exported with segrt's verified exporter: ``plain`` keeps the decoder as trained,
 ``fold`` is the exact decoder folding (export's default), ``fold+merge`` adds token merging
-(``--merge``, default ``hq``). MACs are counted on the exported graph (segrt.export.macs), parameters are
+(one row per ``--merge`` strategy, default ``hq`` and ``fast``). MACs are counted on the exported graph (segrt.export.macs), parameters are
 the graph's initializers, latency is the p50 over interleaved rounds (load from other processes hits every
 candidate alike), mIoU runs the ONNX model through the runtime's Engine on CamVid val.
 Folding is exact, so a folded model's mIoU equals its plain one's (it is still measured unless --reuse-exact).
@@ -46,6 +47,7 @@ class Row:
     latencies_ms: list[float] = field(default_factory=list)
     p50_ms: float = 0.0
     speedup: float = 0.0
+    speedup_vs_fold: float | None = None
     miou: float | None = None
     pixel_accuracy: float | None = None
     note: str = ""
@@ -60,20 +62,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bundled", default=None, help="reference checkpoint (default camvid-b0; --quick: random:b0:11)")
     p.add_argument("--pruned50", default=None, help="checkpoint pruned to 50%% MACs")
     p.add_argument("--pruned30", default=None, help="checkpoint pruned to 30%% MACs")
-    p.add_argument("--distilled", default=None, help="pruned + distilled checkpoint")
+    p.add_argument("--distilled", default=None, help="pruned (50%%) + distilled checkpoint")
+    p.add_argument("--distilled30", default=None, help="pruned (30%%) + distilled checkpoint")
+    p.add_argument("--control", default=None,
+                   help="unpruned model fine-tuned for as many iterations as the distilled one (benchmarks/pruning_control.py)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    help="variants of the bundled and the distilled model")
     p.add_argument("--distilled-variants", nargs="+", default=None, choices=VARIANTS,
                    help="variants of the distilled model (default: --variants)")
     p.add_argument("--pruned-variants", nargs="+", default=["fold"], choices=VARIANTS,
                    help="variants of the pruned models before distillation")
-    p.add_argument("--merge", default="hq", help="token-merging strategy for the fold+merge variant")
+    p.add_argument("--merge", nargs="+", default=["hq", "fast"], help="token-merging strategies: one fold+merge row each")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
     p.add_argument("--size", default=None, help="HxW to export and time at (default: the bundled model's input size)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--torch-threads", type=int, default=None, help="torch threads for exporting (default: torch's)")
     p.add_argument("--reuse-exact", action="store_true", help="take a folded model's mIoU from its plain export (exact rewrite)")
     p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
     p.add_argument("--export-only", action="store_true", help="export (into --cache) and stop")
@@ -106,27 +112,40 @@ def quick_pruned(loaded, fraction: float):
     return LoadedModel(apply_plan(loaded.model, plan).eval(), loaded.metadata, f"quick-pruned-{fraction}", loaded.sha256)
 
 
-def export_rows(label: str, loaded, variants, merge: str, size, folder: Path, progress) -> list[Row]:
+def expand_variants(variants, merges) -> list[tuple[str, str]]:
+    """(variant, merge strategy or "") pairs: fold+merge becomes one pair per strategy."""
+    return [(v, m) for v in variants for m in (merges if v == "fold+merge" else [""])]
+
+
+def base_variant(variant: str) -> str:
+    return variant.split(":")[0]
+
+
+def export_rows(label: str, loaded, variants, merges, size, folder: Path, progress) -> list[Row]:
     import onnx
 
     from segrt.export.macs import count_macs
-    from segrt.export.merging import apply_merging
-    from segrt.export.onnx_export import export_onnx
+    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, merge_config
+    from segrt.export.onnx_export import TOLERANCE, export_onnx
 
     rows = []
-    task = progress.add_task(f"export {label}", total=len(variants), info="")
-    for variant in variants:
-        model = apply_merging(loaded.model, merge) if variant == "fold+merge" else loaded.model
-        path = folder / f"{label}-{variant.replace('+', '-')}-{size[0]}x{size[1]}.onnx"
+    pairs = expand_variants(variants, merges)
+    task = progress.add_task(f"export {label}", total=len(pairs), info="")
+    for variant, merge in pairs:
+        model = apply_merging(loaded.model, merge) if merge else loaded.model
+        # bipartite matching can flip near-ties between PyTorch and ONNX Runtime (see export/merging.py)
+        tolerance = MATCHING_TOLERANCE if merge and merge_config(merge).needs_static_size else TOLERANCE
+        name = f"{variant}:{merge}" if merge else variant
+        path = folder / f"{label}-{variant.replace('+', '-')}{'-' + merge if merge else ''}-{size[0]}x{size[1]}.onnx"
         stamp = path.with_suffix(".source")  # a cached export is reused only for the same checkpoint
-        key = f"{loaded.sha256} {merge if variant == 'fold+merge' else ''}"
+        key = f"{loaded.sha256} {merge}"
         if not (path.exists() and stamp.exists() and stamp.read_text() == key):
-            export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain")
+            export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain", tolerance=tolerance)
             stamp.write_text(key)
         proto = onnx.load(str(path))
         params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) > 1 or (t.dims and t.dims[0] > 1))
-        rows.append(Row(label, variant, loaded.source, str(path), count_macs(path).gmacs, params / 1e6,
-                        note=f"merge {merge}" if variant == "fold+merge" else ""))
+        rows.append(Row(label, name, loaded.source, str(path), count_macs(path).gmacs, params / 1e6,
+                        note=f"merge {merge}" if merge else ""))
         progress.advance(task)
     return rows
 
@@ -145,8 +164,10 @@ def time_rows(rows: list[Row], engines: dict, x: np.ndarray, rounds: int, warmup
     for r in rows:
         r.p50_ms = statistics.median(r.latencies_ms)
     base = rows[0].p50_ms
+    fold = next((r.p50_ms for r in rows if r.model == rows[0].model and r.variant == "fold"), None)
     for r in rows:
         r.speedup = base / r.p50_ms
+        r.speedup_vs_fold = fold / r.p50_ms if fold else None
 
 
 def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool) -> None:
@@ -168,14 +189,16 @@ def markdown(res: dict) -> str:
     lines = [f"# Pruning and distillation vs {res['bundled']}", "",
              (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}; input {res['size'][0]}x"
               f"{res['size'][1]}; CamVid val ({res['images']} images); latency p50 over {res['rounds']} interleaved "
-              f"rounds; speed-up vs the first row. GMACs counted on the exported graph."), "",
-             "| model | variant | GMACs | params (M) | p50 ms | speed-up | mIoU | pixel acc |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+              f"rounds; speed-up vs the first row and vs the bundled model's folded export (what `segrt export` ships). "
+              f"GMACs counted on the exported graph."), "",
+             "| model | variant | GMACs | params (M) | p50 ms | speed-up | vs fold | mIoU | pixel acc |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
         acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
+        vs_fold = f"{r['speedup_vs_fold']:.2f}x" if r.get("speedup_vs_fold") else "-"
         lines.append(f"| {r['model']} | {r['variant']} | {r['gmacs']:.3f} | {r['params_m']:.3f} | {r['p50_ms']:.1f} | "
-                     f"{r['speedup']:.2f}x | {miou} | {acc} |")
+                     f"{r['speedup']:.2f}x | {vs_fold} | {miou} | {acc} |")
     notes = [f"- {r['model']} [{r['variant']}]: {r['note']}" for r in res["rows"] if r["note"]]
     sources = [f"- {k}: `{v}`" for k, v in res["sources"].items()]
     return "\n".join(lines + ["", "Sources:", *sources] + (["", "Notes:", *notes] if notes else [])) + "\n"
@@ -193,7 +216,7 @@ def plot(res: dict, path: Path) -> None:
         if r["miou"] is None:
             continue
         for ax, x in zip(axes, (r["gmacs"], r["p50_ms"])):
-            ax.scatter(x, 100 * r["miou"], marker=markers[r["variant"]], s=50)
+            ax.scatter(x, 100 * r["miou"], marker=markers[base_variant(r["variant"])], s=50)
             ax.annotate(f"{r['model']} {r['variant']}", (x, 100 * r["miou"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
     axes[0].set_xlabel("GMACs (exported graph)")
@@ -216,11 +239,16 @@ def main(argv=None) -> dict:
     from segrt.runtime.progress import make_progress
 
     args = parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     bundled = load_model(args.bundled)
     size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(bundled.metadata.input_size or (384, 512))
     models = [("bundled", bundled)]
-    for label, spec, fraction in (("pruned-50", args.pruned50, 0.5), ("pruned-30", args.pruned30, 0.3),
-                                  ("pruned-50+distilled", args.distilled, None)):
+    for label, spec, fraction in (("control", args.control, None), ("pruned-50", args.pruned50, 0.5),
+                                  ("pruned-50+distilled", args.distilled, None), ("pruned-30", args.pruned30, 0.3),
+                                  ("pruned-30+distilled", args.distilled30, None)):
         if spec:
             models.append((label, load_model(spec)))
         elif args.quick and fraction:
@@ -232,8 +260,8 @@ def main(argv=None) -> dict:
         rows: list[Row] = []
         for label, loaded in models:
             variants = args.pruned_variants if label in ("pruned-50", "pruned-30") else args.variants
-            if label.endswith("distilled") and args.distilled_variants:
-                variants = args.distilled_variants
+            if label != "bundled" and label not in ("pruned-50", "pruned-30") and args.distilled_variants:
+                variants = args.distilled_variants  # distilled models and the control
             rows += export_rows(label, loaded, variants, args.merge, size, folder, progress)
         if args.export_only:
             return {"exported": [r.path for r in rows]}
