@@ -83,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse-exact", action="store_true", help="take a folded model's mIoU from its plain export (exact rewrite)")
     p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
     p.add_argument("--export-only", action="store_true", help="export (into --cache) and stop")
+    p.add_argument("--eval-only", action="store_true", help="export and evaluate (into --cache), no timing, no results")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="pruning")
     p.add_argument("--quick", action="store_true", help="smoke run: random models pruned on the fly, 4 images, 4 rounds")
@@ -170,19 +171,33 @@ def time_rows(rows: list[Row], engines: dict, x: np.ndarray, rounds: int, warmup
         r.speedup_vs_fold = fold / r.p50_ms if fold else None
 
 
-def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool) -> None:
+def miou_key(r: Row, limit) -> str:
+    """Identifies one exported graph (checkpoint hash + merge, via the export's stamp) and the images."""
+    stamp = Path(r.path).with_suffix(".source")
+    return f"{Path(r.path).name} {stamp.read_text() if stamp.exists() else ''} limit={limit}"
+
+
+def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool, cache: Path | None = None) -> None:
+    """mIoU of each row through the runtime's Engine. ``cache`` (JSON) keeps results per exported graph,
+    so a long evaluation can run ahead of the one timed run (accuracy does not depend on machine load)."""
     from segrt.runtime.evaluate import evaluate
 
+    known = json.loads(cache.read_text()) if cache and cache.exists() else {}
     plain = {}
     for r in rows:
         if reuse_exact and r.variant == "fold" and r.model in plain:
             r.miou, r.pixel_accuracy = plain[r.model]
             r.note = (r.note + "; " if r.note else "") + "mIoU of the plain export (folding is exact)"
             continue
-        m = evaluate(engines[r.name].infer, dataset, limit=limit, description=f"eval {r.name}")
-        r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
+        key = miou_key(r, limit)
+        if key not in known:
+            m = evaluate(engines[r.name].infer, dataset, limit=limit, description=f"eval {r.name}")
+            known[key] = [m.miou, m.pixel_accuracy]
+            if cache:
+                cache.write_text(json.dumps(known, indent=1))
+        r.miou, r.pixel_accuracy = known[key]
         if r.variant == "plain":
-            plain[r.model] = (m.miou, m.pixel_accuracy)
+            plain[r.model] = (r.miou, r.pixel_accuracy)
 
 
 def markdown(res: dict) -> str:
@@ -268,8 +283,12 @@ def main(argv=None) -> dict:
         engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
         img, _ = dataset[0]
         x = frames_to_input([img], size, bundled.metadata.mean, bundled.metadata.std)
+        miou_cache = args.cache / "miou.json" if args.cache else None
+        if args.eval_only:
+            evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact, miou_cache)
+            return {"evaluated": [r.name for r in rows]}
         time_rows(rows, engines, x, args.rounds, args.warmup, progress)
-        evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact)
+        evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact, miou_cache)
     res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
            "images": min(args.limit or len(dataset), len(dataset)), "onnxruntime": onnxruntime.__version__,
            "cpu": platform.processor() or platform.machine(), "merge": args.merge,
