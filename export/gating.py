@@ -16,8 +16,8 @@ Modes of :class:`GatedMixFFN` (``set_mode``):
   depth-wise channels, k columns of ``fc2`` -> MatMul on k neurons only. Every shape is static, TopK's k
   stays below TensorRT's 3840 limit.
 - ``threshold`` (export, ONNX Runtime, batch 1): the neurons with ``score > threshold`` (at least one),
-  a data-dependent number. Its depth-wise conv is a one-hot tap Conv plus per-channel weights, because an ONNX
-  Conv's ``group`` must be a constant.
+  a data-dependent number. Its depth-wise conv runs on the dense channel grid with the skipped channels
+  zero (ScatterND, Conv, Gather), because an ONNX Conv's ``group`` must be a constant.
 
 Gated checkpoints are ordinary segrt safetensors plus the gate weights; the gating config rides in the
 model metadata (``extra["gating"]``), so :func:`segrt.export.checkpoints.load_checkpoint` rebuilds the
@@ -32,9 +32,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from segrt.runtime.errors import ConfigError
+from torch import nn
 
 from .segformer import MixFFN, SegFormer, tokens_to_grid
 
@@ -96,7 +95,6 @@ class GatedMixFFN(MixFFN):
         self.k = kept_count(hidden, cfg.keep_ratio)
         self.threshold = cfg.threshold
         self.mode = "mask"
-        self.register_buffer("taps", torch.eye(9).reshape(9, 1, 3, 3), persistent=False)
         self.keep_fraction: torch.Tensor | None = None  # (B,) of the last mask-mode forward, for the sparsity loss
         self.kept: torch.Tensor | None = None  # (B,) neurons kept in the last forward (any mode but open)
 
@@ -149,13 +147,14 @@ class GatedMixFFN(MixFFN):
         idx = torch.nonzero(keep).squeeze(1)
         self._record(kept=torch.tensor([idx.shape[0]]) if not torch.compiler.is_compiling() else None)
         y = torch.matmul(x[0], self.fc1.weight[idx].t()) + self.fc1.bias[idx]  # (N, n)
-        # depth-wise 3x3 over a data-dependent channel count: a constant one-hot Conv (exact copies) lays
-        # out the 9 taps of every channel, then each channel's own kernel weighs them
-        n = y.shape[1]
-        taps = F.conv2d(y.t().reshape(n, 1, h, w), self.taps, padding=1)  # (n, 9, h, w)
-        kernel = self.dwconv.weight[idx].reshape(n, 9, 1, 1)
-        acc = (taps * kernel).sum(dim=1) + self.dwconv.bias[idx][:, None, None]
-        y = F.gelu(acc.reshape(acc.shape[0], h * w).t())  # (N, n)
+        # depth-wise 3x3 over a data-dependent channel count: an ONNX Conv's group must be a constant, so the
+        # n channels are scattered into the dense channel grid (zeros elsewhere), convolved with the
+        # unchanged kernel (9 MACs per neuron and pixel, small next to fc1/fc2's 2C) and gathered back
+        dense = y.new_zeros(self.hidden, h * w)
+        dense[idx] = y.t()
+        conv = self.dwconv(dense.reshape(1, self.hidden, h, w)).reshape(self.hidden, h * w)
+        acc = conv[idx]
+        y = F.gelu(acc.t())  # (N, n)
         return (torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias)[None]
 
 
@@ -215,12 +214,14 @@ def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: f
     top ``keep_ratio`` fraction scores above 0 and scaled to ``spread`` standard deviations. The gate's
     input-dependent part starts near zero and is learned by distillation."""
     blocks = gated_blocks(model)
-    sums = {id(b): torch.zeros(b.hidden) for b in blocks}
-    hooks = []
-    for b in blocks:
-        def record(mod, args, out, key=id(b)):
-            sums[key] += out.abs().mean(dim=(0, 2, 3))  # dwconv output (B, hidden, h, w) before GELU
-        hooks.append(b.dwconv.register_forward_hook(record))
+    sums = [torch.zeros(b.hidden) for b in blocks]
+
+    def recorder(i: int):
+        def record(mod, args, out):
+            sums[i] += out.abs().mean(dim=(0, 2, 3))  # dwconv output (B, hidden, h, w) before GELU
+        return record
+
+    hooks = [b.dwconv.register_forward_hook(recorder(i)) for i, b in enumerate(blocks)]
     modes = [b.mode for b in blocks]
     set_mode(model, "open")
     was_training = model.training
@@ -234,9 +235,9 @@ def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: f
         for b, m in zip(blocks, modes):
             b.mode = m
         model.train(was_training)
-    for b in blocks:
+    for b, total in zip(blocks, sums):
         # |GELU(z)| ~ |z| for the large activations that matter; fc2 column norm converts to output scale
-        imp = (sums[id(b)] / len(batches)) * b.fc2.weight.norm(dim=0)
+        imp = (total / len(batches)) * b.fc2.weight.norm(dim=0)
         logi = imp.clamp_min(1e-12).log()
         cut = torch.quantile(logi, 1.0 - b.k / b.hidden)
         centred = logi - cut
@@ -261,9 +262,11 @@ def block_shapes(model: SegFormer, size: tuple[int, int]) -> list[tuple[int, int
     return out
 
 
-def mlp_savings(model: SegFormer, size: tuple[int, int], kept: list[int]) -> int:
-    """MACs skipped when block i keeps ``kept[i]`` neurons instead of all of them."""
-    return int(sum(mlp_macs(hid - k, dim, n) for (dim, hid, n), k in zip(block_shapes(model, size), kept)))
+def mlp_savings(model: SegFormer, size: tuple[int, int], kept: list[int], dense_dwconv: bool = False) -> int:
+    """MACs skipped when block i keeps ``kept[i]`` neurons instead of all of them. ``dense_dwconv``: the
+    depth-wise conv still runs on every channel (the threshold export), so only fc1 and fc2 work is saved."""
+    return int(sum(mlp_macs(hid - k, dim, n) - (9 * (hid - k) * n if dense_dwconv else 0)
+                   for (dim, hid, n), k in zip(block_shapes(model, size), kept)))
 
 
 def kept_per_block(model: nn.Module) -> list[int]:

@@ -1,4 +1,6 @@
-"""`segrt gate --teacher T --data ROOT -o OUT`: train DynaSegFormer neuron gates by two-stage distillation."""
+"""`segrt gate train --teacher T --data ROOT -o OUT`: train DynaSegFormer neuron gates by two-stage distillation;
+`segrt gate export CKPT -o m.onnx --mode topk|threshold`: export a gated checkpoint so the skipped neurons are
+really skipped (TopK + Gather, static shapes; or a score threshold, dynamic, ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -58,5 +60,34 @@ def gate_command(
                   f"weights in {out / 'best.safetensors'}")
 
 
+def export_command(
+    checkpoint: Path = typer.Argument(..., help="gated checkpoint from `segrt gate train`"),
+    out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write"),
+    mode: str = typer.Option("topk", "--mode", help="topk: fixed keep ratio, static shapes (TensorRT); threshold: dynamic ratio, batch 1 (ONNX Runtime)"),
+    size: str = typer.Option("512x512", "--size", help="input HxW"),
+    keep_ratio: float = typer.Option(None, "--keep-ratio", help="topk: override the trained keep ratio"),
+    threshold: float = typer.Option(None, "--threshold", help="threshold: override the trained score threshold"),
+) -> None:
+    """Export a gated model; verified numerically against the same gated model in PyTorch."""
+    from rich.console import Console
+
+    from segrt.export.gating import export_gated, gated_blocks
+    from segrt.export.resolve import load_model
+
+    console = Console()
+    loaded = load_model(str(checkpoint))
+    if not gated_blocks(loaded.model):
+        from ._args import fail
+
+        fail(f"{checkpoint} has no gated Mix-FFN blocks; train one with `segrt gate train`")
+    with console.status(f"exporting ({mode}) and verifying"):
+        result = export_gated(loaded.model, loaded.metadata, out, mode, size=parse_size(size), keep_ratio=keep_ratio,
+                              threshold=threshold)
+    console.print(f"wrote {result.path} (max relative error vs PyTorch {result.max_rel_error:.2e} on {result.images} images)")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("gate")(gate_command)
+    gate = typer.Typer(no_args_is_help=True, help="Dynamic gated Mix-FFN neurons (DynaSegFormer): train, export.")
+    gate.command("train")(gate_command)
+    gate.command("export")(export_command)
+    app.add_typer(gate, name="gate")

@@ -1,0 +1,292 @@
+"""Dynamic gated Mix-FFN neurons (DynaSegFormer) against the bundled model, in one run: ONNX Runtime CPU
+latency (interleaved), CamVid val mIoU through Engine, and how compute varies across images.
+
+    python benchmarks/gating.py --gated /work/runs/gate-b0-50/best.safetensors --cache /work/runs/gate-b0-50/onnx
+    python benchmarks/gating.py --quick       # smoke run: random B0, gates calibrated on the fly, 4 images
+
+Rows (all exported with segrt's verified exporter, decoder folded, static input size):
+- ``bundled``: the unpruned bundled model.
+- ``gated topk``: fixed keep ratio; TopK over the gate scores, Gather, MatMul on k neurons (static shapes).
+- ``gated threshold``: dynamic ratio; every neuron scoring above the threshold (ONNX Runtime, batch 1).
+
+Latency: each round feeds the same CamVid val image to every model, in alternating order (load from other
+processes hits all alike), cycling through the first ``--latency-images`` val images because the dynamic
+variant's cost depends on the image; p50 and mean over rounds. MACs: counted on the exported graph for the
+static models (segrt.export.macs); for the dynamic variant per image, as the dense count minus the Mix-FFN
+work of the neurons its gates skipped on that image (kept counts from the PyTorch gated model, which the
+export is verified against). Writes benchmarks/results/gating.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
+DEFAULT_GATED = Path("/work/runs/gate-b0-50/best.safetensors")
+BUNDLED_NATIVE_MIOU = 0.5291  # models/camvid-b0.md: PyTorch, CamVid val, 384x512
+
+
+@dataclass
+class Row:
+    name: str
+    path: str = ""
+    gmacs: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    p50_ms: float = 0.0
+    mean_ms: float = 0.0
+    speedup: float = 0.0
+    miou: float | None = None
+    pixel_accuracy: float | None = None
+    max_rel_error: float | None = None  # ONNX vs its PyTorch model at export (verification)
+    note: str = ""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundled", default=None, help="unpruned model (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--gated", type=Path, default=None, help=f"gated checkpoint from `segrt gate` (default {DEFAULT_GATED})")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--size", default="512x512", help="HxW to export, time and evaluate at")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--latency-images", type=int, default=10, help="val images the latency rounds cycle through")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="gating")
+    p.add_argument("--quick", action="store_true", help="smoke run: random model, calibrated gates, 4 images, 4 rounds")
+    args = p.parse_args(argv)
+    args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
+    if args.quick:
+        args.rounds, args.limit, args.size, args.latency_images = 4, args.limit or 4, "128x160", 2
+    elif args.gated is None:
+        args.gated = DEFAULT_GATED
+    args.threads = args.threads or os.cpu_count()
+    return args
+
+
+def quick_gated(bundled, data: Path, size):
+    """--quick: the random model with gates calibrated on 4 training images (no training run needed)."""
+    from segrt.export.checkpoints import LoadedModel
+    from segrt.export.gating import GATING_KEY, GatingConfig, attach_gates, calibrate_gates, calibration_batches
+
+    cfg = GatingConfig(keep_ratio=0.5)
+    model = attach_gates(copy.deepcopy(bundled.model), cfg)
+    calibrate_gates(model, calibration_batches(str(data), "camvid", 4, size, bundled.metadata.mean, bundled.metadata.std), 0.5)
+    meta = copy.deepcopy(bundled.metadata)
+    meta.extra = {**meta.extra, GATING_KEY: cfg.to_json()}
+    return LoadedModel(model.eval(), meta, "quick-gated", bundled.sha256 + "-gated")
+
+
+def cached_export(label: str, loaded, folder: Path, size, export) -> tuple[Path, float | None]:
+    """Export once per checkpoint: a stamp file next to the ONNX records which checkpoint it came from."""
+    path = folder / f"{label}-{size[0]}x{size[1]}.onnx"
+    stamp = path.with_suffix(".source")
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text())["sha256"] == loaded.sha256:
+        return path, json.loads(stamp.read_text())["max_rel_error"]
+    result = export(path)
+    stamp.write_text(json.dumps({"sha256": loaded.sha256, "max_rel_error": result.max_rel_error}))
+    return path, result.max_rel_error
+
+
+def time_rows(rows: list[Row], engines: dict, inputs: list[np.ndarray], rounds: int, warmup: int, progress) -> None:
+    for r in rows:
+        for _ in range(warmup):
+            engines[r.name].backend.run(inputs[0])
+    task = progress.add_task("latency", total=rounds, info="interleaved")
+    for i in range(rounds):
+        x = inputs[i % len(inputs)]
+        for r in rows if i % 2 == 0 else rows[::-1]:
+            t0 = time.perf_counter()
+            engines[r.name].backend.run(x)
+            r.latencies_ms.append(1000 * (time.perf_counter() - t0))
+        progress.advance(task)
+    for r in rows:
+        r.p50_ms = statistics.median(r.latencies_ms)
+        r.mean_ms = statistics.fmean(r.latencies_ms)
+    for r in rows:
+        r.speedup = rows[0].p50_ms / r.p50_ms
+
+
+def per_image_compute(gated, dataset, size, limit, dense_macs: int, progress) -> list[dict]:
+    """Kept neurons per block and total MACs of the dynamic (threshold) variant on every val image."""
+    import torch
+    from segrt.export.gating import gated_blocks, kept_per_block, mlp_savings, set_mode
+    from segrt.runtime.preprocess import frames_to_input
+
+    model = set_mode(copy.deepcopy(gated.model).eval(), "threshold")
+    hidden = [b.hidden for b in gated_blocks(model)]
+    n = min(limit or len(dataset), len(dataset))
+    out = []
+    task = progress.add_task("kept neurons", total=n, info="threshold gates")
+    with torch.no_grad():
+        for i in range(n):
+            x = torch.from_numpy(frames_to_input([dataset.read_image(i)], size, gated.metadata.mean, gated.metadata.std))
+            model(x)
+            kept = kept_per_block(model)
+            macs = dense_macs - mlp_savings(model, size, kept, dense_dwconv=True)  # as the threshold export runs
+            out.append({"image": Path(dataset.images[i]).name, "kept": kept,
+                        "kept_fraction": sum(kept) / sum(hidden), "gmacs": macs / 1e9})
+            progress.advance(task)
+    return out
+
+
+def summary(values: list[float]) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
+            "mean": float(a.mean()), "p95": float(np.percentile(a, 95)), "max": float(a.max()), "std": float(a.std())}
+
+
+def markdown(res: dict) -> str:
+    size = f"{res['size'][0]}x{res['size'][1]}"
+    lines = [f"# Dynamic gated Mix-FFN neurons (DynaSegFormer) vs {res['bundled']}", "",
+             (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}, load average at start "
+              f"{res['load_average']}; input {size}; latency p50/mean over {res['rounds']} interleaved rounds cycling "
+              f"through {res['latency_images']} CamVid val images; speed-up = bundled p50 / row p50. mIoU through "
+              f"`Engine` on CamVid val ({res['images']} images) at {size}."), "",
+             "| model | GMACs | p50 ms | mean ms | speed-up | mIoU | ΔmIoU vs bundled (same size) | pixel acc | ONNX vs PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = res["rows"][0]["miou"]
+    for r in res["rows"]:
+        miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
+        delta = f"{100 * (r['miou'] - base):+.2f}" if r["miou"] is not None and base is not None else "-"
+        acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
+        err = f"{r['max_rel_error']:.1e}" if r["max_rel_error"] is not None else "-"
+        lines.append(f"| {r['name']} | {r['gmacs']:.3f} | {r['p50_ms']:.1f} | {r['mean_ms']:.1f} | {r['speedup']:.2f}x | "
+                     f"{miou} | {delta} | {acc} | {err} |")
+    c = res["compute"]
+    lines += ["", (f"Dynamic variant, per image over {c['images']} val images: kept fraction of Mix-FFN neurons "
+              f"median {c['kept_fraction']['median']:.3f} (min {c['kept_fraction']['min']:.3f}, max "
+              f"{c['kept_fraction']['max']:.3f}, std {c['kept_fraction']['std']:.4f}); GMACs median "
+              f"{c['gmacs']['median']:.3f} (min {c['gmacs']['min']:.3f}, max {c['gmacs']['max']:.3f}); "
+              f"per block mean kept / dense: {', '.join(f'{k:.0f}/{h}' for k, h in zip(c['kept_mean_per_block'], c['hidden']))}."),
+              "", f"Bundled model's reference mIoU at its native 384x512 (PyTorch): {100 * BUNDLED_NATIVE_MIOU:.2f}."]
+    if res.get("training"):
+        t = res["training"]
+        lines.append(f"Gated model in PyTorch (mask mode = dynamic variant) at its training validation, 384x512: "
+                     f"{100 * t['miou']:.2f} mIoU (iteration {t['iteration']}), ΔmIoU vs 52.91: "
+                     f"{100 * (t['miou'] - BUNDLED_NATIVE_MIOU):+.2f}.")
+    lines += ["", "Sources:", *[f"- {k}: `{v}`" for k, v in res["sources"].items()]]
+    notes = [f"- {r['name']}: {r['note']}" for r in res["rows"] if r["note"]]
+    return "\n".join(lines + (["", "Notes:", *notes] if notes else [])) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = res["compute"]["per_image"]
+    rows = {r["name"]: r for r in res["rows"]}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].hist([p["kept_fraction"] for p in per], bins=20, color="tab:blue", alpha=0.8)
+    axes[0].axvline(res["keep_ratio"], color="tab:orange", ls="--", label=f"fixed TopK ratio {res['keep_ratio']}")
+    axes[0].set_xlabel("kept fraction of Mix-FFN hidden neurons (threshold gates)")
+    axes[1].hist([p["gmacs"] for p in per], bins=20, color="tab:green", alpha=0.8)
+    for name, style in (("bundled", ":"), ("gated topk", "--")):
+        if name in rows:
+            axes[1].axvline(rows[name]["gmacs"], color="k" if name == "bundled" else "tab:orange", ls=style,
+                            label=f"{name} {rows[name]['gmacs']:.3f}")
+    axes[1].set_xlabel(f"GMACs per image at {res['size'][0]}x{res['size'][1]}")
+    for ax in axes:
+        ax.set_ylabel(f"CamVid val images (of {len(per)})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Dynamic gated Mix-FFN: compute per image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> dict:
+    import onnxruntime
+    from segrt.export.gating import export_gated, gated_blocks, gating_config
+    from segrt.export.macs import count_macs
+    from segrt.export.onnx_export import export_onnx
+    from segrt.export.resolve import load_model
+    from segrt.runtime.datasets import open_dataset
+    from segrt.runtime.engine import Engine
+    from segrt.runtime.evaluate import evaluate
+    from segrt.runtime.preprocess import frames_to_input
+    from segrt.runtime.progress import make_progress
+
+    args = parse_args(argv)
+    size = tuple(int(v) for v in args.size.split("x"))
+    load_average = round(os.getloadavg()[0], 2)
+    bundled = load_model(args.bundled)
+    gated = quick_gated(bundled, args.data, size) if args.quick else load_model(str(args.gated))
+    cfg = gating_config(gated.model)
+    if cfg is None:
+        raise SystemExit(f"{args.gated} has no gated Mix-FFN blocks; train one with `segrt gate`")
+    dataset = open_dataset(str(args.data), "camvid", "val")
+    with tempfile.TemporaryDirectory() as tmp, make_progress() as progress:
+        folder = args.cache or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        task = progress.add_task("export", total=3, info="")
+        rows = []
+        path, err = cached_export("bundled-fold", bundled, folder, size,
+                                  lambda p: export_onnx(bundled.model, bundled.metadata, p, size=size))
+        rows.append(Row("bundled", str(path), count_macs(path).gmacs, max_rel_error=err, note="decoder folded"))
+        progress.advance(task)
+        for mode in ("topk", "threshold"):
+            path, err = cached_export(f"gated-{mode}", gated, folder, size,
+                                      lambda p, m=mode: export_gated(gated.model, gated.metadata, p, m, size=size))
+            note = (f"k = {cfg.keep_ratio} x hidden per block: {[b.k for b in gated_blocks(gated.model)]}" if mode == "topk"
+                    else f"score > {cfg.threshold}; GMACs = median over images")
+            rows.append(Row(f"gated {mode}", str(path), count_macs(path).gmacs if mode == "topk" else 0.0,
+                            max_rel_error=err, note=note))
+            progress.advance(task)
+        dense = round(rows[0].gmacs * 1e9)
+        per_image = per_image_compute(gated, dataset, size, args.limit, dense, progress)
+        rows[2].gmacs = float(np.median([p["gmacs"] for p in per_image]))
+        engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
+        inputs = [frames_to_input([dataset.read_image(i)], size, bundled.metadata.mean, bundled.metadata.std)
+                  for i in range(min(args.latency_images, len(dataset)))]
+        time_rows(rows, engines, inputs, args.rounds, args.warmup, progress)
+        for r in rows:
+            m = evaluate(engines[r.name].infer, dataset, limit=args.limit, description=f"eval {r.name}")
+            r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
+        for e in engines.values():
+            e.close()
+    hidden = [b.hidden for b in gated_blocks(gated.model)]
+    training = None
+    if not args.quick and (args.gated.parent / "best.json").exists():
+        training = json.loads((args.gated.parent / "best.json").read_text())
+    res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
+           "latency_images": len(inputs), "images": min(args.limit or len(dataset), len(dataset)),
+           "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
+           "load_average": load_average, "keep_ratio": cfg.keep_ratio, "threshold": cfg.threshold,
+           "sources": {"bundled": bundled.source, "gated": gated.source},
+           "training": training,
+           "rows": [{**asdict(r), "path": Path(r.path).name, "latencies_ms": [round(v, 2) for v in r.latencies_ms]}
+                    for r in rows],
+           "compute": {"images": len(per_image), "hidden": hidden,
+                       "kept_fraction": summary([p["kept_fraction"] for p in per_image]),
+                       "gmacs": summary([p["gmacs"] for p in per_image]),
+                       "kept_mean_per_block": [float(np.mean([p["kept"][b] for p in per_image])) for b in range(len(hidden))],
+                       "per_image": per_image}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name + ("-quick" if args.quick else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(res))
+    plot(res, args.out / f"{stem}.png")
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
