@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
     p.add_argument("--size", default=None, help="input size HxW (default 512x512; --quick 256x320)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root (train for calibration, val for mIoU)")
-    p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include (default: hq fast)")
+    p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include (default: fast downsample; the two fastest in benchmarks/results/merging.md)")
     p.add_argument("--students", nargs="*", default=None,
                    help="smaller models (pruned + distilled) to add in FP32 (default: every bundled MODEL-p*; --quick none)")
     p.add_argument("--student-merge", default="fast", help="token merging also applied to each student ('none' to skip)")
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     q = args.quick
     args.model = args.model or ("random:b0:11" if q else "camvid-b0")
     args.size = args.size or ("256x320" if q else "512x512")
-    args.merges = args.merges if args.merges is not None else ["hq", "fast"]
+    args.merges = args.merges if args.merges is not None else ["fast", "downsample"]
     args.students = args.students if args.students is not None else ([] if q else default_students(args.model))
     args.calib_count = args.calib_count or (4 if q else 64)
     args.runs = args.runs or (3 if q else 30)
