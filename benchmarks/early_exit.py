@@ -86,10 +86,9 @@ def mac_breakdown(model, heads, point: str, dwconv: str, size) -> dict:
     """MACs per part of the folded model at ``size``, and the per-token MACs of every pruned stage (the
     most early exit can remove is every token but one per pruned grid)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from segrt.export.early_exit import ExitConfig, attach_exit, parse_exit_name, sparse_stage_macs
     from segrt.export.folding import fold_decoder
+    from torch.utils.flop_counter import FlopCounterMode
 
     def counted(module) -> dict[str, float]:
         fc = FlopCounterMode(display=False, depth=None)
@@ -130,8 +129,6 @@ def macs_for_counts(macs: dict, counts: list[int]) -> float:
 
 
 def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row], dict]:
-    import onnx  # noqa: F401
-
     from segrt.export.early_exit import ExitConfig, attach_exit
     from segrt.export.macs import count_macs
     from segrt.export.onnx_export import export_onnx
@@ -149,7 +146,6 @@ def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row],
         path = folder / (name.replace(" ", "-").replace("(", "").replace(")", "") + f"-{args.size[0]}x{args.size[1]}.onnx")
         stamp = path.with_suffix(".source")
         key = f"{loaded.sha256} {tag} {args.heads}"
-        err = float("nan")
         if not (path.exists() and stamp.exists() and stamp.read_text().split("\n")[0] == key):
             res = export_onnx(model, loaded.metadata, path, size=args.size)
             stamp.write_text(f"{key}\n{res.max_rel_error}")
@@ -271,7 +267,6 @@ def load_average() -> str:
 def main(argv=None) -> dict:
     import onnxruntime
     import torch
-
     from segrt.export.early_exit import load_heads, make_heads
     from segrt.export.resolve import load_model
     from segrt.runtime.datasets import open_dataset

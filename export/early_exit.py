@@ -39,9 +39,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from segrt.runtime.errors import CheckpointError, ConfigError
+from torch import nn
 
 from .segformer import Block, SegFormer, tokens_to_grid
 
@@ -404,8 +403,7 @@ def exit_hooks(teacher: SegFormer, student: SegFormer, heads: nn.ModuleDict, tem
         out = {}
         for name in heads:
             aux = store[name]
-            b, n, k = aux.shape
-            hw = student_grid(n, target.shape[2:], student.config.strides, parse_exit_name(name)[0])
+            hw = student_grid(aux.shape[1], target.shape[2:], student.config.strides, parse_exit_name(name)[0])
             out[f"aux_{name}"] = logit_kd_loss(tokens_to_grid(aux, *hw), target, temperature)
         return out
 

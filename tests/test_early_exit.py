@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from segrt.export.early_exit import (
     ExitConfig,
     attach_exit,
