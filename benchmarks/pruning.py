@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distilled-variants", nargs="+", default=None, choices=VARIANTS,
                    help="variants of the distilled model (default: --variants)")
     p.add_argument("--pruned-variants", nargs="+", default=["fold"], choices=VARIANTS,
-                   help="variants of the pruned models before distillation")
+                   help="variants of the pruned models before distillation and of the control")
     p.add_argument("--merge", nargs="+", default=["hq", "fast"], help="token-merging strategies: one fold+merge row each")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
@@ -274,9 +274,10 @@ def main(argv=None) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         rows: list[Row] = []
         for label, loaded in models:
-            variants = args.pruned_variants if label in ("pruned-50", "pruned-30") else args.variants
-            if label != "bundled" and label not in ("pruned-50", "pruned-30") and args.distilled_variants:
-                variants = args.distilled_variants  # distilled models and the control
+            # the undistilled pruned models and the control are accuracy references: --pruned-variants
+            variants = args.pruned_variants if label in ("pruned-50", "pruned-30", "control") else args.variants
+            if label.endswith("distilled") and args.distilled_variants:
+                variants = args.distilled_variants
             rows += export_rows(label, loaded, variants, args.merge, size, folder, progress)
         if args.export_only:
             return {"exported": [r.path for r in rows]}
