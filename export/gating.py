@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from segrt.runtime.errors import ConfigError
 from torch import nn
 
-from .segformer import MixFFN, SegFormer, tokens_to_grid
+from .segformer import Block, MixFFN, SegFormer, tokens_to_grid
 
 GATING_KEY = "gating"
 MODES = ("open", "mask", "topk", "threshold")
@@ -91,6 +91,7 @@ class GatedMixFFN(MixFFN):
     def __init__(self, dim: int, hidden: int, cfg: GatingConfig):
         super().__init__(dim, hidden)
         self.gate = NeuronGate(dim, hidden, cfg.reduction)
+        self.gating = cfg
         self.hidden = hidden
         self.k = kept_count(hidden, cfg.keep_ratio)
         self.threshold = cfg.threshold
@@ -134,7 +135,7 @@ class GatedMixFFN(MixFFN):
         y = torch.matmul(x, self.fc1.weight[idx].transpose(1, 2)) + self.fc1.bias[idx][:, None, :]
         grid = y.transpose(1, 2).reshape(1, b * k, h, w)
         kernel = self.dwconv.weight[idx].reshape(b * k, 1, 3, 3)
-        y = F.conv2d(grid, kernel, self.dwconv.bias[idx].reshape(b * k), padding=1, groups=b * k)
+        y = F.conv2d(grid, kernel, self.dwconv.bias[idx].reshape(b * k), padding=1, groups=b * k)  # type: ignore[index]  # MixFFN's dwconv has a bias
         y = F.gelu(y.reshape(b, k, h * w).transpose(1, 2))
         return torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias
 
@@ -169,15 +170,13 @@ def gating_config(model: nn.Module) -> GatingConfig | None:
 
 def attach_gates(model: SegFormer, cfg: GatingConfig) -> SegFormer:
     """Replace every Mix-FFN of ``model`` (in place) by a gated one holding the same weights."""
-    for stage in model.encoder.stages:
-        for block in stage.blocks:
-            old = block.mlp
-            if isinstance(old, GatedMixFFN):
-                raise ConfigError("model is already gated")
-            new = GatedMixFFN(old.fc1.in_features, old.fc1.out_features, cfg)
-            new.load_state_dict(old.state_dict(), strict=False)
-            new.gating = cfg
-            block.mlp = new.to(old.fc1.weight.device)
+    for block in [m for m in model.modules() if isinstance(m, Block)]:
+        old = block.mlp
+        if isinstance(old, GatedMixFFN):
+            raise ConfigError("model is already gated")
+        new = GatedMixFFN(old.fc1.in_features, old.fc1.out_features, cfg)
+        new.load_state_dict(old.state_dict(), strict=False)
+        block.mlp = new.to(old.fc1.weight.device)
     return model
 
 
@@ -271,7 +270,8 @@ def mlp_savings(model: SegFormer, size: tuple[int, int], kept: list[int], dense_
 
 def kept_per_block(model: nn.Module) -> list[int]:
     """Neurons kept by each gated block in the last forward (batch of one)."""
-    return [int(b.kept[0]) if b.kept is not None else b.hidden for b in gated_blocks(model)]
+    counts = [(b.kept, b.hidden) for b in gated_blocks(model)]
+    return [int(kept[0]) if kept is not None else hidden for kept, hidden in counts]
 
 
 def frames_to_batches(frames: list[np.ndarray], size: tuple[int, int], mean, std, batch: int = 4) -> list[torch.Tensor]:
