@@ -225,15 +225,17 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     markers = {"plain": "o", "fold": "s", "fold+merge": "^"}
+    models = list(dict.fromkeys(r["model"] for r in res["rows"]))
+    colors = {m: plt.cm.tab10(i) for i, m in enumerate(models)}  # colour: model, marker: variant (legend, no labels)
     for r in res["rows"]:
         if r["miou"] is None:
             continue
         for ax, x in zip(axes, (r["gmacs"], r["p50_ms"])):
-            ax.scatter(x, 100 * r["miou"], marker=markers[base_variant(r["variant"])], s=50)
-            ax.annotate(f"{r['model']} {r['variant']}", (x, 100 * r["miou"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.scatter(x, 100 * r["miou"], marker=markers[base_variant(r["variant"])], s=55, color=colors[r["model"]],
+                       edgecolors="black" if r["variant"].endswith("fast") else "none", label=f"{r['model']} {r['variant']}")
+    axes[1].legend(fontsize=7, loc="lower right", ncol=1)
     axes[0].set_xlabel("GMACs (exported graph)")
     axes[1].set_xlabel(f"ONNX Runtime CPU p50 latency (ms, {res['size'][0]}x{res['size'][1]})")
     for ax in axes:
