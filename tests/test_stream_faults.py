@@ -131,14 +131,23 @@ def bikes_frames():
     return list(open_source(BIKES))[:40]
 
 
+@pytest.fixture
+def sigint_raises():
+    """A shell's background job (nohup, `make test &`) starts with SIGINT ignored, and then no
+    KeyboardInterrupt is ever raised: install Python's default handler for the test."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("where", ["loop", "signal"])
-def test_ctrl_c_while_saving_leaves_complete_video_and_masks(tmp_path, bikes_frames, where):
+def test_ctrl_c_while_saving_leaves_complete_video_and_masks(tmp_path, bikes_frames, where, sigint_raises):
     """KeyboardInterrupt raised in the caller's loop, or a real SIGINT landing wherever the main thread
     is (inside the stream's hand-over, OpenCV's writer, ...): the with-blocks close everything, the
     video is playable and holds exactly the frames written, and every mask written is on disk. (A
     stream closes sources it opened itself; one handed in as an object is the caller's to close.)"""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are delivered to the main thread")
     source = Looped(bikes_frames)
     video, masks = tmp_path / "out.mp4", tmp_path / "masks"
     timer = None
