@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -160,19 +159,8 @@ def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row],
 
 
 def time_rows(rows, engines, inputs, rounds, warmup, progress) -> None:
+    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), inputs, rounds, warmup, progress)
     for r in rows:
-        for _ in range(warmup):
-            engines[r.name].backend.run(inputs[0])
-    task = progress.add_task("latency", total=rounds, info="interleaved")
-    for i in range(rounds):
-        x = inputs[i % len(inputs)]
-        for r in rows if i % 2 == 0 else rows[::-1]:
-            t0 = time.perf_counter()
-            engines[r.name].backend.run(x)
-            r.latencies_ms.append(1000 * (time.perf_counter() - t0))
-        progress.advance(task)
-    for r in rows:
-        r.p50_ms = statistics.median(r.latencies_ms)
         r.speedup = rows[0].p50_ms / r.p50_ms
 
 

@@ -26,11 +26,11 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -104,19 +104,8 @@ def cached_export(label: str, loaded, folder: Path, size, export) -> tuple[Path,
 
 
 def time_rows(rows: list[Row], engines: dict, inputs: list[np.ndarray], rounds: int, warmup: int, progress) -> None:
+    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), inputs, rounds, warmup, progress)
     for r in rows:
-        for _ in range(warmup):
-            engines[r.name].backend.run(inputs[0])
-    task = progress.add_task("latency", total=rounds, info="interleaved")
-    for i in range(rounds):
-        x = inputs[i % len(inputs)]
-        for r in rows if i % 2 == 0 else rows[::-1]:
-            t0 = time.perf_counter()
-            engines[r.name].backend.run(x)
-            r.latencies_ms.append(1000 * (time.perf_counter() - t0))
-        progress.advance(task)
-    for r in rows:
-        r.p50_ms = statistics.median(r.latencies_ms)
         r.mean_ms = statistics.fmean(r.latencies_ms)
     for r in rows:
         r.speedup = rows[0].p50_ms / r.p50_ms

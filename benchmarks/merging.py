@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -95,20 +94,9 @@ def export_candidates(loaded, size: tuple[int, int], strategies: list[str], fold
 
 
 def time_candidates(candidates: list[Candidate], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
+    time_interleaved(candidates, lambda c, x: engines[c.name].backend.run(x), [x], rounds, warmup, progress)
+    base = next(c for c in candidates if c.name == PLAIN).p50_ms
     for c in candidates:
-        for _ in range(warmup):
-            engines[c.name].backend.run(x)
-    task = progress.add_task("latency", total=rounds, info="interleaved")
-    for i in range(rounds):
-        order = candidates if i % 2 == 0 else candidates[::-1]
-        for c in order:
-            t0 = time.perf_counter()
-            engines[c.name].backend.run(x)
-            c.latencies_ms.append(1000 * (time.perf_counter() - t0))
-        progress.advance(task)
-    base = statistics.median(next(c for c in candidates if c.name == PLAIN).latencies_ms)
-    for c in candidates:
-        c.p50_ms = statistics.median(c.latencies_ms)
         c.p90_ms = float(np.percentile(c.latencies_ms, 90))
         c.speedup = base / c.p50_ms
 

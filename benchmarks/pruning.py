@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -152,18 +151,7 @@ def export_rows(label: str, loaded, variants, merges, size, folder: Path, progre
 
 
 def time_rows(rows: list[Row], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
-    for r in rows:
-        for _ in range(warmup):
-            engines[r.name].backend.run(x)
-    task = progress.add_task("latency", total=rounds, info="interleaved")
-    for i in range(rounds):
-        for r in rows if i % 2 == 0 else rows[::-1]:
-            t0 = time.perf_counter()
-            engines[r.name].backend.run(x)
-            r.latencies_ms.append(1000 * (time.perf_counter() - t0))
-        progress.advance(task)
-    for r in rows:
-        r.p50_ms = statistics.median(r.latencies_ms)
+    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), [x], rounds, warmup, progress)
     base = rows[0].p50_ms
     fold = next((r.p50_ms for r in rows if r.model == rows[0].model and r.variant == "fold"), None)
     for r in rows:
