@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from segrt.runtime.errors import CheckpointError, ConfigError
 from torch import nn
 
+from .row_index import gather_rows, overwrite_rows, scatter_rows
 from .segformer import Block, SegFormer, tokens_to_grid
 
 MODES = ("threshold", "budget")
@@ -202,28 +203,20 @@ def pool_grid(values: torch.Tensor, h: int, w: int, size: tuple[int, int]) -> to
 # ----------------------------------------------------------------------------- sparse blocks
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _scatter(x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return x.scatter(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), values)
-
-
 def sparse_block(block: Block, x: torch.Tensor, idx: torch.Tensor, h: int, w: int, dwconv: str) -> torch.Tensor:
     """One transformer block computed only for tokens ``idx`` (B, n) of the full grid ``x`` (B, N, C);
     the others keep their features."""
     attn, mlp = block.attention, block.mlp
     y = block.layernorm_before(x)  # keys/values come from the whole grid
-    xk = _gather(x, idx) + attn.attend(_gather(y, idx), attn.reduce_kv(y, h, w))
+    xk = gather_rows(x, idx) + attn.attend(gather_rows(y, idx), attn.reduce_kv(y, h, w))
     if dwconv == "grid":
-        x = _scatter(x, idx, xk)
+        x = overwrite_rows(x, idx, xk)
         grid = mlp.fc1(block.layernorm_after(x))
     else:
         hk = mlp.fc1(block.layernorm_after(xk))
-        grid = _scatter(hk.new_zeros(x.shape[0], x.shape[1], hk.shape[-1]), idx, hk)
-    hidden = _gather(mlp.dwconv(tokens_to_grid(grid, h, w)).flatten(2).transpose(1, 2), idx)
-    return _scatter(x, idx, xk + mlp.fc2(F.gelu(hidden)))
+        grid = scatter_rows(hk, idx, x.shape[1])
+    hidden = gather_rows(mlp.dwconv(tokens_to_grid(grid, h, w)).flatten(2).transpose(1, 2), idx)
+    return overwrite_rows(x, idx, xk + mlp.fc2(F.gelu(hidden)))
 
 
 # ----------------------------------------------------------------------------- the model

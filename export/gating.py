@@ -17,7 +17,7 @@ Modes of :class:`GatedMixFFN` (``set_mode``):
   stays below TensorRT's 3840 limit.
 - ``threshold`` (export, ONNX Runtime, batch 1): the neurons with ``score > threshold`` (at least one),
   a data-dependent number. Its depth-wise conv runs on the dense channel grid with the skipped channels
-  zero (ScatterND, Conv, Gather), because an ONNX Conv's ``group`` must be a constant.
+  zero (a row Gather, see :mod:`.row_index`; Conv; Gather), because an ONNX Conv's ``group`` must be a constant.
 
 Gated checkpoints are ordinary segrt safetensors plus the gate weights; the gating config rides in the
 model metadata (``extra["gating"]``), so :func:`segrt.export.checkpoints.load_checkpoint` rebuilds the
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from segrt.runtime.errors import ConfigError
 from torch import nn
 
+from .row_index import scatter_rows
 from .segformer import Block, MixFFN, SegFormer, tokens_to_grid
 
 GATING_KEY = "gating"
@@ -132,12 +133,23 @@ class GatedMixFFN(MixFFN):
     def _gathered(self, x: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Only the neurons ``idx`` (B, k): per-image weight slices, grouped conv over B*k channels."""
         b, k = idx.shape
+        if b == 1:
+            return self._gathered_single(x[0], idx[0], h, w)[None]
         y = torch.matmul(x, self.fc1.weight[idx].transpose(1, 2)) + self.fc1.bias[idx][:, None, :]
         grid = y.transpose(1, 2).reshape(1, b * k, h, w)
         kernel = self.dwconv.weight[idx].reshape(b * k, 1, 3, 3)
         y = F.conv2d(grid, kernel, self.dwconv.bias[idx].reshape(b * k), padding=1, groups=b * k)  # type: ignore[index]  # MixFFN's dwconv has a bias
         y = F.gelu(y.reshape(b, k, h * w).transpose(1, 2))
         return torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias
+
+    def _gathered_single(self, x: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Batch 1 (the exported case): 2-D ``addmm`` exports as Gemm with its bias fused, which ONNX Runtime
+        runs without the separate broadcast Add and batched MatMul of the per-image weight slices above."""
+        k = idx.shape[0]
+        y = torch.addmm(self.fc1.bias[idx], x, self.fc1.weight[idx].t())  # (N, k)
+        kernel, bias = self.dwconv.weight[idx], self.dwconv.bias[idx]  # type: ignore[index]  # MixFFN's dwconv has a bias
+        y = F.conv2d(y.t().reshape(1, k, h, w), kernel, bias, padding=1, groups=k)
+        return torch.addmm(self.fc2.bias, F.gelu(y.reshape(k, h * w).t()), self.fc2.weight.t()[idx])
 
     def _thresholded(self, x: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if x.shape[0] != 1:
@@ -151,10 +163,9 @@ class GatedMixFFN(MixFFN):
         # depth-wise 3x3 over a data-dependent channel count: an ONNX Conv's group must be a constant, so the
         # n channels are scattered into the dense channel grid (zeros elsewhere), convolved with the
         # unchanged kernel (9 MACs per neuron and pixel, small next to fc1/fc2's 2C) and gathered back
-        dense = y.new_zeros(self.hidden, h * w)
-        dense[idx] = y.t()
+        dense = scatter_rows(y.t()[None], idx[None], self.hidden)[0]
         conv = self.dwconv(dense.reshape(1, self.hidden, h, w)).reshape(self.hidden, h * w)
-        acc = conv[idx]
+        acc = conv.index_select(0, idx)
         y = F.gelu(acc.t())  # (N, n)
         return (torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias)[None]
 

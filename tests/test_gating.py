@@ -196,11 +196,12 @@ def _assert_k_neurons(proto: onnx.ModelProto, ks: list[int]) -> None:
     assert topk == ks
     inferred = onnx.shape_inference.infer_shapes(proto)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    # slices of weights (initializers), batch 1: fc1 rows (k, C), fc1 bias (k,), dw kernel (k, 1, 3, 3), fc2 rows (k, C)
     gathered = [shapes[n.output[0]] for n in inferred.graph.node if n.op_type in ("GatherND", "Gather")
-                and n.output[0] in shapes and len(shapes[n.output[0]]) >= 2]
-    for k in set(ks):  # per block: fc1 rows (1,k,C), fc1 bias (1,k), dw kernel (1,k,1,3,3), fc2 columns (1,k,C)
-        assert sum(1 for s in gathered if s[:2] == [1, k]) >= 4 * ks.count(k)
-    assert {s[1] for s in gathered} == set(ks)  # no gathered slice at any other width
+                and n.input[0] in consts and n.output[0] in shapes]
+    for k in set(ks):
+        assert sum(1 for s in gathered if s[0] == k) >= 4 * ks.count(k)
+    assert {s[0] for s in gathered} == set(ks)  # no gathered slice at any other width
 
 
 def test_gate_training_hooks_move_the_gates(random_b0, camvid_root, tmp_path):
