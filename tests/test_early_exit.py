@@ -150,6 +150,13 @@ def test_heads_round_trip_and_bad_input(random_b0, heads, tmp_path):
         assert torch.equal(v, loaded.state_dict()[k])
     with pytest.raises(CheckpointError):
         load_heads(tmp_path / "missing.safetensors", random_b0.model)
+    # MLP heads carry their width in the file's metadata; a linear-head file does not fit MLP heads
+    mlp = make_heads(random_b0.model, ["s2b0"], hidden=24)
+    save_heads(mlp, tmp_path / "mlp.safetensors", {"source": "random:b0:11", "hidden": 24})
+    assert load_heads(tmp_path / "mlp.safetensors", random_b0.model)[0]["s2b0"].mlp[0].out_features == 24
+    save_heads(mlp, tmp_path / "mislabelled.safetensors", {"source": "random:b0:11"})
+    with pytest.raises(CheckpointError):
+        load_heads(tmp_path / "mislabelled.safetensors", random_b0.model)
     with pytest.raises(ConfigError):
         ExitConfig(threshold=1.5)
     with pytest.raises(ConfigError):

@@ -19,6 +19,7 @@ def train_command(
     fmt: str = typer.Option("camvid", "--format"),
     points: list[str] = typer.Option(["s2b0", "s2b1"], "--point", help="exit points, sSTAGEbBLOCK (0-based stage, blocks run before grading)"),
     finetune: bool = typer.Option(False, "--finetune", help="also train the backbone (default: frozen, heads only)"),
+    hidden: int = typer.Option(256, "--hidden", help="aux head MLP width (0: LayerNorm + Linear)"),
     iterations: int = typer.Option(600, "--iterations"),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -39,7 +40,7 @@ def train_command(
     cfg = DistillConfig(data=str(data), format=fmt, out=str(out), iterations=iterations, batch_size=batch_size, lr=lr,
                         warmup=min(20, iterations // 10), crop=parse_size(crop), val_every=val_every, time_budget=time_budget,
                         threads=threads, workers=workers, seed=seed, kd_weight=0.0, feature_weight=0.0, embed_weight=0.0)
-    result = train_exit_heads(model, cfg, ExitTrainConfig(points=list(points), finetune=finetune), log=console.print)
+    result = train_exit_heads(model, cfg, ExitTrainConfig(points=list(points), hidden=hidden, finetune=finetune), log=console.print)
     state = "finished" if result["finished"] else "resumable: run the same command again"
     console.print(f"stopped at iteration {result['iteration']} ({state}); heads in {result['heads']}")
 
