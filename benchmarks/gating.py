@@ -129,9 +129,26 @@ def per_image_compute(gated, dataset, size, limit, dense_macs: int, progress) ->
             kept = kept_per_block(model)
             macs = dense_macs - mlp_savings(model, size, kept, dense_dwconv=True)  # as the threshold export runs
             out.append({"image": Path(dataset.images[i]).name, "kept": kept,
-                        "kept_fraction": sum(kept) / sum(hidden), "gmacs": macs / 1e9})
+                        "kept_fraction": sum(kept) / sum(hidden), "gmacs": macs / 1e9,
+                        "sets": [set(b.kept_index.tolist()) for b in gated_blocks(model)]})
             progress.advance(task)
+    add_switching(out, hidden)
     return out
+
+
+def add_switching(per_image: list[dict], hidden: list[int]) -> None:
+    """How input-dependent the gates are: a block's static core is the neurons its gates keep on at least half
+    of the images; ``switched`` is, per image, the fraction of its kept neurons outside the core (0: the gates
+    act as static pruning). Replaces the per-image index sets by that number."""
+    cores = []
+    for b, width in enumerate(hidden):
+        votes = np.zeros(width)
+        for p in per_image:
+            votes[list(p["sets"][b])] += 1
+        cores.append(set(np.flatnonzero(votes >= len(per_image) / 2).tolist()))
+    for p in per_image:
+        sets = p.pop("sets")
+        p["switched"] = sum(len(s - c) for s, c in zip(sets, cores)) / max(1, sum(len(s) for s in sets))
 
 
 def summary(values: list[float]) -> dict:
@@ -162,7 +179,10 @@ def markdown(res: dict) -> str:
               f"median {c['kept_fraction']['median']:.3f} (min {c['kept_fraction']['min']:.3f}, max "
               f"{c['kept_fraction']['max']:.3f}, std {c['kept_fraction']['std']:.4f}); GMACs median "
               f"{c['gmacs']['median']:.3f} (min {c['gmacs']['min']:.3f}, max {c['gmacs']['max']:.3f}); "
-              f"per block mean kept / dense: {', '.join(f'{k:.0f}/{h}' for k, h in zip(c['kept_mean_per_block'], c['hidden']))}."),
+              f"per block mean kept / dense: {', '.join(f'{k:.0f}/{h}' for k, h in zip(c['kept_mean_per_block'], c['hidden']))}. "
+              f"Kept neurons outside the static core (kept on at least half of the images): median "
+              f"{100 * c['switched']['median']:.1f}% per image (min {100 * c['switched']['min']:.1f}%, max "
+              f"{100 * c['switched']['max']:.1f}%)."),
               "", f"Bundled model's reference mIoU at its native 384x512 (PyTorch): {100 * BUNDLED_NATIVE_MIOU:.2f}."]
     if res.get("training"):
         t = res["training"]
@@ -182,7 +202,7 @@ def plot(res: dict, path: Path) -> None:
 
     per = res["compute"]["per_image"]
     rows = {r["name"]: r for r in res["rows"]}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     axes[0].hist([p["kept_fraction"] for p in per], bins=20, color="tab:blue", alpha=0.8)
     axes[0].axvline(res["keep_ratio"], color="tab:orange", ls="--", label=f"fixed TopK ratio {res['keep_ratio']}")
     axes[0].set_xlabel("kept fraction of Mix-FFN hidden neurons (threshold gates)")
@@ -192,9 +212,12 @@ def plot(res: dict, path: Path) -> None:
             axes[1].axvline(rows[name]["gmacs"], color="k" if name == "bundled" else "tab:orange", ls=style,
                             label=f"{name} {rows[name]['gmacs']:.3f}")
     axes[1].set_xlabel(f"GMACs per image at {res['size'][0]}x{res['size'][1]}")
+    axes[2].hist([100 * p["switched"] for p in per], bins=20, color="tab:purple", alpha=0.8)
+    axes[2].set_xlabel("% of an image's kept neurons outside the static core")
     for ax in axes:
         ax.set_ylabel(f"CamVid val images (of {len(per)})")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Dynamic gated Mix-FFN: compute per image")
     fig.tight_layout()
@@ -265,6 +288,7 @@ def main(argv=None) -> dict:
                     for r in rows],
            "compute": {"images": len(per_image), "hidden": hidden,
                        "kept_fraction": summary([p["kept_fraction"] for p in per_image]),
+                       "switched": summary([p["switched"] for p in per_image]),
                        "gmacs": summary([p["gmacs"] for p in per_image]),
                        "kept_mean_per_block": [float(np.mean([p["kept"][b] for p in per_image])) for b in range(len(hidden))],
                        "per_image": per_image}}

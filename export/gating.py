@@ -99,6 +99,7 @@ class GatedMixFFN(MixFFN):
         self.mode = "mask"
         self.keep_fraction: torch.Tensor | None = None  # (B,) of the last mask-mode forward, for the sparsity loss
         self.kept: torch.Tensor | None = None  # (B,) neurons kept in the last forward (any mode but open)
+        self.kept_index: torch.Tensor | None = None  # which neurons the last threshold-mode forward kept
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if self.mode == "open":
@@ -158,7 +159,7 @@ class GatedMixFFN(MixFFN):
         # at least one neuron: the arg-max is always kept, so an all-closed gate still yields valid shapes
         keep = (s > self.threshold) | (torch.arange(s.shape[0]) == s.argmax())
         idx = torch.nonzero(keep).squeeze(1)
-        self._record(kept=torch.tensor([idx.shape[0]]) if not torch.compiler.is_compiling() else None)
+        self._record(kept=torch.tensor([idx.shape[0]]), kept_index=idx)
         y = torch.matmul(x[0], self.fc1.weight[idx].t()) + self.fc1.bias[idx]  # (N, n)
         # depth-wise 3x3 over a data-dependent channel count: an ONNX Conv's group must be a constant, so the
         # n channels are scattered into the dense channel grid (zeros elsewhere), convolved with the
