@@ -1,13 +1,17 @@
 """Dynamic gated Mix-FFN neurons (DynaSegFormer) against the bundled model, in one run: ONNX Runtime CPU
 latency (interleaved), CamVid val mIoU through Engine, and how compute varies across images.
 
-    python benchmarks/gating.py --gated /work/runs/gate-b0-50/best.safetensors --cache /work/runs/gate-b0-50/onnx
+    python benchmarks/gating.py     # the bundled models/camvid-b0-gate30.safetensors
     python benchmarks/gating.py --quick       # smoke run: random B0, gates calibrated on the fly, 4 images
 
 Rows (all exported with segrt's verified exporter, decoder folded, static input size):
 - ``bundled``: the unpruned bundled model.
 - ``gated topk``: fixed keep ratio; TopK over the gate scores, Gather, MatMul on k neurons (static shapes).
 - ``gated threshold``: dynamic ratio; every neuron scoring above the threshold (ONNX Runtime, batch 1).
+- ``gated static``: the yardstick for "is choosing per image worth it": the trained gates frozen on training
+  images into a smaller dense model with the same k per block (no TopK, no gathers, constant weights).
+- ``..., k multiple of 16``: topk and static with every k rounded to a multiple of ``--align``: ONNX
+  Runtime's blocked (NCHWc) convolutions only take channel counts it can block.
 
 Latency: each round feeds the same CamVid val image to every model, in alternating order (load from other
 processes hits all alike), cycling through the first ``--latency-images`` val images because the dynamic
@@ -35,7 +39,7 @@ from interleaved import time_interleaved  # benchmarks/ is the script's folder, 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
-DEFAULT_GATED = Path("/work/runs/gate-b0-50/best.safetensors")
+DEFAULT_GATED = REPO / "models" / "camvid-b0-gate30.safetensors"
 BUNDLED_NATIVE_MIOU = 0.5291  # models/camvid-b0.md: PyTorch, CamVid val, 384x512
 
 
@@ -66,13 +70,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-images", type=int, default=10, help="val images the latency rounds cycle through")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
+    p.add_argument("--align", type=int, default=16, help="the aligned rows round every block's k to a multiple of this")
+    p.add_argument("--calibrate", type=int, default=64, help="training images that freeze the gates (static rows)")
+    p.add_argument("--training", type=Path, default=None,
+                   help="best.json of the gate training run (default: next to --gated), quoted in the table's notes")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="gating")
     p.add_argument("--quick", action="store_true", help="smoke run: random model, calibrated gates, 4 images, 4 rounds")
     args = p.parse_args(argv)
     args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
     if args.quick:
-        args.rounds, args.limit, args.size, args.latency_images = 4, args.limit or 4, "128x160", 2
+        args.rounds, args.limit, args.size, args.latency_images, args.calibrate = 4, args.limit or 4, "128x160", 2, 4
     elif args.gated is None:
         args.gated = DEFAULT_GATED
     args.threads = args.threads or os.cpu_count()
@@ -226,7 +234,7 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     import onnxruntime
-    from segrt.export.gating import export_gated, gated_blocks, gating_config
+    from segrt.export.gating import calibration_batches, export_gated, gated_blocks, gating_config, kept_count
     from segrt.export.macs import count_macs
     from segrt.export.onnx_export import export_onnx
     from segrt.export.resolve import load_model
@@ -248,18 +256,28 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, make_progress() as progress:
         folder = args.cache or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        task = progress.add_task("export", total=3, info="")
+        variants = [("topk", 1), ("threshold", 1), ("static", 1), ("topk", args.align), ("static", args.align)]
+        task = progress.add_task("export", total=1 + len(variants), info="")
         rows = []
         path, err = cached_export("bundled-fold", bundled, folder, size,
                                   lambda p: export_onnx(bundled.model, bundled.metadata, p, size=size))
         rows.append(Row("bundled", str(path), count_macs(path).gmacs, max_rel_error=err, note="decoder folded"))
         progress.advance(task)
-        for mode in ("topk", "threshold"):
-            path, err = cached_export(f"gated-{mode}", gated, folder, size,
-                                      lambda p, m=mode: export_gated(gated.model, gated.metadata, p, m, size=size))
-            note = (f"k = {cfg.keep_ratio} x hidden per block: {[b.k for b in gated_blocks(gated.model)]}" if mode == "topk"
-                    else f"score > {cfg.threshold}; GMACs = median over images")
-            rows.append(Row(f"gated {mode}", str(path), count_macs(path).gmacs if mode == "topk" else 0.0,
+        calibration = None
+        for mode, align in variants:
+            if mode == "static" and calibration is None:
+                calibration = calibration_batches(str(args.data), "camvid", args.calibrate, size, gated.metadata.mean,
+                                                  gated.metadata.std)
+            tag = mode + (f"-align{align}" if align > 1 else "")
+            path, err = cached_export(f"gated-{tag}", gated, folder, size,
+                                      lambda p, m=mode, a=align: export_gated(gated.model, gated.metadata, p, m, size=size,
+                                                                              calibration=calibration, align=a))
+            ks = [kept_count(b.hidden, cfg.keep_ratio, align) for b in gated_blocks(gated.model)]
+            note = {"topk": f"TopK per image, k per block: {ks}",
+                    "threshold": f"score > {cfg.threshold}, per image; GMACs = median over images",
+                    "static": f"gates frozen on {args.calibrate} training images, k per block: {ks}"}[mode]
+            name = f"gated {mode}" + (f", k multiple of {align}" if align > 1 else "")
+            rows.append(Row(name, str(path), count_macs(path).gmacs if mode != "threshold" else 0.0,
                             max_rel_error=err, note=note))
             progress.advance(task)
         dense = round(rows[0].gmacs * 1e9)
@@ -276,8 +294,12 @@ def main(argv=None) -> dict:
             e.close()
     hidden = [b.hidden for b in gated_blocks(gated.model)]
     training = None
-    if not args.quick and (args.gated.parent / "best.json").exists():
-        training = json.loads((args.gated.parent / "best.json").read_text())
+    best = args.training or (args.gated.parent / "best.json" if args.gated else None)
+    if args.gated == DEFAULT_GATED and args.training is None:
+        best = RESULTS / "gate-b0-30-training.json"
+    if not args.quick and best is not None and best.exists():
+        training = json.loads(best.read_text())
+        training = training.get("best", training)  # a run's best.json, or benchmarks/results/*-training.json
     res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
            "latency_images": len(inputs), "images": min(args.limit or len(dataset), len(dataset)),
            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),

@@ -19,6 +19,10 @@ Modes of :class:`GatedMixFFN` (``set_mode``):
   a data-dependent number. Its depth-wise conv runs on the dense channel grid with the skipped channels
   zero (a row Gather, see :mod:`.row_index`; Conv; Gather), because an ONNX Conv's ``group`` must be a constant.
 
+- ``static`` (export): the trained gates frozen into ordinary structured pruning (:func:`freeze_gates`):
+  each block keeps the k neurons of highest mean score on training images, as a smaller dense model.
+  Not input-adaptive; it is the yardstick that shows what choosing neurons per image costs and gains.
+
 Gated checkpoints are ordinary segrt safetensors plus the gate weights; the gating config rides in the
 model metadata (``extra["gating"]``), so :func:`segrt.export.checkpoints.load_checkpoint` rebuilds the
 gates from the file alone.
@@ -40,6 +44,7 @@ from .segformer import Block, MixFFN, SegFormer, tokens_to_grid
 
 GATING_KEY = "gating"
 MODES = ("open", "mask", "topk", "threshold")
+EXPORT_MODES = ("topk", "threshold", "static")
 
 
 @dataclass
@@ -65,8 +70,11 @@ class GatingConfig:
             raise ConfigError(f"invalid gating config {text!r}: {exc}") from exc
 
 
-def kept_count(hidden: int, keep_ratio: float) -> int:
-    return max(1, min(hidden, round(hidden * keep_ratio)))
+def kept_count(hidden: int, keep_ratio: float, align: int = 1) -> int:
+    """Neurons a block keeps; ``align`` > 1 rounds to a multiple of it (ONNX Runtime's blocked NCHWc
+    convolutions and most GEMM kernels want channel counts in multiples of 8 or 16)."""
+    k = max(1, min(hidden, round(hidden * keep_ratio)))
+    return k if align <= 1 else min(hidden, max(align, align * round(k / align)))
 
 
 class NeuronGate(nn.Module):
@@ -192,8 +200,10 @@ def attach_gates(model: SegFormer, cfg: GatingConfig) -> SegFormer:
     return model
 
 
-def set_mode(model: nn.Module, mode: str, threshold: float | None = None, keep_ratio: float | None = None) -> nn.Module:
-    """Switch every gate to ``mode``; optionally override the threshold or the TopK keep ratio."""
+def set_mode(model: nn.Module, mode: str, threshold: float | None = None, keep_ratio: float | None = None,
+             align: int = 1) -> nn.Module:
+    """Switch every gate to ``mode``; optionally override the threshold or the TopK keep ratio, and round
+    every block's k to a multiple of ``align``."""
     if mode not in MODES:
         raise ConfigError(f"unknown gating mode {mode!r}; expected one of {MODES}")
     blocks = gated_blocks(model)
@@ -203,8 +213,8 @@ def set_mode(model: nn.Module, mode: str, threshold: float | None = None, keep_r
         b.mode = mode
         if threshold is not None:
             b.threshold = threshold
-        if keep_ratio is not None:
-            b.k = kept_count(b.hidden, keep_ratio)
+        if keep_ratio is not None or align > 1:
+            b.k = kept_count(b.hidden, b.gating.keep_ratio if keep_ratio is None else keep_ratio, align)
     return model
 
 
@@ -253,6 +263,58 @@ def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: f
         cut = torch.quantile(logi, 1.0 - b.k / b.hidden)
         centred = logi - cut
         b.gate.fc2.bias.copy_(spread * centred / centred.std().clamp_min(1e-6) + b.threshold)
+
+
+@torch.no_grad()
+def frozen_plan(model: SegFormer, batches: list[torch.Tensor]):
+    """The neurons each gate keeps on average: per block, the top ``k`` of the gate scores averaged over
+    ``batches`` (training images). -> :class:`~.prune_groups.PrunePlan` of the Mix-FFN neurons."""
+    from .prune_groups import PrunePlan
+
+    blocks = gated_blocks(model)
+    sums = [torch.zeros(b.hidden) for b in blocks]
+    count = 0
+
+    def recorder(i: int):
+        def record(mod, args, out):
+            sums[i] += out.sum(dim=0)
+        return record
+
+    hooks = [b.gate.register_forward_hook(recorder(i)) for i, b in enumerate(blocks)]
+    modes = [b.mode for b in blocks]
+    was_training = model.training
+    set_mode(model, "mask")  # the gated model as trained: later gates see earlier gates' output
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+            count += x.shape[0]
+    finally:
+        for h in hooks:
+            h.remove()
+        for b, m in zip(blocks, modes):
+            b.mode = m
+        model.train(was_training)
+    plan = PrunePlan.full(model.config)
+    it = iter(zip(blocks, sums))
+    for s, stage_blocks in enumerate(plan.mlp):
+        for j in range(len(stage_blocks)):
+            b, total = next(it)
+            plan.mlp[s][j] = sorted((total / max(count, 1)).topk(b.k).indices.tolist())
+    return plan
+
+
+def freeze_gates(model: SegFormer, batches: list[torch.Tensor]) -> SegFormer:
+    """Static pruning from trained gates: a smaller dense SegFormer (no gates, no TopK, no gathers) keeping each
+    block's ``k`` neurons of highest mean gate score on ``batches``. When the gates barely change with the
+    image (measure it: ``benchmarks/gating.py`` reports the kept neurons outside the static core), this is
+    the same model without the cost of choosing per image: constant weights that runtimes pre-pack."""
+    from .prune_groups import apply_plan
+
+    plan = frozen_plan(model, batches)
+    plain = SegFormer(model.config)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".mlp.gate." not in k}, strict=True)
+    return apply_plan(plain, plan).eval()
 
 
 def mlp_macs(hidden: int, dim: int, tokens: int) -> int:
@@ -332,17 +394,30 @@ def calibration_batches(data: str, fmt: str, images: int, size: tuple[int, int],
 
 
 def export_gated(model: SegFormer, metadata, out, mode: str = "topk", size: tuple[int, int] = (512, 512),
-                 keep_ratio: float | None = None, threshold: float | None = None, **export_options):
-    """Export a gated model with segrt's verified exporter (numerically checked against this same gated
-    model in PyTorch). ``topk``: static shapes, k = keep ratio x hidden per block; ``threshold``: the
-    data-dependent variant for ONNX Runtime, batch 1. Returns :class:`ExportResult`."""
+                 keep_ratio: float | None = None, threshold: float | None = None,
+                 calibration: list[torch.Tensor] | None = None, align: int = 1, **export_options):
+    """Export a gated model with segrt's verified exporter (numerically checked against the PyTorch model it
+    exports). ``topk``: static shapes, k = keep ratio x hidden per block; ``threshold``: the data-dependent
+    variant for ONNX Runtime, batch 1; ``static``: the gates frozen on ``calibration`` batches into a smaller
+    dense model (:func:`freeze_gates`, same k per block as topk). ``align``: every k rounded to a multiple of
+    it (topk and static). Returns :class:`ExportResult`."""
     import copy
 
     from .onnx_export import export_onnx
 
-    if mode not in ("topk", "threshold"):
-        raise ConfigError(f"gated export mode {mode!r}; expected 'topk' or 'threshold'")
-    gated = set_mode(copy.deepcopy(model).eval(), mode, threshold=threshold, keep_ratio=keep_ratio)
+    if mode not in EXPORT_MODES:
+        raise ConfigError(f"gated export mode {mode!r}; expected one of {EXPORT_MODES}")
+    if mode == "static":
+        if not calibration:
+            raise ConfigError("the static (frozen-gate) export needs calibration images (training images, not val)")
+        gated = set_mode(copy.deepcopy(model).eval(), "mask", keep_ratio=keep_ratio, align=align)
+        frozen = freeze_gates(gated, calibration)
+        meta = copy.deepcopy(metadata)
+        meta.extra = {k: v for k, v in meta.extra.items() if k != GATING_KEY}
+        meta.extra["gating_export"] = json.dumps({"mode": "static", "kept": [k for stage in frozen.config.mlp_hidden or [] for k in stage],
+                                                  "calibration_images": sum(x.shape[0] for x in calibration)})
+        return export_onnx(frozen, meta, out, size=size, dynamic=False, **export_options)
+    gated = set_mode(copy.deepcopy(model).eval(), mode, threshold=threshold, keep_ratio=keep_ratio, align=align)
     blocks = gated_blocks(gated)
     desc = {"mode": mode, "kept": [b.k for b in blocks]} if mode == "topk" else {"mode": mode, "threshold": blocks[0].threshold}
     meta = copy.deepcopy(metadata)

@@ -20,6 +20,8 @@ from segrt.export.gating import (
     calibrate_gates,
     export_gated,
     frames_to_batches,
+    freeze_gates,
+    frozen_plan,
     gated_blocks,
     kept_count,
     kept_per_block,
@@ -226,3 +228,46 @@ def test_gate_training_hooks_move_the_gates(random_b0, camvid_root, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     reloaded = load_checkpoint(tmp_path / "last.safetensors")
     assert len(gated_blocks(reloaded.model)) == 8
+
+
+def test_kept_count_alignment():
+    assert kept_count(128, 0.3) == 38 and kept_count(128, 0.3, align=16) == 32
+    assert kept_count(256, 0.3, align=16) == 80 and kept_count(1024, 0.3, align=16) == 304
+    assert kept_count(64, 0.05, align=16) == 16  # never below one aligned group
+    assert kept_count(24, 1.0, align=16) == 24  # never above the block's width (2 x 16 > 24)
+
+
+def test_frozen_gates_keep_the_top_mean_scores_and_open_equals_unpruned(gated, unpruned, camvid_frame, reference):
+    x = _input(camvid_frame, gated.metadata)
+    plan = frozen_plan(copy.deepcopy(gated.model), [x])
+    scores = []
+    model = set_mode(copy.deepcopy(gated.model), "mask")
+    hooks = [b.gate.register_forward_hook(lambda m, a, out: scores.append(out[0])) for b in gated_blocks(model)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    kept = [k for stage in plan.mlp for k in stage]
+    for block, s, k in zip(gated_blocks(model), scores, kept):
+        assert len(k) == block.k and set(k) == set(s.topk(block.k).indices.tolist())
+    # every neuron kept: the frozen model is the unpruned one, a plain SegFormer without gates
+    full = freeze_gates(set_mode(copy.deepcopy(gated.model), "mask", keep_ratio=1.0), [x])
+    assert not gated_blocks(full)
+    with torch.no_grad():
+        assert _rel(full(x).numpy(), reference) < 1e-6
+
+
+def test_static_export_is_a_smaller_dense_graph(gated, unpruned, camvid_frame, tmp_path):
+    with pytest.raises(ConfigError):
+        export_gated(gated.model, gated.metadata, tmp_path / "none.onnx", "static", size=SIZE)
+    x = _input(camvid_frame, gated.metadata)
+    result = export_gated(gated.model, gated.metadata, tmp_path / "static.onnx", "static", size=SIZE,
+                          calibration=[x], align=16)
+    assert result.max_rel_error < 1e-4
+    proto = onnx.load(str(result.path))
+    assert not {"TopK", "NonZero", "GatherND"} & {n.op_type for n in proto.graph.node}
+    hidden = [kept_count(b.hidden, 0.5, 16) for b in gated_blocks(gated.model)]
+    meta = dict((p.key, p.value) for p in proto.metadata_props)
+    assert f'"kept": {hidden}' in meta["segrt"].replace("\\", "")
+    with Engine(result.path) as engine:
+        assert engine.infer(camvid_frame).shape == camvid_frame.shape[:2]

@@ -1,6 +1,7 @@
 """`segrt gate train --teacher T --data ROOT -o OUT`: train DynaSegFormer neuron gates by two-stage distillation;
-`segrt gate export CKPT -o m.onnx --mode topk|threshold`: export a gated checkpoint so the skipped neurons are
-really skipped (TopK + Gather, static shapes; or a score threshold, dynamic, ONNX Runtime)."""
+`segrt gate export CKPT -o m.onnx --mode topk|threshold|static`: export a gated checkpoint so the skipped neurons
+are really skipped (TopK + Gather, static shapes; a score threshold, dynamic, ONNX Runtime; or the gates frozen
+on training images into a smaller dense model)."""
 
 from __future__ import annotations
 
@@ -63,10 +64,14 @@ def gate_command(
 def export_command(
     checkpoint: Path = typer.Argument(..., help="gated checkpoint from `segrt gate train`"),
     out: Path = typer.Option(..., "-o", "--out", help="ONNX file to write"),
-    mode: str = typer.Option("topk", "--mode", help="topk: fixed keep ratio, static shapes (TensorRT); threshold: dynamic ratio, batch 1 (ONNX Runtime)"),
+    mode: str = typer.Option("topk", "--mode", help="topk: fixed keep ratio, static shapes (TensorRT); threshold: dynamic ratio, batch 1 (ONNX Runtime); static: gates frozen into a smaller dense model (needs --data)"),
     size: str = typer.Option("512x512", "--size", help="input HxW"),
     keep_ratio: float = typer.Option(None, "--keep-ratio", help="topk: override the trained keep ratio"),
     threshold: float = typer.Option(None, "--threshold", help="threshold: override the trained score threshold"),
+    data: Path = typer.Option(None, "--data", help="static: dataset root whose training images freeze the gates"),
+    fmt: str = typer.Option("camvid", "--format"),
+    calibrate: int = typer.Option(64, "--calibrate", help="static: training images the mean gate scores come from"),
+    align: int = typer.Option(1, "--align", help="topk/static: round every block's kept neurons to a multiple of this (16 suits ONNX Runtime's NCHWc convs)"),
 ) -> None:
     """Export a gated model; verified numerically against the same gated model in PyTorch."""
     from rich.console import Console
@@ -80,9 +85,20 @@ def export_command(
         from ._args import fail
 
         fail(f"{checkpoint} has no gated Mix-FFN blocks; train one with `segrt gate train`")
+    hw = parse_size(size)
+    batches = None
+    if mode == "static":
+        if data is None:
+            from ._args import fail
+
+            fail("--mode static freezes the gates on training images: give --data ROOT")
+        from segrt.export.gating import calibration_batches
+
+        with console.status(f"reading {calibrate} calibration images"):
+            batches = calibration_batches(str(data), fmt, calibrate, hw, loaded.metadata.mean, loaded.metadata.std)
     with console.status(f"exporting ({mode}) and verifying"):
-        result = export_gated(loaded.model, loaded.metadata, out, mode, size=parse_size(size), keep_ratio=keep_ratio,
-                              threshold=threshold)
+        result = export_gated(loaded.model, loaded.metadata, out, mode, size=hw, keep_ratio=keep_ratio,
+                              threshold=threshold, calibration=batches, align=align)
     console.print(f"wrote {result.path} (max relative error vs PyTorch {result.max_rel_error:.2e} on {result.images} images)")
 
 
