@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint + setting)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="early_exit")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the ceiling row (the model without the blocks after the exit point: an upper bound)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     args.model = args.model or ("random:b0:11" if args.quick else "camvid-b0")
@@ -127,6 +129,27 @@ def macs_for_counts(macs: dict, counts: list[int]) -> float:
     return macs["exit_model_full"] - sum(macs["per_token"][s] * (grids[s] - c) for s, c in zip(range(stage, len(grids)), counts))
 
 
+def ceiling_model(model, point: str):
+    """Not a usable model: every block after the exit point removed, so no early-exit graph can be faster.
+    Its latency is the ceiling of what exiting tokens at ``point`` can save on this machine."""
+    import copy
+
+    from segrt.export.early_exit import parse_exit_name
+    from torch import nn
+
+    class _Skip(nn.Module):
+        def forward(self, x, h, w):
+            return x
+
+    stage, block = parse_exit_name(point)
+    cut = copy.deepcopy(model)
+    for s, st in enumerate(cut.encoder.stages):
+        for b in range(len(st.blocks)):
+            if s > stage or (s == stage and b >= block):
+                st.blocks[b] = _Skip()
+    return cut
+
+
 def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row], dict]:
     from segrt.export.early_exit import ExitConfig, attach_exit
     from segrt.export.macs import count_macs
@@ -137,12 +160,15 @@ def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row],
                                                            context=args.context, dwconv=args.dwconv)) for r in args.budgets]
     specs += [(f"threshold {t:g}", "threshold", ExitConfig(point=args.point, mode="threshold", threshold=t,
                                                            context=args.context, dwconv=args.dwconv)) for t in args.thresholds]
+    if args.ceiling:
+        specs.append((f"ceiling: blocks after {args.point} removed", "ceiling", None))
     rows, configs = [], {}
     task = progress.add_task("export", total=len(specs), info="")
     for name, mode, cfg in specs:
-        model = loaded.model if cfg is None else attach_exit(loaded.model, heads, cfg)
-        tag = "bundled" if cfg is None else cfg.to_json()
-        path = folder / (name.replace(" ", "-").replace("(", "").replace(")", "") + f"-{args.size[0]}x{args.size[1]}.onnx")
+        model = attach_exit(loaded.model, heads, cfg) if cfg is not None else (
+            ceiling_model(loaded.model, args.point) if mode == "ceiling" else loaded.model)
+        tag = mode if cfg is None else cfg.to_json()
+        path = folder / (name.replace(" ", "-").replace("(", "").replace(")", "").replace(":", "") + f"-{args.size[0]}x{args.size[1]}.onnx")
         stamp = path.with_suffix(".source")
         key = f"{loaded.sha256} {tag} {args.heads}"
         if not (path.exists() and stamp.exists() and stamp.read_text().split("\n")[0] == key):
@@ -190,7 +216,7 @@ def markdown(res: dict) -> str:
              (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}; input {res['size'][0]}x"
               f"{res['size'][1]}; CamVid val ({res['images']} images) through `Engine`; latency p50 over {res['rounds']} "
               f"interleaved rounds cycling through {res['latency_images']} val frames; speed-up vs the first row. "
-              f"Exit point {res['point']} (0-based stage {res['exit_stage']}, 1/16 grid), dwconv {res['dwconv']}, "
+              f"Exit point {res['point']} (0-based stage {res['exit_stage']}, 1/{4 * 2 ** res['exit_stage']} grid), dwconv {res['dwconv']}, "
               f"context {res['context']} tokens per class; heads `{res['heads']}`. Load average at start "
               f"{res['load_start']}, at end {res['load_end']}."), "",
              "| model | GMACs | p50 ms | speed-up | mIoU | change | pixel acc | tokens exited (mean, min-max) | export rel. err |",
@@ -217,9 +243,13 @@ def markdown(res: dict) -> str:
     lines += ["", (f"Early exit at {res['point']} can remove at most **{m['touchable'] / 1e9:.3f} GMACs = "
                    f"{100 * m['touchable'] / total:.1f}%** of the model's MACs (every token but one per pruned grid "
                    f"exited; by stage: " + ", ".join(f"stage {s + 1}: {v / 1e9:.3f}" for s, v in m["touchable_by_stage"].items())
-                   + f"); the aux head adds {m['aux_head'] / 1e6:.1f} MMACs. The rest (stages 1-2, patch embeddings, "
-                   "spatial-reduction convs and key/value projections on the whole grid, depth-wise convs, decoder) runs "
-                   "for every pixel.")]
+                   + f"); the aux head adds {m['aux_head'] / 1e6:.1f} MMACs. The rest (the blocks before the exit point, "
+                   "patch embeddings, spatial-reduction convs and key/value projections on the whole grid, depth-wise "
+                   "convs, decoder) runs for every pixel.")]
+    ceiling = [r for r in res["rows"] if r["mode"] == "ceiling"]
+    if ceiling:
+        lines += ["", (f"The ceiling row is not a usable model: the blocks after {res['point']} are removed altogether, so "
+                       f"its {ceiling[0]['speedup']:.2f}x bounds what any early exit at this point can gain on this machine.")]
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +267,7 @@ def plot(res: dict, path: Path) -> None:
         axes[1].hist(r["gmacs_per_image"], bins=20, alpha=0.55, label=r["name"])
     base = res["rows"][0]["gmacs"]
     axes[1].axvline(base, color="k", ls="--", lw=1, label="bundled (folded)")
-    axes[0].set_xlabel(f"tokens exited at {res['point']} (% of the 1/16 grid)")
+    axes[0].set_xlabel(f"tokens exited at {res['point']} (% of the 1/{4 * 2 ** res['exit_stage']} grid)")
     axes[1].set_xlabel("GMACs per image")
     for ax in axes:
         ax.set_ylabel(f"CamVid val images (of {res['images']})")
@@ -285,6 +315,8 @@ def main(argv=None) -> dict:
                                   loaded.metadata.std) for i in range(n_lat)]
         time_rows(rows, engines, inputs, args.rounds, args.warmup, progress)
         for r in rows:
+            if r.mode == "ceiling":
+                continue
             m = evaluate(engines[r.name].infer, dataset, limit=args.limit, description=f"eval {r.name}")
             r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
             if r.mode == "threshold":
