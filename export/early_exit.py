@@ -120,7 +120,8 @@ class AuxHead(nn.Module):
         return self.classifier(self.mlp(self.norm(tokens)))
 
 
-def make_heads(model: SegFormer, points: list[str], hidden: int = 0) -> nn.ModuleDict:
+def make_heads(model: SegFormer, points: list[str], hidden: int | dict[str, int] = 0) -> nn.ModuleDict:
+    """Untrained heads at ``points``; ``hidden``: one MLP width for all, or a width per point."""
     cfg = model.config
     heads = nn.ModuleDict()
     for name in points:
@@ -128,7 +129,7 @@ def make_heads(model: SegFormer, points: list[str], hidden: int = 0) -> nn.Modul
         if not 0 <= stage < len(cfg.depths) or not 0 <= block < cfg.depths[stage]:
             raise ConfigError(f"exit point {name}: the model has stages 0..{len(cfg.depths) - 1} with depths {cfg.depths}; "
                               "the block index must leave at least one block to prune")
-        heads[name] = AuxHead(cfg.widths[stage], cfg.num_classes, hidden)
+        heads[name] = AuxHead(cfg.widths[stage], cfg.num_classes, hidden.get(name, 0) if isinstance(hidden, dict) else hidden)
     return heads
 
 
@@ -152,7 +153,8 @@ def load_heads(path: str | Path, model: SegFormer) -> tuple[nn.ModuleDict, dict]
     if raw is None:
         raise CheckpointError(f"{path} is not an exit-heads file (no segrt_exit_heads metadata)")
     info = json.loads(raw)
-    heads = make_heads(model, info["points"], int(info.get("hidden", 0)))
+    width = info.get("hidden", 0)
+    heads = make_heads(model, info["points"], {k: int(v) for k, v in width.items()} if isinstance(width, dict) else int(width))
     try:
         heads.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:
