@@ -29,7 +29,7 @@ SIZE = (128, 160)  # stage-3 grid 8x10 = 80 tokens, stage 4 4x5
 @pytest.fixture(scope="module")
 def heads(random_b0):
     torch.manual_seed(3)
-    return make_heads(random_b0.model, ["s2b0", "s2b1"])
+    return make_heads(random_b0.model, ["s2b0", "s2b1", "s1b1"], hidden={"s1b1": 16})  # s1b1: an MLP head
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _aux_confidence(random_b0, heads, x: np.ndarray) -> np.ndarray:
         return torch.softmax(heads["s2b0"](t), -1).max(-1).values.numpy().ravel()
 
 
-@pytest.mark.parametrize("point", ["s2b0", "s2b1"])
+@pytest.mark.parametrize("point", ["s2b0", "s2b1", "s1b1"])
 @pytest.mark.parametrize("dwconv", ["zeros", "grid"])
 def test_threshold_one_equals_unmodified_model(random_b0, heads, frame_input, point, dwconv):
     x = torch.from_numpy(frame_input)
@@ -143,9 +143,9 @@ def test_uncertainty_is_log_odds_and_never_ties_at_saturation():
 
 def test_heads_round_trip_and_bad_input(random_b0, heads, tmp_path):
     path = tmp_path / "heads.safetensors"
-    save_heads(heads, path, {"source": "random:b0:11"})
+    save_heads(heads, path, {"source": "random:b0:11", "hidden": {"s1b1": 16}})
     loaded, info = load_heads(path, random_b0.model)
-    assert info["points"] == ["s2b0", "s2b1"]
+    assert info["points"] == ["s2b0", "s2b1", "s1b1"]
     for k, v in heads.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     with pytest.raises(CheckpointError):
