@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="checkpoint (default camvid-b0; --quick: random:b0:11)")
     p.add_argument("--heads", type=Path, default=DEFAULT_HEADS, help="exit_heads.safetensors from `segrt exit train`")
     p.add_argument("--point", default="s2b0")
-    p.add_argument("--dwconv", default="zeros", choices=("zeros", "grid"))
+    p.add_argument("--dwconv", default="grid", choices=("zeros", "grid"))
     p.add_argument("--context", type=int, default=4)
     p.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.97])
     p.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.25])

@@ -10,10 +10,12 @@ keep their features in the token grid, which is what SegFormer's grid operations
 
 - the spatial-reduction conv (keys/values) runs on the whole grid, exited tokens included, so the
   attention context is the full image; at stage 4 (no reduction) keys/values are every token;
-- the Mix-FFN's 3x3 depth-wise conv needs its neighbours' hidden features: ``dwconv="zeros"`` (default)
-  runs fc1 only on the remaining tokens and scatters them into a zero grid (exited neighbours read
-  as zero padding, as at the image border); ``dwconv="grid"`` runs fc1 on the whole grid instead
-  (exact neighbour features, saves only the attention and fc2).
+- the Mix-FFN's 3x3 depth-wise conv needs its neighbours' hidden features: ``dwconv="grid"`` (default)
+  runs fc1 on the whole grid (exact neighbour features; saves the queries, attention and fc2);
+  ``dwconv="zeros"`` runs fc1 only on the remaining tokens and scatters them into a zero grid (exited
+  neighbours read as zero padding, as at the image border). Measured on camvid-b0 (exit s1b1,
+  threshold 0.9, CamVid val): zeros loses 1.49 mIoU points, grid 0.41, at 1.03x vs 1.01x speed, so most
+  of zeros' loss is the perturbed neighbourhood of the tokens that stay, not the labels of those that exit.
 
 Stage 4 (1/32) computes a token when any of its 2x2 stage-3 children is computed (max pooling of the
 keep mask or, for a fixed budget, of the uncertainty). The decoder runs as usual on the stage maps.
@@ -74,7 +76,7 @@ class ExitConfig:
     threshold: float = 0.9  # threshold mode: exit when the top probability is above this
     keep_ratio: float = 0.5  # budget mode: fraction of the tokens of every later grid that is computed
     context: int = 4  # the k most confident tokens of each class stay for context
-    dwconv: str = "zeros"
+    dwconv: str = "grid"
 
     def __post_init__(self) -> None:
         parse_exit_name(self.point)

@@ -55,7 +55,7 @@ def export_command(
     threshold: float = typer.Option(0.9, "--threshold", help="exit when the top probability is above this"),
     keep_ratio: float = typer.Option(0.5, "--keep-ratio", help="budget mode: fraction of tokens computed"),
     context: int = typer.Option(4, "--context", help="most confident tokens of each class kept for context"),
-    dwconv: str = typer.Option("zeros", "--dwconv", help="zeros: exited neighbours read as zero; grid: fc1 on every token"),
+    dwconv: str = typer.Option("grid", "--dwconv", help="grid: fc1 on every token (exact neighbours); zeros: exited neighbours read as zero (cheaper, less accurate)"),
     size: str = typer.Option(None, "--size", help="HxW (default: the model's input size)"),
 ) -> None:
     """Export an early-exit model, verified numerically against its PyTorch form."""
