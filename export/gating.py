@@ -229,33 +229,45 @@ def sparsity_loss(model: nn.Module, keep_ratio: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: float, spread: float = 2.0) -> None:
-    """Start each gate as static magnitude pruning: neuron importance = mean |GELU activation| times the
-    norm of its ``fc2`` column over ``batches``; the gate bias is its log-importance, centred so that the
-    top ``keep_ratio`` fraction scores above 0 and scaled to ``spread`` standard deviations. The gate's
-    input-dependent part starts near zero and is learned by distillation."""
+def _sum_per_block(model: SegFormer, batches: list[torch.Tensor], mode: str, module, reduce) -> tuple[list[torch.Tensor], int]:
+    """Run ``batches`` with every gate in ``mode`` and sum ``reduce(output)`` of ``module(block)`` per gated block
+    (gate modes and train/eval restored after). -> (sums, images seen)."""
     blocks = gated_blocks(model)
     sums = [torch.zeros(b.hidden) for b in blocks]
 
     def recorder(i: int):
-        def record(mod, args, out):
-            sums[i] += out.abs().mean(dim=(0, 2, 3))  # dwconv output (B, hidden, h, w) before GELU
+        def record(_mod, _args, out):
+            sums[i] += reduce(out)
         return record
 
-    hooks = [b.dwconv.register_forward_hook(recorder(i)) for i, b in enumerate(blocks)]
+    hooks = [module(b).register_forward_hook(recorder(i)) for i, b in enumerate(blocks)]
     modes = [b.mode for b in blocks]
-    set_mode(model, "open")
     was_training = model.training
+    set_mode(model, mode)
     model.eval()
+    images = 0
     try:
         for x in batches:
             model(x)
+            images += x.shape[0]
     finally:
         for h in hooks:
             h.remove()
         for b, m in zip(blocks, modes):
             b.mode = m
         model.train(was_training)
+    return sums, images
+
+
+@torch.no_grad()
+def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: float, spread: float = 2.0) -> None:
+    """Start each gate as static magnitude pruning: neuron importance = mean |GELU activation| times the
+    norm of its ``fc2`` column over ``batches``; the gate bias is its log-importance, centred so that the
+    top ``keep_ratio`` fraction scores above 0 and scaled to ``spread`` standard deviations. The gate's
+    input-dependent part starts near zero and is learned by distillation."""
+    blocks = gated_blocks(model)
+    # dwconv output (B, hidden, h, w) before GELU, every neuron computed
+    sums, _ = _sum_per_block(model, batches, "open", lambda blk: blk.dwconv, lambda out: out.abs().mean(dim=(0, 2, 3)))
     for b, total in zip(blocks, sums):
         # |GELU(z)| ~ |z| for the large activations that matter; fc2 column norm converts to output scale
         imp = (total / len(batches)) * b.fc2.weight.norm(dim=0)
@@ -272,29 +284,8 @@ def frozen_plan(model: SegFormer, batches: list[torch.Tensor]):
     from .prune_groups import PrunePlan
 
     blocks = gated_blocks(model)
-    sums = [torch.zeros(b.hidden) for b in blocks]
-    count = 0
-
-    def recorder(i: int):
-        def record(mod, args, out):
-            sums[i] += out.sum(dim=0)
-        return record
-
-    hooks = [b.gate.register_forward_hook(recorder(i)) for i, b in enumerate(blocks)]
-    modes = [b.mode for b in blocks]
-    was_training = model.training
-    set_mode(model, "mask")  # the gated model as trained: later gates see earlier gates' output
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-            count += x.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
-        for b, m in zip(blocks, modes):
-            b.mode = m
-        model.train(was_training)
+    # the gated model as trained: later gates see earlier gates' output
+    sums, count = _sum_per_block(model, batches, "mask", lambda blk: blk.gate, lambda out: out.sum(dim=0))
     plan = PrunePlan.full(model.config)
     it = iter(zip(blocks, sums))
     for s, stage_blocks in enumerate(plan.mlp):
