@@ -307,19 +307,15 @@ def plots(report: dict, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from plot_labels import annotate_points  # benchmarks/ is the script's folder, first on sys.path
 
     rows = [r for r in report["rows"] if r["miou"] is not None]
     written = []
     fig, ax = plt.subplots(figsize=(8, 5))
-    placed: list[tuple[float, float, bool]] = []  # (x, y, label above)
     for r in rows:
         color = "tab:blue" if r["name"].startswith("segrt") else "tab:red"
-        x, y = r["p50_ms"], 100 * r["miou"]
-        ax.scatter(x, y, color=color, zorder=3)
-        # near an earlier point whose label sits above (within 3x its latency, 0.15 points): label below
-        above = not any(up and abs(y - py) < 0.15 and max(x, px) / min(x, px) < 3 for px, py, up in placed)
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 3 if above else -11), fontsize=8)
-        placed.append((x, y, above))
+        ax.scatter(r["p50_ms"], 100 * r["miou"], color=color, zorder=3)
+    annotate_points(ax, [(r["name"], r["p50_ms"], 100 * r["miou"]) for r in rows])
     front, best = [], -1.0
     for r in sorted(rows, key=lambda r: r["p50_ms"]):
         if r["miou"] > best:
