@@ -269,9 +269,10 @@ def main(argv=None) -> dict:
                 calibration = calibration_batches(str(args.data), "camvid", args.calibrate, size, gated.metadata.mean,
                                                   gated.metadata.std)
             tag = mode + (f"-align{align}" if align > 1 else "")
-            path, err = cached_export(f"gated-{tag}", gated, folder, size,
-                                      lambda p, m=mode, a=align: export_gated(gated.model, gated.metadata, p, m, size=size,
-                                                                              calibration=calibration, align=a))
+            def export(p, m=mode, a=align, c=calibration):
+                return export_gated(gated.model, gated.metadata, p, m, size=size, calibration=c, align=a)
+
+            path, err = cached_export(f"gated-{tag}", gated, folder, size, export)
             ks = [kept_count(b.hidden, cfg.keep_ratio, align) for b in gated_blocks(gated.model)]
             note = {"topk": f"TopK per image, k per block: {ks}",
                     "threshold": f"score > {cfg.threshold}, per image; GMACs = median over images",

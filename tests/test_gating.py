@@ -267,7 +267,7 @@ def test_static_export_is_a_smaller_dense_graph(gated, unpruned, camvid_frame, t
     proto = onnx.load(str(result.path))
     assert not {"TopK", "NonZero", "GatherND"} & {n.op_type for n in proto.graph.node}
     hidden = [kept_count(b.hidden, 0.5, 16) for b in gated_blocks(gated.model)]
-    meta = dict((p.key, p.value) for p in proto.metadata_props)
+    meta = {p.key: p.value for p in proto.metadata_props}
     assert f'"kept": {hidden}' in meta["segrt"].replace("\\", "")
     with Engine(result.path) as engine:
         assert engine.infer(camvid_frame).shape == camvid_frame.shape[:2]

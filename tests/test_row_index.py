@@ -5,7 +5,6 @@ import io
 import onnx
 import pytest
 import torch
-
 from segrt.export.row_index import gather_rows, overwrite_rows, scatter_rows
 
 
