@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -43,3 +44,17 @@ def test_eval_onnx_writes_json(b0_onnx, camvid_root, tmp_path):
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"miou", "pixel_accuracy", "per_class_iou", "images"}
     assert metrics["images"] == 3 and 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 11
+
+
+def test_gate_export_static_from_the_bundled_gates(camvid_root, tmp_path):
+    gates = str(Path(__file__).resolve().parents[1] / "models" / "camvid-b0-gate30.safetensors")
+    r = segrt("gate", "export", gates, "--mode", "static", "-o", str(tmp_path / "g.onnx"))
+    assert r.returncode == 2 and "--data" in r.stderr  # frozen gates need training images, said plainly
+    r = segrt("gate", "export", gates, "--mode", "static", "--align", "16", "--data", str(camvid_root), "--calibrate", "4",
+              "--size", "128x160", "-o", str(tmp_path / "g.onnx"))
+    assert r.returncode == 0, r.stderr
+    from segrt.runtime.engine import Engine
+
+    frame = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]))
+    with Engine(tmp_path / "g.onnx") as engine:
+        assert engine.infer(frame).shape == frame.shape[:2]

@@ -271,3 +271,14 @@ def test_static_export_is_a_smaller_dense_graph(gated, unpruned, camvid_frame, t
     assert f'"kept": {hidden}' in meta["segrt"].replace("\\", "")
     with Engine(result.path) as engine:
         assert engine.infer(camvid_frame).shape == camvid_frame.shape[:2]
+
+
+def test_bundled_gates_load_from_the_file_alone():
+    from pathlib import Path
+
+    from segrt.export.resolve import load_model
+
+    gated = load_model(str(Path(__file__).resolve().parents[1] / "models" / "camvid-b0-gate30.safetensors"))
+    blocks = gated_blocks(gated.model)
+    assert len(blocks) == 8 and {b.gating.keep_ratio for b in blocks} == {0.3}
+    assert [b.k for b in blocks] == [kept_count(b.hidden, 0.3) for b in blocks]
