@@ -55,6 +55,6 @@ def test_gate_export_static_from_the_bundled_gates(camvid_root, tmp_path):
     assert r.returncode == 0, r.stderr
     from segrt.runtime.engine import Engine
 
-    frame = cv2.imread(str(sorted((camvid_root / "val").glob("*.png"))[0]))
+    frame = cv2.imread(str(min((camvid_root / "val").glob("*.png"))))
     with Engine(tmp_path / "g.onnx") as engine:
         assert engine.infer(frame).shape == frame.shape[:2]
