@@ -1,11 +1,12 @@
 """Early exit (DToP token pruning) against the bundled model, in one run: where the MACs are, ONNX Runtime
 CPU latency (interleaved), CamVid val mIoU through ``Engine``, and the fraction of tokens exited per image.
 
-    python benchmarks/early_exit.py --heads models/camvid-b0-exit.safetensors
+    python benchmarks/early_exit.py --point s1b1 --dwconv zeros --name early_exit_s1b1   # bundled heads
     python benchmarks/early_exit.py --quick       # smoke run: random heads, 4 images, 4 rounds, 128x160
 
 Rows: the bundled model exported as segrt ships it (decoder folded), fixed-budget exports (TopK, static
-shapes) and threshold exports (NonZero, data-dependent token counts). Every export is verified against its
+shapes), threshold exports (NonZero, data-dependent token counts) and the ceiling (every block after the
+exit point removed: not a model, the bound on what any exit there can gain). Every export is verified against its
 PyTorch model by ``export_onnx``. Latency is the p50 over interleaved rounds that cycle through
 ``--latency-images`` CamVid val frames (a threshold model's cost depends on the image; every model sees
 the same frame in a round). MACs: counted on the exported graph for static rows; for threshold rows,
@@ -13,7 +14,7 @@ per image, from the token counts the graph really computed (read back from its N
 per-token MACs of each pruned stage (PyTorch FLOP counter; the MACs of a sparse stage are linear in
 its token count).
 
-Writes benchmarks/results/early_exit.{json,md,png}.
+Writes benchmarks/results/NAME.{json,md,png} (``--name``, default early_exit).
 """
 
 from __future__ import annotations
