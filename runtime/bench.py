@@ -186,8 +186,8 @@ def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame
     Returns ``{"size", "results", "probes", "skipped"}``; results keep the candidates' order and
     carry ``speedup_vs_first`` (how many times faster than the first measured candidate).
     """
-    if runs < 1 or warmup < 0:
-        raise ConfigError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if runs < 1 or warmup < 0 or rewarm < 0:
+        raise ConfigError(f"need runs >= 1, warmup >= 0 and rewarm >= 0, got runs={runs}, warmup={warmup}, rewarm={rewarm}")
     track_memory = reset_peak_rss()
     live: list[_Live] = []
     skipped: list[dict] = []

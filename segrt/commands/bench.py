@@ -132,6 +132,8 @@ def bench(
     threads: int = typer.Option(None, "--threads", help="intra-op threads for every candidate (default: all CPUs of this process)"),
     runs: int = typer.Option(20, "--runs", help="timed runs per candidate (interleaved)"),
     warmup: int = typer.Option(3, "--warmup", help="untimed runs per candidate after loading"),
+    rewarm: int = typer.Option(1, "--rewarm", help="untimed runs of a candidate right before each of its timed runs "
+                               "(1: steady streaming latency; 0: the first run after switching models, cold caches)"),
     peers: bool = typer.Option(False, "--peers", help="put transformers eager and its plain ONNX Runtime export (weights of the first checkpoint) first"),
     peak: bool = typer.Option(True, "--peak/--no-peak", help="time large matmuls in the same run for the machine's peak GMAC/s"),
     frame_path: Path = typer.Option(None, "--frame", help="image the pipeline is timed on (default: a bundled street frame)"),
@@ -163,11 +165,11 @@ def bench(
         candidates = build_candidates(models, backend, threads, peers, workdir, [frame])
     sizes = default_sizes(candidates, size)
     console.print(f"{len(candidates)} candidate(s), sizes {', '.join(f'{h}x{w}' for h, w in sizes)}, {threads} thread(s), "
-                  f"{warmup} warm-up + {runs} interleaved runs each")
+                  f"{warmup} warm-up + {runs} interleaved runs each ({rewarm} untimed before each)")
     groups = []
     with make_progress() as progress:
         for hw in sizes:
-            groups.append(benchmark_size(candidates, hw, frame, runs=runs, warmup=warmup,
+            groups.append(benchmark_size(candidates, hw, frame, runs=runs, warmup=warmup, rewarm=rewarm,
                                          probes=default_probes(threads) if peak else (), progress=progress))
     for group in groups:
         print_group(console, group)
@@ -175,7 +177,7 @@ def bench(
         for hw in sizes:
             report_profiles(console, candidates, hw, frame, threads, groups)
     report = {"environment": environment(threads),
-              "settings": {"runs": runs, "warmup": warmup, "threads": threads, "interleaved": True,
+              "settings": {"runs": runs, "warmup": warmup, "rewarm": rewarm, "threads": threads, "interleaved": True,
                            "frame": str(frame_path) if frame_path else "bundled sample frame",
                            "frame_size": list(frame.shape[:2])},
               "groups": groups}
