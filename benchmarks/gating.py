@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
 DEFAULT_GATED = REPO / "models" / "camvid-b0-gate30.safetensors"
+DEFAULT_TRAINING = RESULTS / "gate-b0-30-training.json"  # how DEFAULT_GATED was trained (its run folder is not kept)
 BUNDLED_NATIVE_MIOU = 0.5291  # models/camvid-b0.md: PyTorch, CamVid val, 384x512
 
 
@@ -83,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.rounds, args.limit, args.size, args.latency_images, args.calibrate = 4, args.limit or 4, "128x160", 2, 4
     elif args.gated is None:
         args.gated = DEFAULT_GATED
+    if args.gated == DEFAULT_GATED:
+        args.training = args.training or DEFAULT_TRAINING
     args.threads = args.threads or os.cpu_count()
     return args
 
@@ -296,8 +299,6 @@ def main(argv=None) -> dict:
     hidden = [b.hidden for b in gated_blocks(gated.model)]
     training = None
     best = args.training or (args.gated.parent / "best.json" if args.gated else None)
-    if args.gated == DEFAULT_GATED and args.training is None:
-        best = RESULTS / "gate-b0-30-training.json"
     if not args.quick and best is not None and best.exists():
         training = json.loads(best.read_text())
         training = training.get("best", training)  # a run's best.json, or benchmarks/results/*-training.json

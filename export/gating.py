@@ -155,10 +155,18 @@ class GatedMixFFN(MixFFN):
         """Batch 1 (the exported case): 2-D ``addmm`` exports as Gemm with its bias fused, which ONNX Runtime
         runs without the separate broadcast Add and batched MatMul of the per-image weight slices above."""
         k = idx.shape[0]
-        y = torch.addmm(self.fc1.bias[idx], x, self.fc1.weight[idx].t())  # (N, k)
+        y = self._fc1_rows(x, idx)  # (N, k)
         kernel, bias = self.dwconv.weight[idx], self.dwconv.bias[idx]  # type: ignore[index]  # MixFFN's dwconv has a bias
         y = F.conv2d(y.t().reshape(1, k, h, w), kernel, bias, padding=1, groups=k)
-        return torch.addmm(self.fc2.bias, F.gelu(y.reshape(k, h * w).t()), self.fc2.weight.t()[idx])
+        return self._fc2_rows(F.gelu(y.reshape(k, h * w).t()), idx)
+
+    def _fc1_rows(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(N, C) tokens -> (N, n): ``fc1`` for the neurons ``idx`` only, one Gemm with its bias."""
+        return torch.addmm(self.fc1.bias[idx], x, self.fc1.weight[idx].t())
+
+    def _fc2_rows(self, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(N, n) activations of the neurons ``idx`` -> (N, C): their columns of ``fc2``, one Gemm with its bias."""
+        return torch.addmm(self.fc2.bias, y, self.fc2.weight.t()[idx])
 
     def _thresholded(self, x: torch.Tensor, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if x.shape[0] != 1:
@@ -168,7 +176,7 @@ class GatedMixFFN(MixFFN):
         keep = (s > self.threshold) | (torch.arange(s.shape[0]) == s.argmax())
         idx = torch.nonzero(keep).squeeze(1)
         self._record(kept=torch.tensor([idx.shape[0]]), kept_index=idx)
-        y = torch.matmul(x[0], self.fc1.weight[idx].t()) + self.fc1.bias[idx]  # (N, n)
+        y = self._fc1_rows(x[0], idx)  # (N, n)
         # depth-wise 3x3 over a data-dependent channel count: an ONNX Conv's group must be a constant, so the
         # n channels are scattered into the dense channel grid (zeros elsewhere), convolved with the
         # unchanged kernel (9 MACs per neuron and pixel, small next to fc1/fc2's 2C) and gathered back
@@ -176,7 +184,7 @@ class GatedMixFFN(MixFFN):
         conv = self.dwconv(dense.reshape(1, self.hidden, h, w)).reshape(self.hidden, h * w)
         acc = conv.index_select(0, idx)
         y = F.gelu(acc.t())  # (N, n)
-        return (torch.matmul(y, self.fc2.weight.t()[idx]) + self.fc2.bias)[None]
+        return self._fc2_rows(y, idx)[None]
 
 
 def gated_blocks(model: nn.Module) -> list[GatedMixFFN]:
