@@ -28,7 +28,7 @@ typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
 	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime export engines segrt tests benchmarks
+	$(BIN)/ruff check runtime export engines measure segrt tests benchmarks models tools
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -88,8 +88,8 @@ def mac_breakdown(model, heads, point: str, dwconv: str, size) -> dict:
     """MACs per part of the folded model at ``size``, and the per-token MACs of every pruned stage (the
     most early exit can remove is every token but one per pruned grid)."""
     import torch
-    from segrt.export.early_exit import ExitConfig, attach_exit, parse_exit_name, sparse_stage_macs
-    from segrt.export.folding import fold_decoder
+    from segrt.export.methods.early_exit.model import ExitConfig, attach_exit, parse_exit_name, sparse_stage_macs
+    from segrt.export.methods.folding import fold_decoder
     from torch.utils.flop_counter import FlopCounterMode
 
     def counted(module) -> dict[str, float]:
@@ -135,7 +135,7 @@ def ceiling_model(model, point: str):
     Its latency is the ceiling of what exiting tokens at ``point`` can save on this machine."""
     import copy
 
-    from segrt.export.early_exit import parse_exit_name
+    from segrt.export.methods.early_exit.model import parse_exit_name
     from torch import nn
 
     class _Skip(nn.Module):
@@ -152,8 +152,8 @@ def ceiling_model(model, point: str):
 
 
 def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row], dict]:
-    from segrt.export.early_exit import ExitConfig, attach_exit
-    from segrt.export.macs import count_macs
+    from segrt.export.methods.early_exit.model import ExitConfig, attach_exit
+    from segrt.export.passes.macs import count_macs
     from segrt.export.onnx_export import export_onnx
 
     specs = [("bundled (folded)", "bundled", None)]
@@ -193,7 +193,7 @@ def time_rows(rows, engines, inputs, rounds, warmup, progress) -> None:
 
 def token_stats(row: Row, dataset, limit, meta, size, macs: dict, progress, threads) -> None:
     """Per val image: tokens the threshold graph computed -> fraction exited, MACs."""
-    from segrt.export.early_exit import TokenProbe
+    from segrt.export.methods.early_exit.model import TokenProbe
     from segrt.runtime.preprocess import frames_to_input
 
     probe = TokenProbe(row.path, threads=threads)
@@ -286,8 +286,8 @@ def load_average() -> str:
 def main(argv=None) -> dict:
     import onnxruntime
     import torch
-    from segrt.export.early_exit import load_heads, make_heads
-    from segrt.export.resolve import load_model
+    from segrt.export.methods.early_exit.model import load_heads, make_heads
+    from segrt.export.loading import load_model
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.engine import Engine
     from segrt.runtime.evaluate import evaluate
@@ -335,7 +335,7 @@ def main(argv=None) -> dict:
         cfg = configs[r.name]
         d["fixed_exited"] = None
         if r.mode == "budget":  # the budget keeps round(ratio * N) tokens of every pruned grid
-            from segrt.export.early_exit import budget
+            from segrt.export.methods.early_exit.model import budget
 
             kept = [budget(n, cfg.keep_ratio) for n in macs["grid_tokens"][stage:]]
             d["fixed_exited"] = 1.0 - kept[0] / macs["grid_tokens"][stage]

@@ -16,7 +16,7 @@ Rows (all exported with segrt's verified exporter, decoder folded, static input 
 Latency: each round feeds the same CamVid val image to every model, in alternating order (load from other
 processes hits all alike), cycling through the first ``--latency-images`` val images because the dynamic
 variant's cost depends on the image; p50 and mean over rounds. MACs: counted on the exported graph for the
-static models (segrt.export.macs); for the dynamic variant per image, as the dense count minus the Mix-FFN
+static models (segrt.export.passes.macs); for the dynamic variant per image, as the dense count minus the Mix-FFN
 work of the neurons its gates skipped on that image (kept counts from the PyTorch gated model, which the
 export is verified against). Writes benchmarks/results/gating.{json,md,png}.
 """
@@ -92,8 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def quick_gated(bundled, data: Path, size):
     """--quick: the random model with gates calibrated on 4 training images (no training run needed)."""
-    from segrt.export.checkpoints import LoadedModel
-    from segrt.export.gating import GATING_KEY, GatingConfig, attach_gates, calibrate_gates, calibration_batches
+    from segrt.export.model.checkpoints import LoadedModel
+    from segrt.export.methods.gating.model import GATING_KEY, GatingConfig, attach_gates, calibrate_gates
+    from segrt.export.methods.gating.recipe import calibration_batches
 
     cfg = GatingConfig(keep_ratio=0.5)
     model = attach_gates(copy.deepcopy(bundled.model), cfg)
@@ -125,7 +126,7 @@ def time_rows(rows: list[Row], engines: dict, inputs: list[np.ndarray], rounds: 
 def per_image_compute(gated, dataset, size, limit, dense_macs: int, progress) -> list[dict]:
     """Kept neurons per block and total MACs of the dynamic (threshold) variant on every val image."""
     import torch
-    from segrt.export.gating import gated_blocks, kept_per_block, mlp_savings, set_mode
+    from segrt.export.methods.gating.model import gated_blocks, kept_per_block, mlp_savings, set_mode
     from segrt.runtime.preprocess import frames_to_input
 
     model = set_mode(copy.deepcopy(gated.model).eval(), "threshold")
@@ -237,10 +238,11 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     import onnxruntime
-    from segrt.export.gating import calibration_batches, export_gated, gated_blocks, gating_config, kept_count
-    from segrt.export.macs import count_macs
+    from segrt.export.methods.gating.model import gated_blocks, gating_config, kept_count
+    from segrt.export.methods.gating.recipe import calibration_batches, export_gated
+    from segrt.export.passes.macs import count_macs
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.resolve import load_model
+    from segrt.export.loading import load_model
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.engine import Engine
     from segrt.runtime.evaluate import evaluate

@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def export_candidates(loaded, size: tuple[int, int], strategies: list[str], folder: Path, progress) -> list[Candidate]:
-    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, merge_config, plan_tokens
+    from segrt.export.methods.merging.model import MATCHING_TOLERANCE, apply_merging, merge_config, plan_tokens
     from segrt.export.onnx_export import TOLERANCE, export_onnx
 
     out = []
@@ -173,8 +173,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     import onnxruntime as ort
-    from segrt.export.merging import STRATEGIES
-    from segrt.export.resolve import load_model
+    from segrt.export.methods.merging.model import STRATEGIES
+    from segrt.export.loading import load_model
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.engine import Engine
     from segrt.runtime.preprocess import frames_to_input

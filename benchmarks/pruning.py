@@ -8,7 +8,7 @@ latency and CamVid val mIoU, each alone and with the training-free tier (decoder
 
 Every model is exported with segrt's verified exporter: ``plain`` keeps the decoder as trained,
 ``fold`` is the exact decoder folding (export's default), ``fold+merge`` adds token merging
-(one row per ``--merge`` strategy, default ``hq`` and ``fast``). MACs are counted on the exported graph (segrt.export.macs), parameters are
+(one row per ``--merge`` strategy, default ``hq`` and ``fast``). MACs are counted on the exported graph (segrt.export.passes.macs), parameters are
 the graph's initializers, latency is the p50 over interleaved rounds (load from other processes hits every
 candidate alike), mIoU runs the ONNX model through the runtime's Engine on CamVid val.
 Folding is exact, so a folded model's mIoU equals its plain one's (it is still measured unless --reuse-exact).
@@ -98,8 +98,8 @@ def quick_pruned(loaded, fraction: float):
     """--quick: a randomly pruned copy (no data needed) standing in for a real pruned checkpoint."""
     import random
 
-    from segrt.export.checkpoints import LoadedModel
-    from segrt.export.prune_groups import PrunePlan, apply_plan
+    from segrt.export.model.checkpoints import LoadedModel
+    from segrt.export.methods.pruning.groups import PrunePlan, apply_plan
 
     plan = PrunePlan.full(loaded.model.config)
     rng = random.Random(0)
@@ -124,8 +124,8 @@ def base_variant(variant: str) -> str:
 def export_rows(label: str, loaded, variants, merges, size, folder: Path, progress) -> list[Row]:
     import onnx
 
-    from segrt.export.macs import count_macs
-    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, merge_config
+    from segrt.export.passes.macs import count_macs
+    from segrt.export.methods.merging.model import MATCHING_TOLERANCE, apply_merging, merge_config
     from segrt.export.onnx_export import TOLERANCE, export_onnx
 
     rows = []
@@ -237,7 +237,7 @@ def plot(res: dict, path: Path) -> None:
 def main(argv=None) -> dict:
     import onnxruntime
 
-    from segrt.export.resolve import load_model
+    from segrt.export.loading import load_model
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.engine import Engine
     from segrt.runtime.preprocess import frames_to_input

@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-import segrt.export.distill as distill_module
-from segrt.export.distill import DistillConfig, distill
-from segrt.export.resolve import load_model
+import segrt.export.training.distill as distill_module
+from segrt.export.training.distill import DistillConfig, distill
+from segrt.export.loading import load_model
 
 
 def main(argv=None) -> dict:

@@ -6,11 +6,11 @@
 Steps, all at one input size (default 512x512):
 
 1. export segrt's tiers from the checkpoint: FP32 (verified export, folded decoder), INT8 (static Q/DQ
-   calibrated on CamVid train), and, when ``segrt.export.merging`` is installed, token-merging tiers
+   calibrated on CamVid train), and, when ``segrt.export.methods.merging.model`` is installed, token-merging tiers
    in FP32 and INT8;
 2. build the peers from the same weights: transformers ``SegformerForSemanticSegmentation`` in eager
    PyTorch, and its plain ``torch.onnx.export`` run by ONNX Runtime with default session options;
-3. time everything interleaved (``segrt.runtime.bench``), with peak-throughput probes in the same run;
+3. time everything interleaved (``segrt.measure.bench``), with peak-throughput probes in the same run;
 4. CamVid val mIoU of every candidate through the very pipeline that was timed;
 5. ONNX Runtime's profiler on the ONNX candidates: which kernels ran (QLinearConv, QLinearMatMul on
    uint8 ...) and where the time goes;
@@ -94,7 +94,7 @@ def check_model(spec: str) -> None:
 
 def merging_available() -> bool:
     try:
-        import segrt.export.merging  # noqa: F401
+        import segrt.export.methods.merging.model  # noqa: F401
     except ImportError:
         return False
     return True
@@ -126,13 +126,13 @@ def export_tiers(spec: str, size: tuple[int, int], args, work: Path, progress) -
 def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[int, int], args, work: Path,
                 progress, task) -> list[Tier]:
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.quantize import quantize_int8
-    from segrt.export.resolve import load_model
+    from segrt.export.passes.quantize import quantize_int8
+    from segrt.export.loading import load_model
 
     loaded = load_model(source)
     model, label = loaded.model, prefix
     if merge != "none":
-        from segrt.export.merging import apply_merging, describe, merge_config
+        from segrt.export.methods.merging.model import apply_merging, describe, merge_config
 
         config = merge_config(merge)
         loaded.metadata.extra["token_merge"] = describe(config)
@@ -155,9 +155,9 @@ def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[in
 
 
 def candidates_for(spec: str, tiers: list[Tier], args, work: Path, frame: np.ndarray) -> list:
-    from segrt.export.macs import count_macs
-    from segrt.export.peers import plain_onnx_candidate, transformers_candidate
-    from segrt.runtime.bench import segrt_candidate
+    from segrt.export.passes.macs import count_macs
+    from segrt.measure.peers import plain_onnx_candidate, transformers_candidate
+    from segrt.measure.bench import segrt_candidate
 
     cands = [transformers_candidate(spec, args.threads, name=EAGER, check_frames=[frame]),
              plain_onnx_candidate(spec, args.threads, work, name=PLAIN)]
@@ -169,7 +169,7 @@ def candidates_for(spec: str, tiers: list[Tier], args, work: Path, frame: np.nda
 
 def evaluate_candidates(cands: list, size: tuple[int, int], args, progress) -> dict[str, dict]:
     """mIoU through the timed pipeline (the same preprocessing, network and postprocessing)."""
-    from segrt.runtime.bench import pipeline_predictor
+    from segrt.measure.bench import pipeline_predictor
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.evaluate import evaluate
 
@@ -189,7 +189,7 @@ def evaluate_candidates(cands: list, size: tuple[int, int], args, progress) -> d
 
 def kernel_profiles(cands: list, size: tuple[int, int], args, frame: np.ndarray) -> dict[str, dict]:
     from segrt.runtime.preprocess import frames_to_input
-    from segrt.runtime.profile import profile_kernels
+    from segrt.measure.profile import profile_kernels
 
     out = {}
     for cand in cands:
@@ -396,8 +396,8 @@ def main(argv=None) -> dict:
     import cv2
 
     from segrt.commands._args import parse_size
-    from segrt.runtime.bench import benchmark_size, environment
-    from segrt.runtime.peak import default_probes
+    from segrt.measure.bench import benchmark_size, environment
+    from segrt.measure.peak import default_probes
     from segrt.runtime.progress import make_progress
 
     started = time.perf_counter()

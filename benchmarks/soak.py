@@ -78,7 +78,7 @@ class LoopedVideo(FrameSource):
 
 def export_small(size: tuple[int, int], folder: Path) -> Path:
     """A seeded random B0 at a small input size (needs the export extras: torch)."""
-    from segrt.export.checkpoints import random_model
+    from segrt.export.model.checkpoints import random_model
     from segrt.export.onnx_export import export_onnx
 
     loaded = random_model("random:b0:11")

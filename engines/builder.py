@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from segrt.runtime.errors import BackendError, BackendUnavailableError, ConfigError, MissingPluginError, ModelLoadError
 
-from .manifest import Manifest, TensorSpec, sha256_bytes, write_manifest
-from .model_info import read_metadata, sha256_file
-from .plan import BuildPlan
-from .versions import TrtVersion, detect_gpu, import_tensorrt
+from segrt.engines.manifest import Manifest, TensorSpec, sha256_bytes, write_manifest
+from segrt.engines.model_info import read_metadata, sha256_file
+from segrt.engines.plan import BuildPlan
+from segrt.engines.versions import TrtVersion, detect_gpu, import_tensorrt
 
 if TYPE_CHECKING:
     import tensorrt as trt

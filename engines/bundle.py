@@ -22,10 +22,10 @@ import numpy as np
 
 from segrt.runtime.errors import ConfigError
 
-from .compat import CompatReport, check_model
-from .model_info import inspect_model, load_model, sha256_file
-from .plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
-from .targets import Target
+from segrt.engines.compat import CompatReport, check_model
+from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
+from segrt.engines.plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
+from segrt.engines.targets import Target
 
 PLAN_FILE = "plan.json"
 
@@ -121,7 +121,7 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     files.append(plain)
     fp16_error = None
     if any(p.onnx_variant == "fp16" and not info.float16 for p in plans):
-        from segrt.export.fp16 import export_fp16
+        from segrt.export.passes.fp16 import export_fp16
 
         result = export_fp16(source, out / variant_file(stem, "fp16"), frames=frames)
         fp16_error = (result.max_rel_error, result.label_agreement)
@@ -129,7 +129,7 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
 
     reports = []
     for plan in plans:
-        onnx_model = model if plan.onnx == plain.name else load_model(out / plan.onnx)
+        onnx_model = model if plan.onnx == plain.name else load_onnx(out / plan.onnx)
         reports.append(check_model(onnx_model, target, plan.version, plan.precision, plan.dla_core is not None,
                                    model_name=plan.onnx))
     plan_file = PlanFile(request=request, plans=plans, model={

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .model_info import DEFAULT_DOMAINS
-from .targets import Target
-from .versions import TrtVersion
+from segrt.engines.model_info import DEFAULT_DOMAINS
+from segrt.engines.targets import Target
+from segrt.engines.versions import TrtVersion
 
 SEVERITIES = ("error", "warning", "info")
 

@@ -110,7 +110,7 @@ def read_metadata(model: onnx.ModelProto) -> ModelMetadata | None:
     return None
 
 
-def load_model(path: str | Path, with_weights: bool = True) -> onnx.ModelProto:
+def load_onnx(path: str | Path, with_weights: bool = True) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"ONNX model {path} does not exist")
@@ -152,5 +152,5 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
 
 
 def inspect_model(path: str | Path) -> tuple[onnx.ModelProto, ModelInfo]:
-    model = load_model(path)
+    model = load_onnx(path)
     return model, describe(model, path)

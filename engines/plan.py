@@ -7,7 +7,7 @@ TensorRT version that will build it. The builder only applies it, so each decisi
   normalisation, softmax and reduction layers pinned to FP32 (precision constraints) because they
   overflow in FP16 in transformer segmentation models.
 - TensorRT 11: no precision flags exist. Every network is strongly typed, so FP16 means building from
-  an FP16 ONNX that already keeps those layers in FP32 (``segrt.export.fp16``).
+  an FP16 ONNX that already keeps those layers in FP32 (``segrt.export.passes.fp16``).
 - INT8 is explicit quantization in both: a Q/DQ ONNX (``segrt export --precision int8``). TensorRT 10
   needs the INT8 flag (plus FP16 for the unquantized layers); TensorRT 11 reads the types from the graph.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from segrt.runtime.errors import ConfigError
 
-from .model_info import ModelInfo, TensorInfo
-from .targets import PRECISIONS, Target
-from .versions import TrtVersion
+from segrt.engines.model_info import ModelInfo, TensorInfo
+from segrt.engines.targets import PRECISIONS, Target
+from segrt.engines.versions import TrtVersion
 
 PLAN_SCHEMA = 1
 # TensorRT LayerType names kept in FP32 in weakly typed FP16/INT8 builds (TensorRT 10).

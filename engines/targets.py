@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from segrt.runtime.errors import ConfigError
 
-from .versions import GpuInfo, TrtVersion, matches
+from segrt.engines.versions import GpuInfo, TrtVersion, matches
 
 PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus")

@@ -17,11 +17,11 @@ from segrt.runtime.errors import ConfigError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
-from .model_info import inspect_model
+from segrt.engines.model_info import inspect_model
 
 
 @dataclass
-class OutputError:
+class OutputComparison:
     name: str
     max_abs: float
     mean_abs: float
@@ -36,7 +36,7 @@ class VerifyReport:
     passed: bool  # Polygraphy's comparison at the given tolerances
     label_agreement: float  # worst image
     mean_label_agreement: float
-    outputs: list[OutputError] = field(default_factory=list)
+    outputs: list[OutputComparison] = field(default_factory=list)
     atol: float = 0.0
     rtol: float = 0.0
 
@@ -48,8 +48,8 @@ def _runner(path: Path, onnx_bytes_for: str):
         return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name=onnx_bytes_for)
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from .manifest import load_checked_engine
-    from .versions import detect_gpu, import_tensorrt
+    from segrt.engines.manifest import load_checked_engine
+    from segrt.engines.versions import detect_gpu, import_tensorrt
 
     trt = import_tensorrt()
     trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.WARNING), "")  # engines may embed standard plugins
@@ -86,7 +86,7 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
 
     cand_iters, ref_iters = results[0][1], results[1][1]
-    outputs: dict[str, OutputError] = {}
+    outputs: dict[str, OutputComparison] = {}
     agreements = []
     for cand, ref in zip(cand_iters, ref_iters):
         for name, expected in ref.items():
@@ -95,7 +95,7 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
             diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
             rel = float(np.linalg.norm(diff) / max(float(np.linalg.norm(expected.astype(np.float64))), 1e-12))
             prev = outputs.get(name)
-            outputs[name] = OutputError(name, max(float(diff.max()), prev.max_abs if prev else 0.0),
+            outputs[name] = OutputComparison(name, max(float(diff.max()), prev.max_abs if prev else 0.0),
                                         max(float(diff.mean()), prev.mean_abs if prev else 0.0),
                                         max(rel, prev.max_rel_l2 if prev else 0.0))
         name = next(iter(ref.keys()))

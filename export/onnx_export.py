@@ -25,10 +25,10 @@ from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
-from . import merge_ops
-from .folding import fold_decoder, has_foldable_head
-from .gelu_order import reorder_gelu
-from .segformer import SegFormer
+from segrt.export.methods.merging import ops as merge_ops
+from segrt.export.methods.folding import fold_decoder, has_foldable_head
+from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.export.model.segformer import SegFormer
 
 # ONNX Runtime 1.17+ and TensorRT 10.x (parser built against onnx 1.16) both read IR version 10.
 IR_VERSION = 10

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from segrt.export.checkpoints import load_checkpoint, save_checkpoint
+from segrt.export.model.checkpoints import load_checkpoint, save_checkpoint
 from segrt.export.onnx_export import export_onnx
-from segrt.export.torch_predict import TorchPredictor
+from segrt.export.model.torch_predict import TorchPredictor
 from segrt.runtime.datasets import open_dataset
 from segrt.runtime.engine import Engine
 from segrt.runtime.evaluate import evaluate

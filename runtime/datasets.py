@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DatasetError
-from .metadata import default_palette
+from segrt.runtime.errors import DatasetError
+from segrt.runtime.metadata import default_palette
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

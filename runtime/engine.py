@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.base import Backend
-from .errors import BackendUnavailableError, ModelLoadError
-from .frames import as_bgr
-from .metadata import ModelMetadata
-from .models import resolve
-from .preprocess import frames_to_input, labels_to_mask, logits_to_mask
+from segrt.runtime.backends.base import Backend
+from segrt.runtime.errors import BackendUnavailableError, ModelLoadError
+from segrt.runtime.frames import as_bgr
+from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.models import resolve
+from segrt.runtime.preprocess import frames_to_input, labels_to_mask, logits_to_mask
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 BACKENDS = ("auto", "onnxruntime", "ort-cuda", "ort-tensorrt", "tensorrt")
@@ -33,12 +33,12 @@ def open_backend(path: Path, backend: str, threads: int | None = None, device: i
     if backend == "tensorrt" or (backend == "auto" and is_engine):
         if not is_engine:
             raise ModelLoadError(f"{path}: the tensorrt backend runs built engines (.engine); build one with `segrt build`")
-        from .backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt and cuda-python
+        from segrt.runtime.backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt and cuda-python
 
         return TensorRTBackend(path, device=device)
     if is_engine:
         raise ModelLoadError(f"{path}: a TensorRT engine cannot run on backend {backend!r}")
-    from .backends.onnxruntime import OnnxRuntimeBackend
+    from segrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     ort_device = {"auto": "cpu", "onnxruntime": "cpu", "ort-cuda": "cuda", "ort-tensorrt": "tensorrt"}[backend]
     return OnnxRuntimeBackend(path, device=ort_device, threads=threads)
@@ -119,7 +119,7 @@ class Engine:
         """Masks for a camera, stream, video or image folder, with capture, inference and rendering
         overlapped in threads: ``for r in engine.stream("0"): r.frame, r.mask, r.timing``.
         ``source`` and ``options`` are those of :class:`segrt.runtime.stream.Stream`."""
-        from .stream import Stream  # lazy: threads and sources are not needed for single-frame inference
+        from segrt.runtime.stream import Stream  # lazy: threads and sources are not needed for single-frame inference
 
         return Stream(self, source, **options)
 

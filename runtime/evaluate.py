@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .datasets import SegDataset
-from .metrics import ConfusionMatrix, SegMetrics
-from .progress import progress_bar
+from segrt.runtime.datasets import SegDataset
+from segrt.runtime.metrics import ConfusionMatrix, SegMetrics
+from segrt.runtime.progress import progress_bar
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import InputError
+from segrt.runtime.errors import InputError
 
 MAX_SIDE = 16384
 

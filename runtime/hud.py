@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .overlay import draw_legend, overlay
+from segrt.runtime.overlay import draw_legend, overlay
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .stream import StreamResult, StreamStats
+    from segrt.runtime.engine import Engine
+    from segrt.runtime.stream import StreamResult, StreamStats
 
 
 def hud_lines(stats: StreamStats) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import IGNORE
+from segrt.runtime.datasets import IGNORE
 
 
 class ConfusionMatrix:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModelLoadError
+from segrt.runtime.errors import ModelLoadError
 
 DEFAULT_MODEL = "camvid-b0"
 

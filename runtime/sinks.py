@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import OutputError
+from segrt.runtime.errors import OutputError
 
 
 @lru_cache(maxsize=1)

@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
-from .datasets import IMAGE_SUFFIXES
-from .errors import ConfigError, SourceDisconnectedError, SourceError
+from segrt.runtime.datasets import IMAGE_SUFFIXES
+from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
 
 log = logging.getLogger("segrt.sources")
 MAX_DECODE_GAP = 64  # consecutive failed reads of a file before its remaining part counts as undecodable

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BackendError, ConfigError, SegrtError, SourceDisconnectedError, SourceError
-from .sources import FrameSource, open_source
+from segrt.runtime.errors import BackendError, ConfigError, SegrtError, SourceDisconnectedError, SourceError
+from segrt.runtime.sources import FrameSource, open_source
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from segrt.runtime.engine import Engine
 
 log = logging.getLogger("segrt.stream")
 

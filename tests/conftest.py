@@ -53,7 +53,7 @@ def camvid_frame(camvid_root):
 
 @pytest.fixture(scope="session")
 def random_b0():
-    from segrt.export.checkpoints import random_model
+    from segrt.export.model.checkpoints import random_model
 
     return random_model("random:b0:11")
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..metadata import ModelMetadata
+from segrt.runtime.metadata import ModelMetadata
 
 
 class Backend(Protocol):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError, UnsafeModelError
-from ..metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError, UnsafeModelError
+from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
 
 PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],

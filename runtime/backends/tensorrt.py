@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
-from ..metadata import ModelMetadata
+from segrt.runtime.errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
+from segrt.runtime.metadata import ModelMetadata
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from segrt.runtime.errors import ConfigError, SourceError
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 PEER_PREFIXES = ("hf:", "hf-onnx:", "torch:")
 
@@ -42,7 +42,7 @@ def is_exported(spec: str) -> bool:
 def build_candidates(models: list[str], backend: str, threads: int | None, peers: bool, workdir: Path,
                      check_frames: list) -> list:
     """Turn MODEL arguments into benchmark candidates, peers first when asked for."""
-    from segrt.runtime.bench import segrt_candidate
+    from segrt.measure.bench import segrt_candidate
 
     specs = [_split_label(m) for m in models]
     if peers:
@@ -56,7 +56,7 @@ def build_candidates(models: list[str], backend: str, threads: int | None, peers
         if is_exported(spec):
             candidates.append(segrt_candidate(spec, name=name, backend=backend, threads=threads, macs=_graph_macs(spec)))
             continue
-        from segrt.export import peers as p  # torch and transformers load only for checkpoints
+        from segrt.measure import peers as p  # torch and transformers load only for checkpoints
 
         if spec.startswith("hf:"):
             candidates.append(p.transformers_candidate(spec[3:], threads, name=name or f"transformers {spec[3:]}",
@@ -72,7 +72,7 @@ def build_candidates(models: list[str], backend: str, threads: int | None, peers
 def _graph_macs(path: str):
     def macs(size: tuple[int, int]) -> int | None:
         try:
-            from segrt.export.macs import count_macs
+            from segrt.export.passes.macs import count_macs
         except ImportError:  # onnx is not a runtime dependency: no count, not a failure
             return None
         return count_macs(path, (1, 3, *size)).total
@@ -109,7 +109,7 @@ def print_group(console: Console, group: dict) -> None:
 
 def report_profiles(console: Console, candidates: list, size: tuple[int, int], frame, threads: int, groups: list) -> None:
     from segrt.runtime.preprocess import frames_to_input
-    from segrt.runtime.profile import profile_kernels
+    from segrt.measure.profile import profile_kernels
 
     group = next(g for g in groups if tuple(g["size"]) == tuple(size))
     measured = {r["name"]: r for r in group["results"]}
@@ -146,8 +146,8 @@ def bench(
     """Benchmark models side by side: interleaved runs, p50/p95, FPS, memory, GMAC/s vs the machine's peak."""
     import cv2
 
-    from segrt.runtime.bench import benchmark_size, environment, markdown_table
-    from segrt.runtime.peak import default_probes
+    from segrt.measure.bench import benchmark_size, environment, markdown_table
+    from segrt.measure.peak import default_probes
     from segrt.runtime.progress import make_progress
     from segrt.runtime.samples import sample_frames
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 
 def distill_command(
@@ -36,8 +36,8 @@ def distill_command(
     """Distil a teacher into a student (logit KD, CSF feature maps, patch-embedding alignment; two stages)."""
     from rich.console import Console
 
-    from segrt.export.distill import DistillConfig, distill
-    from segrt.export.resolve import load_model
+    from segrt.export.training.distill import DistillConfig, distill
+    from segrt.export.loading import load_model
 
     console = Console()
     with console.status("loading teacher and student"):

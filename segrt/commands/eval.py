@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 
 def predictor_for(model: str, backend: str, size: str | None):
@@ -19,8 +19,8 @@ def predictor_for(model: str, backend: str, size: str | None):
     if model.endswith(".onnx") or model.endswith(ENGINE_SUFFIXES):
         engine = Engine(model, backend=backend)
         return engine.infer, engine.classes, f"{engine.path} on {engine.backend_name}"
-    from segrt.export.resolve import load_model
-    from segrt.export.torch_predict import TorchPredictor
+    from segrt.export.loading import load_model
+    from segrt.export.model.torch_predict import TorchPredictor
 
     loaded = load_model(model)
     hw = parse_size(size) if size else loaded.metadata.input_size

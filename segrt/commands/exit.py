@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 app = typer.Typer(no_args_is_help=True, help="Dynamic token pruning by early exit (DToP): train aux heads, export.")
 
@@ -33,8 +33,8 @@ def train_command(
     """Train auxiliary exit heads with segrt's distillation loop (the model is its own teacher)."""
     from rich.console import Console
 
-    from segrt.export.distill import DistillConfig
-    from segrt.export.early_exit import ExitTrainConfig, train_exit_heads
+    from segrt.export.training.distill import DistillConfig
+    from segrt.export.methods.early_exit.recipe import ExitTrainConfig, train_exit_heads
 
     console = Console()
     cfg = DistillConfig(data=str(data), format=fmt, out=str(out), iterations=iterations, batch_size=batch_size, lr=lr,
@@ -61,9 +61,9 @@ def export_command(
     """Export an early-exit model, verified numerically against its PyTorch form."""
     from rich.console import Console
 
-    from segrt.export.early_exit import ExitConfig, attach_exit, load_heads
+    from segrt.export.methods.early_exit.model import ExitConfig, attach_exit, load_heads
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.resolve import load_model
+    from segrt.export.loading import load_model
 
     loaded = load_model(model)
     cfg = ExitConfig(point=point, mode=mode, threshold=threshold, keep_ratio=keep_ratio, context=context, dwconv=dwconv)

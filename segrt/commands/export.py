@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -21,7 +21,7 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)"),
     labels: bool = typer.Option(False, "--labels", help="in-graph ArgMax: output uint8 labels instead of logits"),
     tolerance: float = typer.Option(None, "--tolerance", help="max relative error vs PyTorch on real images "
-                                    "(default 1e-4; 1e-3 with bipartite token merging, see segrt.export.merging)"),
+                                    "(default 1e-4; 1e-3 with bipartite token merging, see segrt.export.methods.merging.model)"),
     precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
     calib: Path = typer.Option(None, "--calib", help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with train/"),
     calib_count: int = typer.Option(64, "--calib-count", help="int8: calibration images, spread evenly over the folder"),
@@ -35,7 +35,7 @@ def export(
 ) -> None:
     """Export a SegFormer to ONNX (dynamo exporter), embed its metadata, and verify it against PyTorch."""
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.resolve import load_model
+    from segrt.export.loading import load_model
 
     check_precision(precision, calib)
     console = Console()
@@ -59,8 +59,8 @@ def export(
 def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[int, int], dynamic: bool):
     """Install token merging (recorded in the model's metadata); pick the graph transform and the
     default verification tolerance."""
-    from segrt.export.merge_ops import inline_merge_ops
-    from segrt.export.merging import MATCHING_TOLERANCE, apply_merging, describe, merge_config, plan_tokens
+    from segrt.export.methods.merging.ops import inline_merge_ops
+    from segrt.export.methods.merging.model import MATCHING_TOLERANCE, apply_merging, describe, merge_config, plan_tokens
     from segrt.export.onnx_export import TOLERANCE
     from segrt.runtime.errors import ConfigError
 
@@ -84,8 +84,8 @@ def check_precision(precision: str, calib: Path | None) -> None:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "int8" and calib is None:
         raise ConfigError("--precision int8 needs --calib DIR: a folder of real images to calibrate on (e.g. CamVid train)")
-    if precision == "fp16" and importlib.util.find_spec("segrt.export.fp16") is None:
-        raise ConfigError("--precision fp16 is not available in this installation (segrt.export.fp16 is missing)")
+    if precision == "fp16" and importlib.util.find_spec("segrt.export.passes.fp16") is None:
+        raise ConfigError("--precision fp16 is not available in this installation (segrt.export.passes.fp16 is missing)")
 
 
 def convert_precision(console: Console, precision: str, fp32_path: Path, output: Path, calib: Path | None,
@@ -94,14 +94,14 @@ def convert_precision(console: Console, precision: str, fp32_path: Path, output:
     from segrt.runtime.samples import sample_frames
 
     if precision == "fp16":
-        from segrt.export.fp16 import export_fp16
+        from segrt.export.passes.fp16 import export_fp16
 
         with console.status("converting to FP16 and verifying against FP32"):
             fp16 = export_fp16(fp32_path, output)
         console.print(f"[green]wrote[/] {fp16.path} (FP16; {fp16.fp32_nodes} nodes kept in FP32): relative error "
                       f"{fp16.max_rel_error:.2e}, label agreement {fp16.label_agreement:.4%} vs FP32")
         return
-    from segrt.export.quantize import label_agreement, quantize_int8
+    from segrt.export.passes.quantize import label_agreement, quantize_int8
 
     q = quantize_int8(fp32_path, output, calib, calib_count, size=hw)  # type: ignore[arg-type]
     agree = label_agreement(fp32_path, output, sample_frames(), size=hw)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 
 def gate_command(
@@ -37,9 +37,10 @@ def gate_command(
     import torch
     from rich.console import Console
 
-    from segrt.export.distill import DistillConfig, distill
-    from segrt.export.gating import GatingConfig, calibration_batches, gated_student, gating_hooks
-    from segrt.export.resolve import load_model
+    from segrt.export.training.distill import DistillConfig, distill
+    from segrt.export.methods.gating.model import GatingConfig
+    from segrt.export.methods.gating.recipe import calibration_batches, gated_student, gating_hooks
+    from segrt.export.loading import load_model
 
     console = Console()
     if threads:
@@ -76,23 +77,25 @@ def export_command(
     """Export a gated model; verified numerically against the same gated model in PyTorch."""
     from rich.console import Console
 
-    from segrt.export.gating import export_gated, gated_blocks
-    from segrt.export.resolve import load_model
+    from segrt.export.methods.gating.model import gated_blocks
+
+    from segrt.export.methods.gating.recipe import export_gated
+    from segrt.export.loading import load_model
 
     console = Console()
     loaded = load_model(str(checkpoint))
     if not gated_blocks(loaded.model):
-        from ._args import fail
+        from segrt.commands._args import fail
 
         fail(f"{checkpoint} has no gated Mix-FFN blocks; train one with `segrt gate train`")
     hw = parse_size(size)
     batches = None
     if mode == "static":
         if data is None:
-            from ._args import fail
+            from segrt.commands._args import fail
 
             fail("--mode static freezes the gates on training images: give --data ROOT")
-        from segrt.export.gating import calibration_batches
+        from segrt.export.methods.gating.recipe import calibration_batches
 
         with console.status(f"reading {calibrate} calibration images"):
             batches = calibration_batches(str(data), fmt, calibrate, hw, loaded.metadata.mean, loaded.metadata.std)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 
 def prune_command(
@@ -32,8 +32,8 @@ def prune_command(
     ones to a MAC budget; writes a smaller dense model that loads from its checkpoint alone."""
     from rich.console import Console
 
-    from segrt.export.pruning import PruneConfig, prune
-    from segrt.export.resolve import load_model
+    from segrt.export.methods.pruning.recipe import PruneConfig, prune
+    from segrt.export.loading import load_model
 
     console = Console()
     with console.status("loading checkpoint"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._args import parse_size
+from segrt.commands._args import parse_size
 
 
 def train_command(
@@ -28,7 +28,7 @@ def train_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train on a dataset's train split, validating on its val split; best weights -> OUT/best.safetensors."""
-    from segrt.export.train import TrainConfig, train
+    from segrt.export.training.train import TrainConfig, train
 
     result = train(TrainConfig(data=str(data), format=fmt, variant=variant, out=str(out), iterations=iterations,
                                batch_size=batch_size, lr=lr, loss=loss, base_size=parse_size(base_size), crop=parse_size(crop),

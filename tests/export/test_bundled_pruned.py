@@ -1,0 +1,49 @@
+"""The bundled pruned model (models/camvid-b0-p30): resolvable by name, genuinely smaller, and its ONNX
+computes what its checkpoint does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segrt.runtime.engine import Engine
+from segrt.runtime.models import bundled_names, resolve
+
+NAME, REFERENCE = "camvid-b0-p30", "camvid-b0"
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    from segrt.export.loading import load_model
+
+    return load_model(NAME)
+
+
+def test_bundled_name_resolves_to_both_files():
+    assert NAME in bundled_names()
+    assert resolve(NAME, "onnx").name == f"{NAME}.onnx"
+    assert resolve(NAME, "safetensors").name == f"{NAME}.safetensors"
+
+
+def test_checkpoint_alone_gives_a_smaller_dense_model(pruned):
+    from segrt.export.passes.macs import count_macs
+    from segrt.export.loading import load_model
+
+    full = load_model(REFERENCE).model
+    assert sum(p.numel() for p in pruned.model.parameters()) < sum(p.numel() for p in full.parameters())
+    assert pruned.model.config.decoder_dim < full.config.decoder_dim
+    cfg = pruned.model.config
+    assert all(h < w * r for stage, w, r in zip(cfg.mlp_hidden, cfg.widths, cfg.mlp_ratios) for h in stage)
+    assert "pruning" in pruned.metadata.extra and "distillation" in pruned.metadata.extra
+    ratio = count_macs(resolve(NAME)).gmacs / count_macs(resolve(REFERENCE)).gmacs
+    assert ratio <= 0.31
+
+
+def test_engine_by_name_matches_the_checkpoint(pruned, camvid_frame):
+    from segrt.export.model.torch_predict import TorchPredictor
+
+    engine = Engine(NAME, threads=1)
+    onnx_mask = engine.infer(camvid_frame)
+    torch_mask = TorchPredictor(pruned.model.float(), pruned.metadata)(camvid_frame)
+    assert onnx_mask.shape == camvid_frame.shape[:2]
+    assert np.mean(onnx_mask == torch_mask) > 0.999
