@@ -1,6 +1,6 @@
 """Turn a finished training run into the bundled model: fp16 safetensors, verified ONNX, model card.
 
-    python models/bundle.py /work/runs/camvid-b0 --name camvid-b0 --data ../shared/data/camvid
+    python models/bundle.py runs/camvid-b0 --name camvid-b0 --data ../shared/data/camvid
 
 The card's numbers are measured here, on the files being committed (fp16 weights, exported ONNX).
 """

@@ -1,7 +1,7 @@
 """Turn a finished distillation run of a pruned student into a bundled model: fp16 safetensors, verified
 ONNX, model card with numbers measured on the files being committed.
 
-    python models/bundle_pruned.py /work/runs/distill-b0-30 --name camvid-b0-p30 --data ../shared/data/camvid
+    python models/bundle_pruned.py runs/distill-b0-30 --name camvid-b0-p30 --data ../shared/data/camvid
 
 The pruning recipe is read from the checkpoint's own metadata (``segrt prune`` records it there) and
 from the ``.prune_state.json`` next to the student it was distilled from; latency is measured against

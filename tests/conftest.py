@@ -51,6 +51,16 @@ def camvid_frame(camvid_root):
     return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 
+TINY_ONNX = REPO / "tests" / "fixtures" / "segformer-tiny.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx() -> Path:
+    """A committed 256x320 SegFormer ONNX (11 classes, random weights; tools/make_test_model.py wrote it): the
+    runtime's tests use it so that they run where torch is not installed."""
+    return TINY_ONNX
+
+
 @pytest.fixture(scope="session")
 def random_b0():
     from segrt.export.model.checkpoints import random_model
