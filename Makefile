@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test typecheck lint bench clean
+.PHONY: demo test test-python typecheck lint imports test-runtime-without-torch check-device bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,19 +19,39 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job: segment the bundled street video with the bundled model on the CPU
 	$(BIN)/segrt demo examples/media/bikes.mp4 --headless --output out/demo.mp4
 
-test: $(STAMP)  ## the test suite (GPU tests skip cleanly without a GPU)
+test: test-python typecheck lint imports test-runtime-without-torch  ## everything CI checks (GPU tests skip cleanly without a GPU)
+
+test-python: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q -x --durations=10
-	$(MAKE) typecheck
 
 typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
 	$(BIN)/python tools/trt_typings.py
 	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends
 
-lint: $(STAMP)
-	$(BIN)/ruff check runtime export engines measure segrt tests benchmarks models tools
+lint: $(STAMP)  ## ruff, lines at most 120 columns included
+	$(BIN)/ruff check runtime export engines measure segrt tests benchmarks models tools examples
+
+imports: $(STAMP)  ## architecture contracts (.importlinter): layers, no circles, no torch below export
+	bash tools/check_imports.sh
+
+# The runtime a robot installs: segrt without extras (numpy, OpenCV, ONNX Runtime) in its own venv, no torch,
+# and the runtime's tests run there against the committed test model.
+RT_VENV := .venv-runtime
+$(RT_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(RT_VENV)
+	$(RT_VENV)/bin/pip install -q --upgrade pip
+	$(RT_VENV)/bin/pip install -q -e . pytest hypothesis onnx  # onnx: the tests build hostile models with it
+	touch $@
+
+test-runtime-without-torch: $(RT_VENV)/.installed
+	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)"
+	$(RT_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/runtime
+
+check-device: $(STAMP)  ## the device extras resolve, and the device path imports without torch
+	bash tools/check_device_extras.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(RT_VENV) out .pytest_cache .mypy_cache

@@ -20,35 +20,28 @@ Writes benchmarks/results/NAME.{json,md,png} (``--name``, default early_exit).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
+
+from segrt.measure import method_bench as mb
+from segrt.measure.harness import load_average
+from segrt.measure.report import fmt, pyplot, save_figure, table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
 DEFAULT_HEADS = REPO / "models" / "camvid-b0-exit.safetensors"
 
 
-@dataclass
-class Row:
-    name: str
-    mode: str  # "bundled", "budget", "threshold"
+@dataclass(kw_only=True)
+class Row(mb.TimedRow):
+    mode: str  # "bundled", "budget", "threshold", "ceiling"
     setting: str = ""
-    path: str = ""
     export_error: float = 0.0
     gmacs: float = 0.0  # static rows: exported graph; threshold rows: mean over val images
-    latencies_ms: list[float] = field(default_factory=list)
-    p50_ms: float = 0.0
-    speedup: float = 0.0
-    miou: float | None = None
-    pixel_accuracy: float | None = None
     exited: list[float] = field(default_factory=list)  # per val image, fraction of the exit grid
     stage4_computed: list[float] = field(default_factory=list)  # per val image, fraction of stage-4 tokens
     gmacs_per_image: list[float] = field(default_factory=list)
@@ -63,24 +56,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--context", type=int, default=4)
     p.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.97])
     p.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.25])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
     p.add_argument("--size", default="512x512", help="HxW to export, time and evaluate at")
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--latency-images", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint + setting)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="early_exit")
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                    help="skip the ceiling row (the model without the blocks after the exit point: an upper bound)")
-    p.add_argument("--quick", action="store_true")
+    mb.add_common_args(p, results=RESULTS, data=mb.shared_data(REPO), name="early_exit", threads=2)
     args = p.parse_args(argv)
     args.model = args.model or ("random:b0:11" if args.quick else "camvid-b0")
     if args.quick:
         args.rounds, args.limit, args.size, args.latency_images = 4, args.limit or 4, "128x160", 2
     args.size = tuple(int(v) for v in args.size.split("x"))
+    mb.resolve_threads(args)
     return args
 
 
@@ -88,9 +74,10 @@ def mac_breakdown(model, heads, point: str, dwconv: str, size) -> dict:
     """MACs per part of the folded model at ``size``, and the per-token MACs of every pruned stage (the
     most early exit can remove is every token but one per pruned grid)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from segrt.export.methods.early_exit.model import ExitConfig, attach_exit, parse_exit_name, sparse_stage_macs
     from segrt.export.methods.folding import fold_decoder
-    from torch.utils.flop_counter import FlopCounterMode
 
     def counted(module) -> dict[str, float]:
         fc = FlopCounterMode(display=False, depth=None)
@@ -127,7 +114,8 @@ def mac_breakdown(model, heads, point: str, dwconv: str, size) -> dict:
 def macs_for_counts(macs: dict, counts: list[int]) -> float:
     """MACs of the exit model when the pruned stages compute ``counts`` tokens (linear in each count)."""
     stage, grids = macs["exit_stage"], macs["grid_tokens"]
-    return macs["exit_model_full"] - sum(macs["per_token"][s] * (grids[s] - c) for s, c in zip(range(stage, len(grids)), counts))
+    removed = sum(macs["per_token"][s] * (grids[s] - c) for s, c in zip(range(stage, len(grids)), counts))
+    return macs["exit_model_full"] - removed
 
 
 def ceiling_model(model, point: str):
@@ -135,8 +123,9 @@ def ceiling_model(model, point: str):
     Its latency is the ceiling of what exiting tokens at ``point`` can save on this machine."""
     import copy
 
-    from segrt.export.methods.early_exit.model import parse_exit_name
     from torch import nn
+
+    from segrt.export.methods.early_exit.model import parse_exit_name
 
     class _Skip(nn.Module):
         def forward(self, x, h, w):
@@ -153,14 +142,15 @@ def ceiling_model(model, point: str):
 
 def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row], dict]:
     from segrt.export.methods.early_exit.model import ExitConfig, attach_exit
-    from segrt.export.passes.macs import count_macs
     from segrt.export.onnx_export import export_onnx
+    from segrt.export.passes.macs import count_macs
 
     specs = [("bundled (folded)", "bundled", None)]
-    specs += [(f"budget keep {r:g}", "budget", ExitConfig(point=args.point, mode="budget", keep_ratio=r,
-                                                           context=args.context, dwconv=args.dwconv)) for r in args.budgets]
-    specs += [(f"threshold {t:g}", "threshold", ExitConfig(point=args.point, mode="threshold", threshold=t,
-                                                           context=args.context, dwconv=args.dwconv)) for t in args.thresholds]
+    common = {"point": args.point, "context": args.context, "dwconv": args.dwconv}
+    specs += [(f"budget keep {r:g}", "budget", ExitConfig(mode="budget", keep_ratio=r, **common))
+              for r in args.budgets]
+    specs += [(f"threshold {t:g}", "threshold", ExitConfig(mode="threshold", threshold=t, **common))
+              for t in args.thresholds]
     if args.ceiling:
         specs.append((f"ceiling: blocks after {args.point} removed", "ceiling", None))
     rows, configs = [], {}
@@ -169,26 +159,22 @@ def export_rows(args, loaded, heads, folder: Path, progress) -> tuple[list[Row],
         model = attach_exit(loaded.model, heads, cfg) if cfg is not None else (
             ceiling_model(loaded.model, args.point) if mode == "ceiling" else loaded.model)
         tag = mode if cfg is None else cfg.to_json()
-        path = folder / (name.replace(" ", "-").replace("(", "").replace(")", "").replace(":", "") + f"-{args.size[0]}x{args.size[1]}.onnx")
+        stem = name.replace(" ", "-").replace("(", "").replace(")", "").replace(":", "")
+        path = folder / f"{stem}-{args.size[0]}x{args.size[1]}.onnx"
         stamp = path.with_suffix(".source")
         key = f"{loaded.sha256} {tag} {args.heads}"
         if not (path.exists() and stamp.exists() and stamp.read_text().split("\n")[0] == key):
             res = export_onnx(model, loaded.metadata, path, size=args.size)
             stamp.write_text(f"{key}\n{res.max_rel_error}")
         err = float(stamp.read_text().split("\n")[1])
-        row = Row(name, mode, "" if cfg is None else cfg.to_json(), str(path), err)
+        row = Row(name=name, mode=mode, setting="" if cfg is None else cfg.to_json(), path=str(path),
+                  export_error=err)
         if mode != "threshold":
             row.gmacs = count_macs(path).gmacs
         rows.append(row)
         configs[name] = cfg
         progress.advance(task)
     return rows, configs
-
-
-def time_rows(rows, engines, inputs, rounds, warmup, progress) -> None:
-    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), inputs, rounds, warmup, progress)
-    for r in rows:
-        r.speedup = rows[0].p50_ms / r.p50_ms
 
 
 def token_stats(row: Row, dataset, limit, meta, size, macs: dict, progress, threads) -> None:
@@ -215,18 +201,15 @@ def markdown(res: dict) -> str:
     total = m["total"]
     lines = [f"# Early exit (DToP token pruning) vs {res['model']}", "",
              (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}; input {res['size'][0]}x"
-              f"{res['size'][1]}; CamVid val ({res['images']} images) through `Engine`; latency p50 over {res['rounds']} "
+              f"{res['size'][1]}; CamVid val ({res['images']} images) through `Engine`; latency p50 over "
+              f"{res['rounds']} "
               f"interleaved rounds cycling through {res['latency_images']} val frames; speed-up vs the first row. "
-              f"Exit point {res['point']} (0-based stage {res['exit_stage']}, 1/{4 * 2 ** res['exit_stage']} grid), dwconv {res['dwconv']}, "
-              f"context {res['context']} tokens per class; heads `{res['heads']}`. Load average at start "
-              f"{res['load_start']}, at end {res['load_end']}."), "",
-             "| model | GMACs | p50 ms | speed-up | mIoU | change | pixel acc | tokens exited (mean, min-max) | export rel. err |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+              f"Exit point {res['point']} (0-based stage {res['exit_stage']}, 1/{4 * 2 ** res['exit_stage']} grid), "
+              f"dwconv {res['dwconv']}, context {res['context']} tokens per class; heads `{res['heads']}`. Load "
+              f"average at start {res['load_start']}, at end {res['load_end']}."), ""]
     base = res["rows"][0]["miou"]
+    rows = []
     for r in res["rows"]:
-        miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
-        change = f"{100 * (r['miou'] - base):+.2f}" if r["miou"] is not None and base is not None else "-"
-        acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
         if r["mode"] == "threshold" and r["exited"]:
             ex = f"{100 * np.mean(r['exited']):.1f}% ({100 * min(r['exited']):.0f}-{100 * max(r['exited']):.0f}%)"
         elif r["mode"] == "budget":
@@ -234,32 +217,35 @@ def markdown(res: dict) -> str:
         else:
             ex = "-"
         gm = f"{r['gmacs']:.3f}" + (" (mean)" if r["mode"] == "threshold" else "")
-        lines.append(f"| {r['name']} | {gm} | {r['p50_ms']:.1f} | {r['speedup']:.2f}x | {miou} | {change} | {acc} | {ex} | "
-                     f"{r['export_error']:.1e} |")
+        rows.append([r["name"], gm, f"{r['p50_ms']:.1f}", f"{r['speedup']:.2f}x",
+                     fmt(None if r["miou"] is None else 100 * r["miou"], ".2f"),
+                     fmt(None if r["miou"] is None or base is None else 100 * (r["miou"] - base), "+.2f"),
+                     fmt(None if r["pixel_accuracy"] is None else 100 * r["pixel_accuracy"], ".2f"), ex,
+                     f"{r['export_error']:.1e}"])
+    lines += table(["model", "GMACs", "p50 ms", "speed-up", "mIoU", "change", "pixel acc",
+                    "tokens exited (mean, min-max)", "export rel. err"], "lrrrrrrlr", rows)
     lines += ["", "Where the MACs are (folded bundled model, PyTorch FLOP counter, MACs = FLOPs / 2):", "",
               "| part | GMACs | share |", "|---|---:|---:|"]
     for k, v in m["parts"].items():
         lines.append(f"| {k} | {v / 1e9:.3f} | {100 * v / total:.1f}% |")
     lines.append(f"| total | {total / 1e9:.3f} | 100% |")
+    by_stage = ", ".join(f"stage {s + 1}: {v / 1e9:.3f}" for s, v in m["touchable_by_stage"].items())
     lines += ["", (f"Early exit at {res['point']} can remove at most **{m['touchable'] / 1e9:.3f} GMACs = "
                    f"{100 * m['touchable'] / total:.1f}%** of the model's MACs (every token but one per pruned grid "
-                   f"exited; by stage: " + ", ".join(f"stage {s + 1}: {v / 1e9:.3f}" for s, v in m["touchable_by_stage"].items())
-                   + f"); the aux head adds {m['aux_head'] / 1e6:.1f} MMACs. The rest (the blocks before the exit point, "
+                   f"exited; by stage: {by_stage}); the aux head adds {m['aux_head'] / 1e6:.1f} MMACs. The rest "
+                   "(the blocks before the exit point, "
                    "patch embeddings, spatial-reduction convs and key/value projections on the whole grid, depth-wise "
                    "convs, decoder) runs for every pixel.")]
     ceiling = [r for r in res["rows"] if r["mode"] == "ceiling"]
     if ceiling:
-        lines += ["", (f"The ceiling row is not a usable model: the blocks after {res['point']} are removed altogether, so "
-                       f"its {ceiling[0]['speedup']:.2f}x bounds what any early exit at this point can gain on this machine.")]
+        lines += ["", (f"The ceiling row is not a usable model: the blocks after {res['point']} are removed "
+                       f"altogether, so its {ceiling[0]['speedup']:.2f}x bounds what any early exit at this point "
+                       "can gain on this machine.")]
     return "\n".join(lines) + "\n"
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     thr = [r for r in res["rows"] if r["mode"] == "threshold" and r["exited"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     bins = np.linspace(0, 100, 26)
@@ -275,28 +261,26 @@ def plot(res: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Early exit: compute per image across CamVid val ({res['size'][0]}x{res['size'][1]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+def load_text() -> str:
+    return " ".join(f"{v:.1f}" for v in load_average() or [])
 
 
 def main(argv=None) -> dict:
     import onnxruntime
     import torch
-    from segrt.export.methods.early_exit.model import load_heads, make_heads
+
     from segrt.export.loading import load_model
+    from segrt.export.methods.early_exit.model import load_heads, make_heads
     from segrt.runtime.datasets import open_dataset
-    from segrt.runtime.engine import Engine
-    from segrt.runtime.evaluate import evaluate
     from segrt.runtime.preprocess import frames_to_input
     from segrt.runtime.progress import make_progress
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_start = load_average()
+    load_start = load_text()
     loaded = load_model(args.model)
     if args.quick:
         torch.manual_seed(3)
@@ -310,28 +294,27 @@ def main(argv=None) -> dict:
         folder = args.cache or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         rows, configs = export_rows(args, loaded, heads, folder, progress)
-        engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
+        engines = mb.open_engines(rows, args.threads)
         n_lat = min(args.latency_images, len(dataset))
         inputs = [frames_to_input([dataset.read_image(i * len(dataset) // n_lat)], args.size, loaded.metadata.mean,
                                   loaded.metadata.std) for i in range(n_lat)]
-        time_rows(rows, engines, inputs, args.rounds, args.warmup, progress)
+        conditions = mb.time_rows(rows, engines, inputs, args, progress)
         for r in rows:
             if r.mode == "ceiling":
                 continue
-            m = evaluate(engines[r.name].infer, dataset, limit=args.limit, description=f"eval {r.name}")
-            r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
+            mb.evaluate_row(r, engines[r.name], dataset, args.limit)
             if r.mode == "threshold":
                 token_stats(r, dataset, args.limit, loaded.metadata, args.size, macs, progress, args.threads)
-    res = {"model": args.model, "heads": str(args.heads.relative_to(REPO) if args.heads.is_relative_to(REPO) else args.heads)
-           if not args.quick else "random (quick)", "point": args.point, "exit_stage": stage, "dwconv": args.dwconv,
+        mb.close_engines(engines)
+    heads_label = "random (quick)" if args.quick else str(
+        args.heads.relative_to(REPO) if args.heads.is_relative_to(REPO) else args.heads)
+    res = {"model": args.model, "heads": heads_label, "point": args.point, "exit_stage": stage, "dwconv": args.dwconv,
            "context": args.context, "size": list(args.size), "threads": args.threads, "rounds": args.rounds,
            "latency_images": n_lat, "images": min(args.limit or len(dataset), len(dataset)),
            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
-           "load_start": load_start, "load_end": load_average(),
-           "macs": macs,
-           "rows": []}
-    for r in rows:
-        d = {**asdict(r), "latencies_ms": [round(v, 2) for v in r.latencies_ms], "path": Path(r.path).name}
+           "load_start": load_start, "load_end": load_text(),
+           "conditions": conditions.to_dict(), "macs": macs, "rows": []}
+    for r, d in zip(rows, mb.row_dicts(rows)):
         cfg = configs[r.name]
         d["fixed_exited"] = None
         if r.mode == "budget":  # the budget keeps round(ratio * N) tokens of every pruned grid
@@ -341,13 +324,7 @@ def main(argv=None) -> dict:
             d["fixed_exited"] = 1.0 - kept[0] / macs["grid_tokens"][stage]
             d["gmacs_formula"] = macs_for_counts(macs, kept) / 1e9  # cross-check of the graph count
         res["rows"].append(d)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(res))
-    plot(res, args.out / f"{stem}.png")
-    print(markdown(res))
-    return res
+    return mb.finish(args, res, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -26,35 +26,32 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
+
+from segrt.measure import method_bench as mb
+from segrt.measure.harness import load_average
+from segrt.measure.report import fmt, pyplot, save_figure, table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
 DEFAULT_GATED = REPO / "models" / "camvid-b0-gate30.safetensors"
 DEFAULT_TRAINING = RESULTS / "gate-b0-30-training.json"  # how DEFAULT_GATED was trained (its run folder is not kept)
 BUNDLED_NATIVE_MIOU = 0.5291  # models/camvid-b0.md: PyTorch, CamVid val, 384x512
 
 
-@dataclass
-class Row:
-    name: str
-    path: str = ""
+MODES = ("topk", "threshold", "static")
+
+
+@dataclass(kw_only=True)
+class Row(mb.TimedRow):
     gmacs: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    p50_ms: float = 0.0
     mean_ms: float = 0.0
-    speedup: float = 0.0
-    miou: float | None = None
-    pixel_accuracy: float | None = None
     max_rel_error: float | None = None  # ONNX vs its PyTorch model at export (verification)
     note: str = ""
 
@@ -62,22 +59,17 @@ class Row:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundled", default=None, help="unpruned model (default camvid-b0; --quick: random:b0:11)")
-    p.add_argument("--gated", type=Path, default=None, help=f"gated checkpoint from `segrt gate` (default {DEFAULT_GATED})")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--gated", type=Path, default=None,
+                   help=f"gated checkpoint from `segrt gate` (default {DEFAULT_GATED})")
     p.add_argument("--size", default="512x512", help="HxW to export, time and evaluate at")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--latency-images", type=int, default=10, help="val images the latency rounds cycle through")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
-    p.add_argument("--align", type=int, default=16, help="the aligned rows round every block's k to a multiple of this")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="gated rows (default: all)")
+    p.add_argument("--align", type=int, default=16,
+                   help="the aligned rows (topk, static) round every block's k to a multiple of this; 1: no such rows")
     p.add_argument("--calibrate", type=int, default=64, help="training images that freeze the gates (static rows)")
     p.add_argument("--training", type=Path, default=None,
                    help="best.json of the gate training run (default: next to --gated), quoted in the table's notes")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="gating")
-    p.add_argument("--quick", action="store_true", help="smoke run: random model, calibrated gates, 4 images, 4 rounds")
+    mb.add_common_args(p, results=RESULTS, data=mb.shared_data(REPO), name="gating", threads=2)
     args = p.parse_args(argv)
     args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
     if args.quick:
@@ -86,19 +78,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.gated = DEFAULT_GATED
     if args.gated == DEFAULT_GATED:
         args.training = args.training or DEFAULT_TRAINING
-    args.threads = args.threads or os.cpu_count()
+    mb.resolve_threads(args)
     return args
 
 
 def quick_gated(bundled, data: Path, size):
     """--quick: the random model with gates calibrated on 4 training images (no training run needed)."""
-    from segrt.export.model.checkpoints import LoadedModel
     from segrt.export.methods.gating.model import GATING_KEY, GatingConfig, attach_gates, calibrate_gates
     from segrt.export.methods.gating.recipe import calibration_batches
+    from segrt.export.model.checkpoints import LoadedModel
 
     cfg = GatingConfig(keep_ratio=0.5)
-    model = attach_gates(copy.deepcopy(bundled.model), cfg)
-    calibrate_gates(model, calibration_batches(str(data), "camvid", 4, size, bundled.metadata.mean, bundled.metadata.std), 0.5)
+    model = attach_gates(bundled.model, cfg)  # a gated copy: the bundled model is untouched
+    meta = bundled.metadata
+    calibrate_gates(model, calibration_batches(str(data), "camvid", 4, size, meta.mean, meta.std), 0.5)
     meta = copy.deepcopy(bundled.metadata)
     meta.extra = {**meta.extra, GATING_KEY: cfg.to_json()}
     return LoadedModel(model.eval(), meta, "quick-gated", bundled.sha256 + "-gated")
@@ -115,17 +108,10 @@ def cached_export(label: str, loaded, folder: Path, size, export) -> tuple[Path,
     return path, result.max_rel_error
 
 
-def time_rows(rows: list[Row], engines: dict, inputs: list[np.ndarray], rounds: int, warmup: int, progress) -> None:
-    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), inputs, rounds, warmup, progress)
-    for r in rows:
-        r.mean_ms = statistics.fmean(r.latencies_ms)
-    for r in rows:
-        r.speedup = rows[0].p50_ms / r.p50_ms
-
-
 def per_image_compute(gated, dataset, size, limit, dense_macs: int, progress) -> list[dict]:
     """Kept neurons per block and total MACs of the dynamic (threshold) variant on every val image."""
     import torch
+
     from segrt.export.methods.gating.model import gated_blocks, kept_per_block, mlp_savings, set_mode
     from segrt.runtime.preprocess import frames_to_input
 
@@ -136,7 +122,8 @@ def per_image_compute(gated, dataset, size, limit, dense_macs: int, progress) ->
     task = progress.add_task("kept neurons", total=n, info="threshold gates")
     with torch.no_grad():
         for i in range(n):
-            x = torch.from_numpy(frames_to_input([dataset.read_image(i)], size, gated.metadata.mean, gated.metadata.std))
+            frame = dataset.read_image(i)
+            x = torch.from_numpy(frames_to_input([frame], size, gated.metadata.mean, gated.metadata.std))
             model(x)
             kept = kept_per_block(model)
             macs = dense_macs - mlp_savings(model, size, kept, dense_dwconv=True)  # as the threshold export runs
@@ -175,23 +162,22 @@ def markdown(res: dict) -> str:
              (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}, load average at start "
               f"{res['load_average']}; input {size}; latency p50/mean over {res['rounds']} interleaved rounds cycling "
               f"through {res['latency_images']} CamVid val images; speed-up = bundled p50 / row p50. mIoU through "
-              f"`Engine` on CamVid val ({res['images']} images) at {size}."), "",
-             "| model | GMACs | p50 ms | mean ms | speed-up | mIoU | ΔmIoU vs bundled (same size) | pixel acc | ONNX vs PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"`Engine` on CamVid val ({res['images']} images) at {size}."), ""]
     base = res["rows"][0]["miou"]
-    for r in res["rows"]:
-        miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
-        delta = f"{100 * (r['miou'] - base):+.2f}" if r["miou"] is not None and base is not None else "-"
-        acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
-        err = f"{r['max_rel_error']:.1e}" if r["max_rel_error"] is not None else "-"
-        lines.append(f"| {r['name']} | {r['gmacs']:.3f} | {r['p50_ms']:.1f} | {r['mean_ms']:.1f} | {r['speedup']:.2f}x | "
-                     f"{miou} | {delta} | {acc} | {err} |")
+    rows = [[r["name"], f"{r['gmacs']:.3f}", f"{r['p50_ms']:.1f}", f"{r['mean_ms']:.1f}", f"{r['speedup']:.2f}x",
+             fmt(None if r["miou"] is None else 100 * r["miou"], ".2f"),
+             fmt(None if r["miou"] is None or base is None else 100 * (r["miou"] - base), "+.2f"),
+             fmt(None if r["pixel_accuracy"] is None else 100 * r["pixel_accuracy"], ".2f"),
+             fmt(r["max_rel_error"], ".1e")] for r in res["rows"]]
+    lines += table(["model", "GMACs", "p50 ms", "mean ms", "speed-up", "mIoU", "ΔmIoU vs bundled (same size)",
+                    "pixel acc", "ONNX vs PyTorch"], "lrrrrrrrr", rows)
     c = res["compute"]
+    per_block = ", ".join(f"{k:.0f}/{h}" for k, h in zip(c["kept_mean_per_block"], c["hidden"]))
     lines += ["", (f"Dynamic variant, per image over {c['images']} val images: kept fraction of Mix-FFN neurons "
               f"median {c['kept_fraction']['median']:.3f} (min {c['kept_fraction']['min']:.3f}, max "
               f"{c['kept_fraction']['max']:.3f}, std {c['kept_fraction']['std']:.4f}); GMACs median "
               f"{c['gmacs']['median']:.3f} (min {c['gmacs']['min']:.3f}, max {c['gmacs']['max']:.3f}); "
-              f"per block mean kept / dense: {', '.join(f'{k:.0f}/{h}' for k, h in zip(c['kept_mean_per_block'], c['hidden']))}. "
+              f"per block mean kept / dense: {per_block}. "
               f"Kept neurons outside the static core (kept on at least half of the images): median "
               f"{100 * c['switched']['median']:.1f}% per image (min {100 * c['switched']['min']:.1f}%, max "
               f"{100 * c['switched']['max']:.1f}%)."),
@@ -207,11 +193,7 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     per = res["compute"]["per_image"]
     rows = {r["name"]: r for r in res["rows"]}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -232,26 +214,24 @@ def plot(res: dict, path: Path) -> None:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Dynamic gated Mix-FFN: compute per image")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
     import onnxruntime
+
+    from segrt.export.loading import load_model
     from segrt.export.methods.gating.model import gated_blocks, gating_config, kept_count
     from segrt.export.methods.gating.recipe import calibration_batches, export_gated
-    from segrt.export.passes.macs import count_macs
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.loading import load_model
+    from segrt.export.passes.macs import count_macs
     from segrt.runtime.datasets import open_dataset
-    from segrt.runtime.engine import Engine
-    from segrt.runtime.evaluate import evaluate
     from segrt.runtime.preprocess import frames_to_input
     from segrt.runtime.progress import make_progress
 
     args = parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
-    load_average = round(os.getloadavg()[0], 2)
+    load_at_start = load_average()[0]
     bundled = load_model(args.bundled)
     gated = quick_gated(bundled, args.data, size) if args.quick else load_model(str(args.gated))
     cfg = gating_config(gated.model)
@@ -261,12 +241,14 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, make_progress() as progress:
         folder = args.cache or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        variants = [("topk", 1), ("threshold", 1), ("static", 1), ("topk", args.align), ("static", args.align)]
+        variants = [(mode, 1) for mode in args.modes]
+        variants += [(mode, args.align) for mode in args.modes if mode != "threshold" and args.align > 1]
         task = progress.add_task("export", total=1 + len(variants), info="")
         rows = []
         path, err = cached_export("bundled-fold", bundled, folder, size,
                                   lambda p: export_onnx(bundled.model, bundled.metadata, p, size=size))
-        rows.append(Row("bundled", str(path), count_macs(path).gmacs, max_rel_error=err, note="decoder folded"))
+        rows.append(Row(name="bundled", path=str(path), gmacs=count_macs(path).gmacs, max_rel_error=err,
+                        note="decoder folded"))
         progress.advance(task)
         calibration = None
         for mode, align in variants:
@@ -274,6 +256,7 @@ def main(argv=None) -> dict:
                 calibration = calibration_batches(str(args.data), "camvid", args.calibrate, size, gated.metadata.mean,
                                                   gated.metadata.std)
             tag = mode + (f"-align{align}" if align > 1 else "")
+
             def export(p, m=mode, a=align, c=calibration):
                 return export_gated(gated.model, gated.metadata, p, m, size=size, calibration=c, align=a)
 
@@ -283,21 +266,22 @@ def main(argv=None) -> dict:
                     "threshold": f"score > {cfg.threshold}, per image; GMACs = median over images",
                     "static": f"gates frozen on {args.calibrate} training images, k per block: {ks}"}[mode]
             name = f"gated {mode}" + (f", k multiple of {align}" if align > 1 else "")
-            rows.append(Row(name, str(path), count_macs(path).gmacs if mode != "threshold" else 0.0,
+            rows.append(Row(name=name, path=str(path), gmacs=count_macs(path).gmacs if mode != "threshold" else 0.0,
                             max_rel_error=err, note=note))
             progress.advance(task)
         dense = round(rows[0].gmacs * 1e9)
         per_image = per_image_compute(gated, dataset, size, args.limit, dense, progress)
-        rows[2].gmacs = float(np.median([p["gmacs"] for p in per_image]))
-        engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
+        for r in rows:
+            if r.name == "gated threshold":  # its MACs depend on the image
+                r.gmacs = float(np.median([p["gmacs"] for p in per_image]))
+        engines = mb.open_engines(rows, args.threads)
         inputs = [frames_to_input([dataset.read_image(i)], size, bundled.metadata.mean, bundled.metadata.std)
                   for i in range(min(args.latency_images, len(dataset)))]
-        time_rows(rows, engines, inputs, args.rounds, args.warmup, progress)
+        conditions = mb.time_rows(rows, engines, inputs, args, progress)
         for r in rows:
-            m = evaluate(engines[r.name].infer, dataset, limit=args.limit, description=f"eval {r.name}")
-            r.miou, r.pixel_accuracy = m.miou, m.pixel_accuracy
-        for e in engines.values():
-            e.close()
+            r.mean_ms = statistics.fmean(r.latencies_ms)
+            mb.evaluate_row(r, engines[r.name], dataset, args.limit)
+        mb.close_engines(engines)
     hidden = [b.hidden for b in gated_blocks(gated.model)]
     training = None
     best = args.training or (args.gated.parent / "best.json" if args.gated else None)
@@ -307,24 +291,18 @@ def main(argv=None) -> dict:
     res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
            "latency_images": len(inputs), "images": min(args.limit or len(dataset), len(dataset)),
            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
-           "load_average": load_average, "keep_ratio": cfg.keep_ratio, "threshold": cfg.threshold,
+           "load_average": load_at_start, "keep_ratio": cfg.keep_ratio, "threshold": cfg.threshold,
            "sources": {"bundled": bundled.source, "gated": gated.source},
            "training": training,
-           "rows": [{**asdict(r), "path": Path(r.path).name, "latencies_ms": [round(v, 2) for v in r.latencies_ms]}
-                    for r in rows],
+           "conditions": conditions.to_dict(), "rows": mb.row_dicts(rows),
            "compute": {"images": len(per_image), "hidden": hidden,
                        "kept_fraction": summary([p["kept_fraction"] for p in per_image]),
                        "switched": summary([p["switched"] for p in per_image]),
                        "gmacs": summary([p["gmacs"] for p in per_image]),
-                       "kept_mean_per_block": [float(np.mean([p["kept"][b] for p in per_image])) for b in range(len(hidden))],
+                       "kept_mean_per_block": [float(np.mean([p["kept"][b] for p in per_image]))
+                                               for b in range(len(hidden))],
                        "per_image": per_image}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(res))
-    plot(res, args.out / f"{stem}.png")
-    print(markdown(res))
-    return res
+    return mb.finish(args, res, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,7 @@
 For each input size, exports the plain model (no folding, no merging) and every strategy (folded
 decoder + none/2x2/hq/fast/downsample), then measures on this machine:
 
-- ONNX Runtime CPU latency (p50 and p90 of interleaved runs: every round times each candidate once,
-  alternating the order A B C / C B A, so that drift in machine load hits all candidates alike);
+- ONNX Runtime CPU latency (p50 and p90 of interleaved, re-warmed runs: ``segrt.measure.harness``);
 - speed-up of the p50 against the plain export;
 - CamVid val mIoU through the shared evaluation code (``segrt eval``'s ``evaluate`` + Engine);
 - pixel agreement of the predicted masks with the plain (unmerged, unfolded) model.
@@ -19,7 +18,6 @@ Writes ``merging.json``, ``merging.md`` and ``merging.png`` (speed-up vs mIoU) u
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,49 +26,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
+
+from segrt.measure import method_bench as mb
+from segrt.measure.harness import load_average
+from segrt.measure.report import annotate_points, pyplot, save_figure, table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_DATA = Path(os.environ.get("SEGRT_SHARED", REPO.parent / "shared")) / "data" / "camvid"
 PLAIN = "plain"
 
 
-@dataclass
-class Candidate:
-    name: str  # "plain" or a merge strategy (exported with the folded decoder)
-    size: tuple[int, int]
-    path: str = ""
+@dataclass(kw_only=True)
+class Candidate(mb.TimedRow):
+    size: tuple[int, int]  # "plain" or a merge strategy (exported with the folded decoder) at this size
     export_rel_error: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    p50_ms: float = 0.0
     p90_ms: float = 0.0
-    speedup: float = 0.0
-    miou: float = 0.0
-    pixel_accuracy: float = 0.0
     agreement: float = 0.0
     tokens: list[dict] = field(default_factory=list)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
     p.add_argument("--sizes", nargs="+", type=int, default=None, help="square input sizes (default 512 1024)")
     p.add_argument("--strategies", nargs="+", default=None, help="merge strategies (default: all)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images (default: all)")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 20; --quick 4)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="merging", help="result file stem")
-    p.add_argument("--quick", action="store_true", help="smoke run: random model, 512 only, 4 images, 4 rounds")
+    mb.add_common_args(p, results=RESULTS, data=mb.shared_data(REPO), name="merging", rounds=None, cache=False)
     args = p.parse_args(argv)
     args.model = args.model or ("random:b0:11" if args.quick else "camvid-b0")
     args.sizes = args.sizes or ([512] if args.quick else [512, 1024])
     args.rounds = args.rounds or (4 if args.quick else 20)
     args.limit = args.limit if args.limit is not None else (4 if args.quick else None)
-    args.threads = args.threads or os.cpu_count()
+    mb.resolve_threads(args)
     return args
 
 
@@ -88,23 +75,14 @@ def export_candidates(loaded, size: tuple[int, int], strategies: list[str], fold
         tolerance = MATCHING_TOLERANCE if merge_config(strategy).needs_static_size else TOLERANCE
         result = export_onnx(model, loaded.metadata, path, size=size, fold=name != PLAIN, tolerance=tolerance)
         tokens = [asdict(p) for p in plan_tokens(loaded.model.config, strategy, size)]
-        out.append(Candidate(name, size, str(path), result.max_rel_error, tokens=tokens))
+        out.append(Candidate(name=name, size=size, path=str(path), export_rel_error=result.max_rel_error,
+                             tokens=tokens))
         progress.advance(task)
     return out
 
 
-def time_candidates(candidates: list[Candidate], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
-    time_interleaved(candidates, lambda c, x: engines[c.name].backend.run(x), [x], rounds, warmup, progress)
-    base = next(c for c in candidates if c.name == PLAIN).p50_ms
-    for c in candidates:
-        c.p90_ms = float(np.percentile(c.latencies_ms, 90))
-        c.speedup = base / c.p50_ms
-
-
 def evaluate_candidates(candidates: list[Candidate], engines: dict, dataset, limit: int | None) -> None:
     """mIoU through the shared evaluation loop; the plain model's masks are kept for agreement."""
-    from segrt.runtime.evaluate import evaluate
-
     plain_masks: list[np.ndarray] = []
     for c in candidates:  # plain comes first
         masks: list[np.ndarray] = []
@@ -113,9 +91,7 @@ def evaluate_candidates(candidates: list[Candidate], engines: dict, dataset, lim
             masks.append(engine.infer(frame))
             return masks[-1]
 
-        size = f"{c.size[0]}x{c.size[1]}"
-        metrics = evaluate(predict, dataset, limit=limit, description=f"eval {c.name} {size}")
-        c.miou, c.pixel_accuracy = metrics.miou, metrics.pixel_accuracy
+        mb.evaluate_row(c, engines[c.name], dataset, limit, predict)
         if c.name == PLAIN:
             plain_masks = masks
         same = sum(int((m == p).sum()) for m, p in zip(masks, plain_masks))
@@ -123,38 +99,36 @@ def evaluate_candidates(candidates: list[Candidate], engines: dict, dataset, lim
 
 
 def markdown(results: dict) -> str:
+    rows = []
+    for size, group in results["sizes"].items():
+        base = next(c for c in group if c["name"] == PLAIN)
+        for c in group:
+            toks = ", ".join(f"{t['queries'][1]}/{t['keys_values'][1]}" for t in c["tokens"])
+            rows.append([size, c["name"], f"{c['p50_ms']:.1f}", f"{c['p90_ms']:.1f}", f"{c['speedup']:.2f}x",
+                         f"{100 * c['miou']:.2f}", f"{100 * (c['miou'] - base['miou']):+.2f}",
+                         f"{100 * c['agreement']:.2f}%", f"{c['export_rel_error']:.1e}", toks])
+    header = ["size", "strategy", "p50 ms", "p90 ms", "speed-up", "mIoU", "ΔmIoU (points)", "agreement",
+              "ONNX vs PyTorch", "tokens (q / kv per stage)"]
     lines = [f"# Token merging and decoder folding: {results['model']}", "",
              (f"ONNX Runtime {results['onnxruntime']} CPU, {results['threads']} threads, {results['cpu']} "
               f"(load average {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end); "
               f"CamVid val ({results['images']} images); latency p50 over {results['rounds']} interleaved rounds. "
               "Every candidate except `plain` has the folded decoder."), "",
-             "| size | strategy | p50 ms | p90 ms | speed-up | mIoU | ΔmIoU (points) | agreement | ONNX vs PyTorch | tokens (q / kv per stage) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for size, group in results["sizes"].items():
-        base = next(c for c in group if c["name"] == PLAIN)
-        for c in group:
-            toks = ", ".join(f"{t['queries'][1]}/{t['keys_values'][1]}" for t in c["tokens"])
-            lines.append(f"| {size} | {c['name']} | {c['p50_ms']:.1f} | {c['p90_ms']:.1f} | {c['speedup']:.2f}x | "
-                         f"{100 * c['miou']:.2f} | {100 * (c['miou'] - base['miou']):+.2f} | {100 * c['agreement']:.2f}% | "
-                         f"{c['export_rel_error']:.1e} | {toks} |")
-    lines += ["", f"Command: `{results['command']}`", ""]
+             *table(header, "llrrrrrrrl", rows), "", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
-    from plot_labels import annotate_points  # benchmarks/ is the script's folder, first on sys.path
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (size, group), marker in zip(results["sizes"].items(), "os^D"):
         xs = [c["speedup"] for c in group]
         ys = [100 * c["miou"] for c in group]
         ax.scatter(xs, ys, marker=marker, label=size)
-        annotate_points(ax, [("none (folded)" if c["name"] == "none" else c["name"], x, y) for c, x, y in zip(group, xs, ys)], dy=0.3)
+        labels = ["none (folded)" if c["name"] == "none" else c["name"] for c in group]
+        annotate_points(ax, list(zip(labels, xs, ys)), dy=0.3)
     ax.axvline(2.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     label = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
@@ -166,17 +140,15 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title(f"{results['model']}: speed vs accuracy without retraining")
     ax.grid(alpha=0.3)
     ax.legend(title="input")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
     import onnxruntime as ort
-    from segrt.export.methods.merging.model import STRATEGIES
+
     from segrt.export.loading import load_model
+    from segrt.export.methods.merging.model import STRATEGIES
     from segrt.runtime.datasets import open_dataset
-    from segrt.runtime.engine import Engine
     from segrt.runtime.preprocess import frames_to_input
     from segrt.runtime.progress import make_progress
 
@@ -187,33 +159,30 @@ def main(argv=None) -> dict:
     if len(loaded.metadata.classes) != len(dataset.classes):
         raise SystemExit(f"{args.model} has {len(loaded.metadata.classes)} classes; CamVid has {len(dataset.classes)}")
     images = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    command = "python benchmarks/merging.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {
         "model": args.model, "onnxruntime": ort.__version__, "threads": args.threads,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "images": images,
-        "rounds": args.rounds, "load_average_start": os.getloadavg()[0], "command": "python benchmarks/merging.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "sizes": {},
+        "rounds": args.rounds, "load_average_start": load_average()[0], "command": command,
+        "sizes": {}, "conditions": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.sizes:
             size = (s, s)
             with make_progress() as progress:
                 candidates = export_candidates(loaded, size, strategies, Path(tmp), progress)
-            engines = {c.name: Engine(c.path, backend="onnxruntime", threads=args.threads) for c in candidates}
+            engines = mb.open_engines(candidates, args.threads, backend="onnxruntime")
             x = frames_to_input([dataset.read_image(0)], size, loaded.metadata.mean, loaded.metadata.std)
             with make_progress() as progress:
-                time_candidates(candidates, engines, x, args.rounds, args.warmup, progress)
+                conditions = mb.time_rows(candidates, engines, [x], args, progress)
+            for c in candidates:
+                c.p90_ms = float(np.percentile(c.latencies_ms, 90))
             evaluate_candidates(candidates, engines, dataset, images)
-            for e in engines.values():
-                e.close()
-            results["sizes"][f"{s}x{s}"] = [{k: v for k, v in asdict(c).items() if k != "path"} for c in candidates]
-    results["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews absolute latencies
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
-    (args.out / f"{args.name}.md").write_text(markdown(results))
-    plot(results, args.out / f"{args.name}.png")
-    print(markdown(results))
-    print(f"wrote {args.out / args.name}.{{json,md,png}}")
-    return results
+            mb.close_engines(engines)
+            results["sizes"][f"{s}x{s}"] = mb.row_dicts(candidates)
+            results["conditions"][f"{s}x{s}"] = conditions.to_dict()
+    results["load_average_end"] = load_average()[0]  # other work on the machine skews absolute latencies
+    return mb.finish(args, results, markdown, plot, quick_suffix=False)
 
 
 if __name__ == "__main__":

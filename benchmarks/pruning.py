@@ -8,9 +8,10 @@ latency and CamVid val mIoU, each alone and with the training-free tier (decoder
 
 Every model is exported with segrt's verified exporter: ``plain`` keeps the decoder as trained,
 ``fold`` is the exact decoder folding (export's default), ``fold+merge`` adds token merging
-(one row per ``--merge`` strategy, default ``hq`` and ``fast``). MACs are counted on the exported graph (segrt.export.passes.macs), parameters are
-the graph's initializers, latency is the p50 over interleaved rounds (load from other processes hits every
-candidate alike), mIoU runs the ONNX model through the runtime's Engine on CamVid val.
+(one row per ``--merge`` strategy, default ``hq`` and ``fast``). MACs are counted on the exported graph
+(segrt.export.passes.macs), parameters are the graph's initializers, latency is the p50 over interleaved,
+re-warmed rounds (segrt.measure.harness: load from other processes hits every candidate alike), mIoU runs
+the ONNX model through the runtime's Engine on CamVid val.
 Folding is exact, so a folded model's mIoU equals its plain one's (it is still measured unless --reuse-exact).
 
 Writes benchmarks/results/pruning.{json,md,png}.
@@ -20,40 +21,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from interleaved import time_interleaved  # benchmarks/ is the script's folder, first on sys.path
+
+from segrt.measure import method_bench as mb
+from segrt.measure.report import fmt, pyplot, save_figure, table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
 VARIANTS = ("plain", "fold", "fold+merge")
 
 
-@dataclass
-class Row:
-    model: str
+@dataclass(kw_only=True)
+class Row(mb.TimedRow):
+    model: str  # name: "model [variant]"
     variant: str
     source: str
-    path: str = ""
     gmacs: float = 0.0
     params_m: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    p50_ms: float = 0.0
-    speedup: float = 0.0
     speedup_vs_fold: float | None = None
-    miou: float | None = None
-    pixel_accuracy: float | None = None
     note: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"{self.model} [{self.variant}]"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,34 +54,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pruned30", default=None, help="checkpoint pruned to 30%% MACs")
     p.add_argument("--distilled", default=None, help="pruned (50%%) + distilled checkpoint")
     p.add_argument("--distilled30", default=None, help="pruned (30%%) + distilled checkpoint")
-    p.add_argument("--control", default=None,
-                   help="unpruned model fine-tuned for as many iterations as the distilled one (benchmarks/pruning_control.py)")
+    p.add_argument("--control", default=None, help="unpruned model fine-tuned for as many iterations as the "
+                   "distilled one (benchmarks/pruning_control.py)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    help="variants of the bundled and the distilled model")
     p.add_argument("--distilled-variants", nargs="+", default=None, choices=VARIANTS,
                    help="variants of the distilled model (default: --variants)")
     p.add_argument("--pruned-variants", nargs="+", default=["fold"], choices=VARIANTS,
                    help="variants of the pruned models before distillation and of the control")
-    p.add_argument("--merge", nargs="+", default=["hq", "fast"], help="token-merging strategies: one fold+merge row each")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N val images")
+    p.add_argument("--merge", nargs="+", default=["hq", "fast"],
+                   help="token-merging strategies: one fold+merge row each")
     p.add_argument("--size", default=None, help="HxW to export and time at (default: the bundled model's input size)")
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads for exporting (default: torch's)")
-    p.add_argument("--reuse-exact", action="store_true", help="take a folded model's mIoU from its plain export (exact rewrite)")
-    p.add_argument("--cache", type=Path, default=None, help="keep exports here and reuse them (same checkpoint)")
+    p.add_argument("--reuse-exact", action="store_true",
+                   help="take a folded model's mIoU from its plain export (exact rewrite)")
     p.add_argument("--export-only", action="store_true", help="export (into --cache) and stop")
     p.add_argument("--eval-only", action="store_true", help="export and evaluate (into --cache), no timing, no results")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="pruning")
-    p.add_argument("--quick", action="store_true", help="smoke run: random models pruned on the fly, 4 images, 4 rounds")
+    mb.add_common_args(p, results=RESULTS, data=mb.shared_data(REPO), name="pruning")
     args = p.parse_args(argv)
     args.bundled = args.bundled or ("random:b0:11" if args.quick else "camvid-b0")
     if args.quick:
         args.rounds, args.limit, args.size = 4, args.limit or 4, args.size or "128x160"
-    args.threads = args.threads or os.cpu_count()
+    mb.resolve_threads(args)
     return args
 
 
@@ -98,18 +83,18 @@ def quick_pruned(loaded, fraction: float):
     """--quick: a randomly pruned copy (no data needed) standing in for a real pruned checkpoint."""
     import random
 
-    from segrt.export.model.checkpoints import LoadedModel
     from segrt.export.methods.pruning.groups import PrunePlan, apply_plan
+    from segrt.export.model.checkpoints import LoadedModel
 
     plan = PrunePlan.full(loaded.model.config)
     rng = random.Random(0)
-    for kind in ("mlp",):
-        for s, stage in enumerate(plan.mlp):
-            for b, kept in enumerate(stage):
-                for i in rng.sample(kept, int(len(kept) * (1 - fraction))):
-                    kept.remove(i)
+    for stage in plan.mlp:
+        for kept in stage:
+            for i in rng.sample(kept, int(len(kept) * (1 - fraction))):
+                kept.remove(i)
     plan.decoder = plan.decoder[: int(len(plan.decoder) * fraction)]
-    return LoadedModel(apply_plan(loaded.model, plan).eval(), loaded.metadata, f"quick-pruned-{fraction}", loaded.sha256)
+    return LoadedModel(apply_plan(loaded.model, plan).eval(), loaded.metadata, f"quick-pruned-{fraction}",
+                       loaded.sha256)
 
 
 def expand_variants(variants, merges) -> list[tuple[str, str]]:
@@ -124,9 +109,9 @@ def base_variant(variant: str) -> str:
 def export_rows(label: str, loaded, variants, merges, size, folder: Path, progress) -> list[Row]:
     import onnx
 
-    from segrt.export.passes.macs import count_macs
     from segrt.export.methods.merging.model import MATCHING_TOLERANCE, apply_merging, merge_config
     from segrt.export.onnx_export import TOLERANCE, export_onnx
+    from segrt.export.passes.macs import count_macs
 
     rows = []
     pairs = expand_variants(variants, merges)
@@ -143,19 +128,18 @@ def export_rows(label: str, loaded, variants, merges, size, folder: Path, progre
             export_onnx(model, loaded.metadata, path, size=size, fold=variant != "plain", tolerance=tolerance)
             stamp.write_text(key)
         proto = onnx.load(str(path))
-        params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) > 1 or (t.dims and t.dims[0] > 1))
-        rows.append(Row(label, name, loaded.source, str(path), count_macs(path).gmacs, params / 1e6,
-                        note=f"merge {merge}" if merge else ""))
+        params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer
+                     if len(t.dims) > 1 or (t.dims and t.dims[0] > 1))
+        rows.append(Row(name=f"{label} [{name}]", model=label, variant=name, source=loaded.source, path=str(path),
+                        gmacs=count_macs(path).gmacs, params_m=params / 1e6, note=f"merge {merge}" if merge else ""))
         progress.advance(task)
     return rows
 
 
-def time_rows(rows: list[Row], engines: dict, x: np.ndarray, rounds: int, warmup: int, progress) -> None:
-    time_interleaved(rows, lambda r, x: engines[r.name].backend.run(x), [x], rounds, warmup, progress)
-    base = rows[0].p50_ms
+def add_speedup_vs_fold(rows: list[Row]) -> None:
+    """How many times faster than the bundled model's folded export (what `segrt export` ships)."""
     fold = next((r.p50_ms for r in rows if r.model == rows[0].model and r.variant == "fold"), None)
     for r in rows:
-        r.speedup = base / r.p50_ms
         r.speedup_vs_fold = fold / r.p50_ms if fold else None
 
 
@@ -165,7 +149,8 @@ def miou_key(r: Row, limit) -> str:
     return f"{Path(r.path).name} {stamp.read_text() if stamp.exists() else ''} limit={limit}"
 
 
-def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool, cache: Path | None = None) -> None:
+def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: bool,
+                  cache: Path | None = None) -> None:
     """mIoU of each row through the runtime's Engine. ``cache`` (JSON) keeps results per exported graph,
     so a long evaluation can run ahead of the one timed run (accuracy does not depend on machine load)."""
     from segrt.runtime.evaluate import evaluate
@@ -189,30 +174,25 @@ def evaluate_rows(rows: list[Row], engines: dict, dataset, limit, reuse_exact: b
 
 
 def markdown(res: dict) -> str:
+    rows = [[r["model"], r["variant"], f"{r['gmacs']:.3f}", f"{r['params_m']:.3f}", f"{r['p50_ms']:.1f}",
+             f"{r['speedup']:.2f}x", fmt(r.get("speedup_vs_fold"), ".2f") + ("x" if r.get("speedup_vs_fold") else ""),
+             fmt(None if r["miou"] is None else 100 * r["miou"], ".2f"),
+             fmt(None if r["pixel_accuracy"] is None else 100 * r["pixel_accuracy"], ".2f")] for r in res["rows"]]
+    header = ["model", "variant", "GMACs", "params (M)", "p50 ms", "speed-up", "vs fold", "mIoU", "pixel acc"]
     lines = [f"# Pruning and distillation vs {res['bundled']}", "",
              (f"ONNX Runtime {res['onnxruntime']} CPU, {res['threads']} threads, {res['cpu']}; input {res['size'][0]}x"
               f"{res['size'][1]}; CamVid val ({res['images']} images); latency p50 over {res['rounds']} interleaved "
-              f"rounds; speed-up vs the first row and vs the bundled model's folded export (what `segrt export` ships). "
+              "rounds; speed-up vs the first row and vs the bundled model's folded export (what `segrt export` "
+              "ships). "
               f"GMACs counted on the exported graph."), "",
-             "| model | variant | GMACs | params (M) | p50 ms | speed-up | vs fold | mIoU | pixel acc |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["rows"]:
-        miou = f"{100 * r['miou']:.2f}" if r["miou"] is not None else "-"
-        acc = f"{100 * r['pixel_accuracy']:.2f}" if r["pixel_accuracy"] is not None else "-"
-        vs_fold = f"{r['speedup_vs_fold']:.2f}x" if r.get("speedup_vs_fold") else "-"
-        lines.append(f"| {r['model']} | {r['variant']} | {r['gmacs']:.3f} | {r['params_m']:.3f} | {r['p50_ms']:.1f} | "
-                     f"{r['speedup']:.2f}x | {vs_fold} | {miou} | {acc} |")
+             *table(header, "llrrrrrrr", rows)]
     notes = [f"- {r['model']} [{r['variant']}]: {r['note']}" for r in res["rows"] if r["note"]]
     sources = [f"- {k}: `{v}`" for k, v in res["sources"].items()]
     return "\n".join(lines + ["", "Sources:", *sources] + (["", "Notes:", *notes] if notes else [])) + "\n"
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     markers = {"plain": "o", "fold": "s", "fold+merge": "^"}
     models = list(dict.fromkeys(r["model"] for r in res["rows"]))
@@ -222,7 +202,8 @@ def plot(res: dict, path: Path) -> None:
             continue
         for ax, x in zip(axes, (r["gmacs"], r["p50_ms"])):
             ax.scatter(x, 100 * r["miou"], marker=markers[base_variant(r["variant"])], s=55, color=colors[r["model"]],
-                       edgecolors="black" if r["variant"].endswith("fast") else "none", label=f"{r['model']} {r['variant']}")
+                       edgecolors="black" if r["variant"].endswith("fast") else "none",
+                       label=f"{r['model']} {r['variant']}")
     axes[1].legend(fontsize=7, loc="lower right", ncol=1)
     axes[0].set_xlabel("GMACs (exported graph)")
     axes[1].set_xlabel(f"ONNX Runtime CPU p50 latency (ms, {res['size'][0]}x{res['size'][1]})")
@@ -230,8 +211,7 @@ def plot(res: dict, path: Path) -> None:
         ax.set_ylabel("CamVid val mIoU (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Pruning / distillation vs {res['bundled']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -239,7 +219,6 @@ def main(argv=None) -> dict:
 
     from segrt.export.loading import load_model
     from segrt.runtime.datasets import open_dataset
-    from segrt.runtime.engine import Engine
     from segrt.runtime.preprocess import frames_to_input
     from segrt.runtime.progress import make_progress
 
@@ -249,7 +228,8 @@ def main(argv=None) -> dict:
 
         torch.set_num_threads(args.torch_threads)
     bundled = load_model(args.bundled)
-    size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(bundled.metadata.input_size or (384, 512))
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else tuple(bundled.metadata.input_size
+                                                                              or (384, 512))
     models = [("bundled", bundled)]
     for label, spec, fraction in (("control", args.control, None), ("pruned-50", args.pruned50, 0.5),
                                   ("pruned-50+distilled", args.distilled, None), ("pruned-30", args.pruned30, 0.3),
@@ -271,29 +251,23 @@ def main(argv=None) -> dict:
             rows += export_rows(label, loaded, variants, args.merge, size, folder, progress)
         if args.export_only:
             return {"exported": [r.path for r in rows]}
-        engines = {r.name: Engine(r.path, threads=args.threads) for r in rows}
+        engines = mb.open_engines(rows, args.threads)
         img, _ = dataset[0]
         x = frames_to_input([img], size, bundled.metadata.mean, bundled.metadata.std)
         miou_cache = args.cache / "miou.json" if args.cache else None
         if args.eval_only:
             evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact, miou_cache)
             return {"evaluated": [r.name for r in rows]}
-        time_rows(rows, engines, x, args.rounds, args.warmup, progress)
+        conditions = mb.time_rows(rows, engines, [x], args, progress)
+        add_speedup_vs_fold(rows)
         evaluate_rows(rows, engines, dataset, args.limit, args.reuse_exact, miou_cache)
+        mb.close_engines(engines)
     res = {"bundled": args.bundled, "size": list(size), "threads": args.threads, "rounds": args.rounds,
            "images": min(args.limit or len(dataset), len(dataset)), "onnxruntime": onnxruntime.__version__,
            "cpu": platform.processor() or platform.machine(), "merge": args.merge,
            "sources": {label: loaded.source for label, loaded in models},
-           "rows": [{**asdict(r), "latencies_ms": [round(v, 2) for v in r.latencies_ms]} for r in rows]}
-    for r in res["rows"]:
-        r["path"] = Path(r["path"]).name
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(res))
-    plot(res, args.out / f"{stem}.png")
-    print(markdown(res))
-    return res
+           "conditions": conditions.to_dict(), "rows": mb.row_dicts(rows)}
+    return mb.finish(args, res, markdown, plot)
 
 
 if __name__ == "__main__":

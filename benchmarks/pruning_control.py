@@ -1,6 +1,6 @@
 """Control for the pruning table: the *unpruned* model given the same extra training as a pruned student.
 
-    python benchmarks/pruning_control.py --run /work/runs/distill-b0-50 -o /work/runs/control-b0 --threads 1
+    python benchmarks/pruning_control.py --run ../runs/distill-b0-50 -o ../runs/control-b0 --threads 1
 
 Reads the pruned run's config (iterations, lr, stage1, ...) and how many iterations it actually got, then
 runs the same `segrt distill` with the bundled model as both teacher and student and stops after exactly
@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 import segrt.export.training.distill as distill_module
-from segrt.export.training.distill import DistillConfig, distill
 from segrt.export.loading import load_model
+from segrt.export.training.distill import DistillConfig, distill
 
 
 def main(argv=None) -> dict:
@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
     distill_module.stage_weights = stage_weights
     teacher = load_model(args.teacher)
     result = distill(teacher, load_model(args.teacher), cfg)
-    print(f"control: {result['iteration']} iterations (reference run got {done}); best val mIoU {result['best_miou']:.4f}")
+    print(f"control: {result['iteration']} iterations (reference run got {done}); "
+          f"best val mIoU {result['best_miou']:.4f}")
     return result
 
 

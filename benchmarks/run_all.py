@@ -22,8 +22,6 @@ Steps, all at one input size (default 512x512):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,9 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from segrt.measure.harness import default_threads, load_average
+from segrt.measure.method_bench import shared_data
+from segrt.measure.report import annotate_points, fmt, pyplot, save_figure, table, write_report
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_DATA = Path(os.environ.get("SEGRT_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+DEFAULT_DATA = shared_data(REPO)
 README_START, README_END = "<!-- bench:headline:start -->", "<!-- bench:headline:end -->"
 EAGER, PLAIN = "transformers (eager PyTorch)", "transformers -> ONNX Runtime"
 GOALS = {"vs_eager": 12.0, "vs_plain_ort": 4.0, "miou_points": 1.0}
@@ -49,19 +51,25 @@ class Tier:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint or bundled name (default camvid-b0; --quick: random:b0:11)")
     p.add_argument("--size", default=None, help="input size HxW (default 512x512; --quick 256x320)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CamVid root (train for calibration, val for mIoU)")
-    p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include (default: fast downsample; the two fastest in benchmarks/results/merging.md)")
+    p.add_argument("--merges", nargs="*", default=None, help="token-merging presets to include "
+                   "(default: fast downsample; the two fastest in benchmarks/results/merging.md)")
     p.add_argument("--students", nargs="*", default=None,
-                   help="smaller models (pruned + distilled) to add in FP32 (default: every bundled MODEL-p*; --quick none)")
-    p.add_argument("--student-merge", default="fast", help="token merging also applied to each student ('none' to skip)")
+                   help="smaller models (pruned + distilled) to add in FP32 "
+                   "(default: every bundled MODEL-p*; --quick none)")
+    p.add_argument("--student-merge", default="fast",
+                   help="token merging also applied to each student ('none' to skip)")
     p.add_argument("--calib-count", type=int, default=None, help="INT8 calibration images (default 64; --quick 4)")
-    p.add_argument("--runs", type=int, default=None, help="timed interleaved runs per candidate (default 30; --quick 3)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed interleaved runs per candidate (default 30; --quick 3)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eval-limit", type=int, default=None, help="first N val images (default all 101; --quick 4)")
     p.add_argument("--threads", type=int, default=None, help="threads for every candidate (default: all CPUs)")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick out/bench-quick)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default benchmarks/results; --quick out/bench-quick)")
     p.add_argument("--work", type=Path, default=REPO / "out" / "bench-work", help="exported models go here")
     p.add_argument("--quick", action="store_true", help="random model, small size, few runs and images: a smoke run")
     p.add_argument("--no-readme", action="store_true", help="do not write the table into README.md")
@@ -74,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.calib_count = args.calib_count or (4 if q else 64)
     args.runs = args.runs or (3 if q else 30)
     args.eval_limit = args.eval_limit if args.eval_limit is not None else (4 if q else None)
-    args.threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    args.threads = args.threads or default_threads()
     args.out = args.out or (REPO / "out" / "bench-quick" if q else RESULTS)
     return args
 
@@ -125,9 +133,9 @@ def export_tiers(spec: str, size: tuple[int, int], args, work: Path, progress) -
 
 def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[int, int], args, work: Path,
                 progress, task) -> list[Tier]:
+    from segrt.export.loading import load_model
     from segrt.export.onnx_export import export_onnx
     from segrt.export.passes.quantize import quantize_int8
-    from segrt.export.loading import load_model
 
     loaded = load_model(source)
     model, label = loaded.model, prefix
@@ -156,8 +164,8 @@ def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[in
 
 def candidates_for(spec: str, tiers: list[Tier], args, work: Path, frame: np.ndarray) -> list:
     from segrt.export.passes.macs import count_macs
-    from segrt.measure.peers import plain_onnx_candidate, transformers_candidate
     from segrt.measure.bench import segrt_candidate
+    from segrt.measure.peers import plain_onnx_candidate, transformers_candidate
 
     cands = [transformers_candidate(spec, args.threads, name=EAGER, check_frames=[frame]),
              plain_onnx_candidate(spec, args.threads, work, name=PLAIN)]
@@ -187,20 +195,6 @@ def evaluate_candidates(cands: list, size: tuple[int, int], args, progress) -> d
     return out
 
 
-def kernel_profiles(cands: list, size: tuple[int, int], args, frame: np.ndarray) -> dict[str, dict]:
-    from segrt.runtime.preprocess import frames_to_input
-    from segrt.measure.profile import profile_kernels
-
-    out = {}
-    for cand in cands:
-        if cand.kind != "onnxruntime":
-            continue
-        path = cand.source if cand.source.endswith(".onnx") else cand.load(size).info["path"]
-        x = frames_to_input([frame], size, cand.mean, cand.std)
-        out[cand.name] = profile_kernels(path, x, runs=5, threads=args.threads).to_dict()
-    return out
-
-
 # ----------------------------------------------------------------------------- 5-6. report
 
 
@@ -214,7 +208,8 @@ def headline_rows(group: dict, accuracy: dict[str, dict]) -> list[dict]:
             "name": r["name"], "runtime": r["info"].get("backend", r["kind"]), "precision": r["precision"],
             "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "e2e_p50_ms": r["end_to_end_ms"]["p50"],
             "fps": r["throughput_fps"], "miou": miou,
-            "delta_miou_points": 100 * (miou - accuracy[EAGER]["miou"]) if miou is not None and EAGER in accuracy else None,
+            "delta_miou_points": (100 * (miou - accuracy[EAGER]["miou"])
+                                  if miou is not None and EAGER in accuracy else None),
             "vs_eager": eager["latency_ms"]["p50"] / r["latency_ms"]["p50"] if eager else None,
             "vs_plain_ort": plain["latency_ms"]["p50"] / r["latency_ms"]["p50"] if plain else None,
             "gmacs": r["gmacs"], "gmacs_per_s": r["gmacs_per_s"], "pct_of_peak": r["pct_of_peak"],
@@ -237,48 +232,47 @@ def goals(rows: list[dict]) -> dict:
             "met": met_eager and met_plain, "targets": GOALS}
 
 
-def _f(v, spec=".1f"):
-    return "-" if v is None else format(v, spec)
-
-
 def markdown(report: dict) -> str:
     env, s = report["environment"], report["settings"]
     cpu = env["cpu"]
     g = report["goals"]
     lines = [
         (f"**{s['model']}, {s['size'][0]}x{s['size'][1]}, batch 1, {s['threads']} threads** on {cpu.get('model', '?')} "
-         f"({', '.join(cpu.get('extensions', []))}); ONNX Runtime {env['onnxruntime']}, PyTorch {env.get('torch', '-')}, "
+         f"({', '.join(cpu.get('extensions', []))}); ONNX Runtime {env['onnxruntime']}, "
+         f"PyTorch {env.get('torch', '-')}, "
          f"transformers {env.get('transformers', '-')}. Network latency over {s['runs']} interleaved runs; "
          f"mIoU on CamVid val ({report['eval_images']} images) through the same pipeline."),
         "",
-        "| model | runtime | precision | p50 ms | p95 ms | end-to-end p50 ms | FPS | vs eager | vs plain ORT | mIoU | ΔmIoU | GMAC | GMAC/s | % of peak | peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["rows"]:
-        lines.append(
-            f"| {r['name']} | {r['runtime']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{r['e2e_p50_ms']:.1f} | {r['fps']:.1f} | {_f(r['vs_eager'], '.2f')}x | {_f(r['vs_plain_ort'], '.2f')}x | "
-            f"{_f(None if r['miou'] is None else 100 * r['miou'], '.2f')} | {_f(r['delta_miou_points'], '+.2f')} | "
-            f"{_f(r['gmacs'], '.2f')} | {_f(r['gmacs_per_s'])} | {_f(r['pct_of_peak'])} ({r['peak_kind']}) | "
-            f"{_f(r['peak_mb'], '.0f')} |")
+    header = ["model", "runtime", "precision", "p50 ms", "p95 ms", "end-to-end p50 ms", "FPS", "vs eager",
+              "vs plain ORT", "mIoU", "ΔmIoU", "GMAC", "GMAC/s", "% of peak", "peak MB"]
+    rows = [[r["name"], r["runtime"], r["precision"], f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
+             f"{r['e2e_p50_ms']:.1f}", f"{r['fps']:.1f}", f"{fmt(r['vs_eager'], '.2f')}x",
+             f"{fmt(r['vs_plain_ort'], '.2f')}x", fmt(None if r["miou"] is None else 100 * r["miou"], ".2f"),
+             fmt(r["delta_miou_points"], "+.2f"), fmt(r["gmacs"], ".2f"), fmt(r["gmacs_per_s"]),
+             f"{fmt(r['pct_of_peak'])} ({r['peak_kind']})", fmt(r["peak_mb"], ".0f")] for r in report["rows"]]
+    lines += table(header, "lll" + "r" * 12, rows)
     peaks = report["group"]["peaks_gmacs_per_s"]
     probes = "; ".join(f"{p['name']} {p['gmacs_per_s']:.0f} GMAC/s" for p in report["group"]["probes"])
     lines += ["", (f"Machine peak, measured in the same run: {probes}. "
-                   f"% of peak is against the fp32 peak ({_f(peaks.get('fp32'), '.0f')} GMAC/s) for float models and the "
-                   f"int8 peak ({_f(peaks.get('int8'), '.0f')} GMAC/s) for INT8 ones.")]
+                   f"% of peak is against the fp32 peak ({fmt(peaks.get('fp32'), '.0f')} GMAC/s) for float models "
+                   "and the "
+                   f"int8 peak ({fmt(peaks.get('int8'), '.0f')} GMAC/s) for INT8 ones.")]
     if g.get("best"):
         lines += ["", (f"Goals (fastest segrt tier within {GOALS['miou_points']:g} mIoU point of eager transformers): "
-                       f"**{g['best']}** is {g['vs_eager']:.1f}x faster than eager transformers (goal {GOALS['vs_eager']:g}x: "
-                       f"{'met' if g['met_vs_eager'] else 'not met'}) and {g['vs_plain_ort']:.1f}x faster than the plain ONNX "
-                       f"Runtime export (goal {GOALS['vs_plain_ort']:g}x: {'met' if g['met_vs_plain_ort'] else 'not met'}), "
+                       f"**{g['best']}** is {g['vs_eager']:.1f}x faster than eager transformers "
+                       f"(goal {GOALS['vs_eager']:g}x: {'met' if g['met_vs_eager'] else 'not met'}) and "
+                       f"{g['vs_plain_ort']:.1f}x faster than the plain ONNX Runtime export "
+                       f"(goal {GOALS['vs_plain_ort']:g}x: {'met' if g['met_vs_plain_ort'] else 'not met'}), "
                        f"ΔmIoU {g['delta_miou_points']:+.2f} points.")]
     else:
         lines += ["", f"Goals: {g.get('note')}."]
     kern = report.get("kernels", {})
     int8 = next((v for k, v in kern.items() if "INT8" in k), None)
     if int8:
+        types = sorted({t for o in int8["op_types"] for t in o["input_types"] if o["op_type"].startswith("QLinear")})
         lines += ["", f"INT8 kernels ONNX Runtime ran (profiler): {', '.join(int8['integer_kernels'])} "
-                  f"(input types: {', '.join(sorted({t for o in int8['op_types'] for t in o['input_types'] if o['op_type'].startswith('QLinear')}))}). "
+                  f"(input types: {', '.join(types)}). "
                   + report.get("int8_dispatch", "")]
     load = [s.get("load_average_at_start"), env.get("load_average")]
     if all(load):
@@ -303,12 +297,10 @@ def int8_dispatch_note(group: dict) -> str:
 
 
 def plots(report: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from plot_labels import annotate_points  # benchmarks/ is the script's folder, first on sys.path
-
+    """``pareto.png`` (latency vs mIoU) and ``stages.png`` (pipeline stages, kernel time by operator type)."""
+    plt = pyplot()
+    if plt is None:
+        return []
     rows = [r for r in report["rows"] if r["miou"] is not None]
     written = []
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -328,7 +320,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     if eager:
         ax.axvline(eager["p50_ms"] / GOALS["vs_eager"], color="tab:red", ls="--", lw=0.8, label="goal: eager / 12")
     if plain:
-        ax.axvline(plain["p50_ms"] / GOALS["vs_plain_ort"], color="tab:orange", ls="--", lw=0.8, label="goal: plain ORT / 4")
+        ax.axvline(plain["p50_ms"] / GOALS["vs_plain_ort"], color="tab:orange", ls="--", lw=0.8,
+                   label="goal: plain ORT / 4")
     ax.set_xscale("log")
     ax.set_xlabel("network latency p50 (ms, log scale)")
     ax.set_ylabel("CamVid val mIoU (%)")
@@ -336,10 +329,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     ax.set_title(f"{s['model']} {s['size'][0]}x{s['size'][1]}, {s['threads']} threads: latency vs accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     written.append(out / "pareto.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, written[-1])
 
     results = report["group"]["results"]
     kern = report.get("kernels", {})
@@ -365,17 +356,16 @@ def plots(report: dict, out: Path) -> list[Path]:
         cmap = plt.get_cmap("tab10")
         for i, op in enumerate([*keep, "other"]):
             vals = np.array([sum(o["ms_per_run"] for o in kern[k]["op_types"]
-                                 if (o["op_type"] == op) or (op == "other" and o["op_type"] not in keep)) for k in knames])
+                                 if (o["op_type"] == op) or (op == "other" and o["op_type"] not in keep))
+                             for k in knames])
             axes[1].barh(knames, vals, left=left, color=cmap(i % 10), label=op)
             left += vals
         axes[1].invert_yaxis()
         axes[1].set_xlabel("ms per run, ONNX Runtime profiler (kernel time by operator type)")
         axes[1].set_title("where the network time goes")
         axes[1].legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    fig.tight_layout()
     written.append(out / "stages.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, written[-1])
     return written
 
 
@@ -398,10 +388,11 @@ def main(argv=None) -> dict:
     from segrt.commands._args import parse_size
     from segrt.measure.bench import benchmark_size, environment
     from segrt.measure.peak import default_probes
+    from segrt.measure.profile import profile_group
     from segrt.runtime.progress import make_progress
 
     started = time.perf_counter()
-    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load_at_start = load_average()
     args = parse_args(argv)
     for spec in [args.model, *args.students]:
         check_model(spec)
@@ -416,13 +407,14 @@ def main(argv=None) -> dict:
     with make_progress() as progress:
         tiers = export_tiers(args.model, size, args, work, progress)
         cands = candidates_for(args.model, tiers, args, work, frame)
-        group = benchmark_size(cands, size, frame, runs=args.runs, warmup=args.warmup,
+        group = benchmark_size(cands, size, frame, runs=args.runs, warmup=args.warmup, threads=args.threads,
                                probes=default_probes(args.threads), progress=progress)
         for s in group["skipped"]:
             progress.console.print(f"[yellow]skipped[/] {s['name']}: {s['reason']}")
         progress.console.print("CamVid val mIoU through the timed pipelines:")
-        accuracy = evaluate_candidates([c for c in cands if c.name in {r['name'] for r in group['results']}], size, args, progress)
-        kernels = kernel_profiles([c for c in cands if c.kind == "onnxruntime"], size, args, frame)
+        measured = {r["name"] for r in group["results"]}
+        accuracy = evaluate_candidates([c for c in cands if c.name in measured], size, args, progress)
+        kernels = {name: prof.to_dict() for name, prof in profile_group(cands, group, frame, args.threads).items()}
     rows = headline_rows(group, accuracy)
     command = "python benchmarks/run_all.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     report = {
@@ -431,20 +423,20 @@ def main(argv=None) -> dict:
                      "warmup": args.warmup, "calibration_images": args.calib_count, "merges": args.merges,
                      "students": args.students, "student_merge": args.student_merge,
                      "quick": args.quick, "command": command.strip(), "load_average_at_start": load_at_start},
-        "tiers": [{"name": t.name, "path": str(t.path.relative_to(REPO)) if t.path.is_relative_to(REPO) else str(t.path),
+        "tiers": [{"name": t.name,
+                   "path": str(t.path.relative_to(REPO) if t.path.is_relative_to(REPO) else t.path),
                    "precision": t.precision, "merge": t.merge} for t in tiers],
         "group": group, "accuracy": accuracy, "kernels": kernels, "rows": rows, "goals": goals(rows),
         "eval_images": next(iter(accuracy.values()))["images"] if accuracy else 0,
         "int8_dispatch": int8_dispatch_note(group),
     }
     report["wall_s"] = time.perf_counter() - started
-    table = markdown(report)
-    (args.out / "headline.json").write_text(json.dumps(report, indent=2, default=str))
-    (args.out / "headline.md").write_text("# segrt headline benchmark\n\n" + table)
-    written = plots(report, args.out)
-    print(table)
-    print(f"wrote {args.out / 'headline.json'}, {args.out / 'headline.md'}, " + ", ".join(str(p) for p in written))
-    if not args.quick and not args.no_readme and update_readme(table):
+    table_md = markdown(report)
+    written = write_report(args.out, "headline", report, "# segrt headline benchmark\n\n" + table_md)
+    written += plots(report, args.out)
+    print(table_md)
+    print("wrote " + ", ".join(str(p) for p in written))
+    if not args.quick and not args.no_readme and update_readme(table_md):
         print("updated the headline table in README.md")
     return report
 

@@ -14,7 +14,7 @@ end, so one Stream (policy "all", as for any file) sees one long, gap-free file.
 A small input size keeps the run short on a busy CPU: the soak is about the pipeline (threads,
 hand-overs, stats, sources, decoder), which is the same at every network size.
 
-Writes benchmarks/results/soak.json and soak.md.
+Writes benchmarks/results/soak.json and soak.md (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from segrt.measure.report import write_json, write_text
 from segrt.runtime.engine import Engine
 from segrt.runtime.progress import make_progress
 from segrt.runtime.sources import FrameSource, open_source
@@ -88,12 +89,7 @@ def export_small(size: tuple[int, int], folder: Path) -> Path:
 
 
 def count_video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
+    return sum(1 for _ in open_source(str(path)))
 
 
 def soak(model: str | Path, frames: int, warmup: int, sample_every: int) -> dict:
@@ -142,9 +138,8 @@ def soak(model: str | Path, frames: int, warmup: int, sample_every: int) -> dict
     }
 
 
-def write_report(result: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+def write_report(result: dict, out: Path = RESULTS) -> None:
+    write_json(out / "soak.json", result)
     lines = [
         "# Soak: Engine.stream over a looped video file",
         "",
@@ -168,17 +163,19 @@ def write_report(result: dict) -> None:
     ]
     if result["lost"]:
         lines += ["Lost frames:", ""] + [f"- {x}" for x in result["lost"][:50]]
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "soak.md", "\n".join(lines))
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="ONNX model or bundled name (default: random B0 exported at --size)")
+    parser.add_argument("--model", default=None,
+                        help="ONNX model or bundled name (default: random B0 exported at --size)")
     parser.add_argument("--size", default="64x128", help="HxW for the default model's export")
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--sample-every", type=int, default=500)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for soak.json and soak.md")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             model, label = args.model, args.model
@@ -188,8 +185,9 @@ def main() -> None:
         result = soak(model, args.frames, args.warmup, args.sample_every)
     result["model_label"] = label
     result["model"] = label
-    write_report(result)
+    write_report(result, args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "rss_mb_samples"}, indent=2))
+    return result
 
 
 if __name__ == "__main__":

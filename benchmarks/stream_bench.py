@@ -1,13 +1,14 @@
 """Streaming throughput on a video file vs. 1 / (bare Engine.infer latency), measured in one run.
 
     python benchmarks/stream_bench.py                      # camvid-b0 on examples/media/bikes.mp4
-    python benchmarks/stream_bench.py --model /tmp/b0.onnx --frames 100 --rounds 3
+    python benchmarks/stream_bench.py --model b0.onnx --frames 100 --rounds 3
 
 The question: does pipelining (decode, inference and rendering in overlapped threads) keep the
 network busy, i.e. is the streaming frame rate close to what back-to-back ``Engine.infer`` calls on
 frames already in memory would give? Goal: >= 0.9x.
 
-Each round times, one after the other on the same frames:
+Each round times, one after the other on the same frames (``segrt.measure.harness``: interleaved rounds,
+GC out of the passes, threads and load recorded; a pass is long enough to need no re-warm run):
   bare           Engine.infer on every decoded frame, one after another (no decode, nothing else)
   stream         Engine.stream(file): decode + inference in threads, masks to the caller
   stream+render  the same plus the overlay/legend/HUD renderer and writing an MP4, as `segrt demo` does
@@ -16,13 +17,12 @@ the headline ratio is the median of the per-round ratios, which a load change in
 round cannot drag far (pooled totals are reported too). Stream rates are frames / wall time of the
 whole pass, pipeline fill included (conservative).
 
-Writes benchmarks/results/stream.json and stream.md.
+Writes benchmarks/results/stream.json and stream.md (``--out STEM`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from segrt.measure.harness import run_interleaved
+from segrt.measure.report import write_json, write_text
 from segrt.runtime.engine import Engine
 from segrt.runtime.hud import OverlayRenderer
 from segrt.runtime.progress import make_progress
@@ -80,7 +83,7 @@ def stream_pass(engine: Engine, source: str, frames: int, tick, render: bool, sc
             "infer_ms_p50": stats.infer_ms(50), "dropped": stats.dropped}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="camvid-b0")
     parser.add_argument("--source", default=str(REPO / "examples" / "media" / "bikes.mp4"))
@@ -88,30 +91,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--out", type=Path, default=RESULTS / "stream")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     engine = Engine(args.model, threads=args.threads)
     frames = list(open_source(args.source))[: args.frames]
     n = len(frames)
     for frame in frames[:5]:  # warm-up: first runs allocate arenas and pick kernels
         engine.infer(frame)
-    load_before = os.getloadavg()
-    rounds = []
+    passes: list[dict] = [{} for _ in range(args.rounds)]
     with make_progress() as progress, tempfile.TemporaryDirectory() as scratch:
         task = progress.add_task("benchmark", total=3 * n * args.rounds, info="")
 
         def tick() -> None:
             progress.advance(task)
 
-        for r in range(args.rounds):
-            progress.update(task, info=f"round {r + 1}: bare")
-            bare = bare_pass(engine, frames, tick)
-            progress.update(task, info=f"round {r + 1}: stream")
-            stream = stream_pass(engine, args.source, n, tick, False, Path(scratch))
-            progress.update(task, info=f"round {r + 1}: stream+render")
-            rendered = stream_pass(engine, args.source, n, tick, True, Path(scratch))
-            rounds.append({"bare": bare, "stream": stream, "stream_render": rendered,
-                           "ratio": stream["fps"] / bare["fps"], "ratio_render": rendered["fps"] / bare["fps"]})
+        kinds = {"bare": lambda: bare_pass(engine, frames, tick),
+                 "stream": lambda: stream_pass(engine, args.source, n, tick, False, Path(scratch)),
+                 "stream_render": lambda: stream_pass(engine, args.source, n, tick, True, Path(scratch))}
+        names = list(kinds)
+
+        def timed(i: int, r: int) -> None:
+            progress.update(task, info=f"round {r + 1}: {names[i].replace('_', '+')}")
+            passes[r][names[i]] = kinds[names[i]]()
+
+        conditions = run_interleaved(len(names), lambda i, r: None, timed, rounds=args.rounds, rewarm=0,
+                                     threads=args.threads)
+    rounds = [{**p, "ratio": p["stream"]["fps"] / p["bare"]["fps"],
+               "ratio_render": p["stream_render"]["fps"] / p["bare"]["fps"]} for p in passes]
+    load_before, load_after = conditions.load_average_start, conditions.load_average_end
 
     # Pooled over rounds: total frames / total time, the same frames for all three.
     bare_fps = sum(x["bare"]["frames"] for x in rounds) / sum(x["bare"]["frames"] / x["bare"]["fps"] for x in rounds)
@@ -122,17 +129,18 @@ def main() -> None:
         "input_size": list(engine.input_size or ()), "source": display_path(args.source),
         "frames_per_pass": n, "rounds": args.rounds, "threads": args.threads,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
+                    "load_avg_1m_before": load_before[0] if load_before else None,
+                    "load_avg_1m_after": load_after[0] if load_after else None},
         "bare_fps": bare_fps, "stream_fps": stream_fps, "stream_render_fps": render_fps,
         "ratio": float(np.median([x["ratio"] for x in rounds])),
         "ratio_render": float(np.median([x["ratio_render"] for x in rounds])),
         "ratio_pooled": stream_fps / bare_fps, "ratio_render_pooled": render_fps / bare_fps, "goal": GOAL,
-        "per_round": rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "per_round": rounds, "conditions": conditions.to_dict(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
+    write_json(args.out.with_suffix(".json"), result)
+    write_text(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
+    return result
 
 
 def markdown(r: dict) -> str:
@@ -149,8 +157,9 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for i, x in enumerate(r["per_round"], 1):
-        lines.append(f"| {i} | {x['bare']['fps']:.2f} ({x['bare']['latency_ms_mean']:.0f} ms) | {x['stream']['fps']:.2f} | "
-                     f"{x['ratio']:.3f} | {x['stream_render']['fps']:.2f} | {x['ratio_render']:.3f} |")
+        lines.append(f"| {i} | {x['bare']['fps']:.2f} ({x['bare']['latency_ms_mean']:.0f} ms) | "
+                     f"{x['stream']['fps']:.2f} | {x['ratio']:.3f} | {x['stream_render']['fps']:.2f} | "
+                     f"{x['ratio_render']:.3f} |")
     lines += [
         (f"| pooled | {r['bare_fps']:.2f} | {r['stream_fps']:.2f} | {r['ratio_pooled']:.3f} | "
          f"{r['stream_render_fps']:.2f} | {r['ratio_render_pooled']:.3f} |"),

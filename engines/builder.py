@@ -13,12 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segrt.runtime.errors import BackendError, BackendUnavailableError, ConfigError, MissingPluginError, ModelLoadError
-
 from segrt.engines.manifest import Manifest, TensorSpec, sha256_bytes, write_manifest
 from segrt.engines.model_info import read_metadata, sha256_file
 from segrt.engines.plan import BuildPlan
 from segrt.engines.versions import TrtVersion, detect_gpu, import_tensorrt
+from segrt.runtime.backends.tensorrt import prepare_runtime
+from segrt.runtime.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    MissingPluginError,
+    ModelLoadError,
+)
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -95,7 +101,8 @@ def _progress_monitor(enabled: bool) -> trt.IProgressMonitor | None:
     return Monitor()
 
 
-def parse_onnx(plan: BuildPlan, onnx_path: Path, logger: _Logger) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
+def parse_onnx(plan: BuildPlan, onnx_path: Path,
+               logger: _Logger) -> tuple[trt.Builder, trt.INetworkDefinition, trt.OnnxParser]:
     import tensorrt as trt
 
     # Standard plugins (e.g. ScatterElements with a reduction) must be registered before parsing.
@@ -150,7 +157,8 @@ def configure(builder: trt.Builder, network: trt.INetworkDefinition, plan: Build
     config.builder_optimization_level = plan.optimization_level
     for name in plan.builder_flags:
         if not hasattr(trt.BuilderFlag, name):
-            raise ConfigError(f"TensorRT {trt.__version__} has no builder flag {name}; the plan is for TensorRT {plan.tensorrt}")
+            raise ConfigError(f"TensorRT {trt.__version__} has no builder flag {name}; the plan is for TensorRT "
+                              f"{plan.tensorrt}")
         config.set_flag(getattr(trt.BuilderFlag, name))
     if plan.fp32_layer_types:
         _pin_fp32_layers(network, plan.fp32_layer_types)
@@ -174,6 +182,15 @@ def configure(builder: trt.Builder, network: trt.INetworkDefinition, plan: Build
     if monitor is not None:
         config.progress_monitor = monitor
     return config, monitor
+
+
+def serialize_vc_plugins(parser: trt.OnnxParser, config: trt.IBuilderConfig) -> list[str]:
+    """Version-compatible engines must carry the plugin libraries the parsed graph uses (e.g. the
+    ScatterElements plugin of token-merged models), as trtexec --versionCompatible does."""
+    libraries = list(parser.get_used_vc_plugin_libraries())
+    if libraries:
+        config.plugins_to_serialize = libraries
+    return libraries
 
 
 def dims_list(dims: trt.Dims) -> list[int]:
@@ -203,16 +220,19 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
         raise ConfigError(f"plan is for TensorRT {plan.tensorrt}; this machine runs {running}: re-plan for it")
     gpu = detect_gpu(0)
     if gpu is None:
-        raise BackendUnavailableError("no CUDA GPU is visible to cuda-python; TensorRT engines are built on the GPU they run on")
+        raise BackendUnavailableError("no CUDA GPU is visible to cuda-python; TensorRT engines are built on the GPU "
+                                      "they run on")
     if plan.compute_capability is not None and list(gpu.compute_capability) != list(plan.compute_capability):
         raise ConfigError(f"plan targets compute capability {plan.compute_capability} ({plan.target}) but this GPU "
                           f"({gpu.name}) is {gpu.compute_capability}: build on the target device")
 
     logger = _Logger(verbose)
-    builder, network, _parser = parse_onnx(plan, onnx_path, logger)
+    builder, network, parser = parse_onnx(plan, onnx_path, logger)
     cache_path = out_dir / plan.timing_cache if plan.timing_cache else None
     cached = cache_path.read_bytes() if cache_path and cache_path.is_file() else None
     config, _monitor = configure(builder, network, plan, cached, progress)
+    if plan.version_compatible:
+        serialize_vc_plugins(parser, config)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -235,7 +255,8 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
         engine_file=engine_path.name, engine_sha256=sha256_bytes(data), tensorrt_version=trt.__version__,
         target=plan.target, compute_capability=list(gpu.compute_capability), gpu_name=gpu.name,
         precision=plan.precision, inputs=inputs, outputs=outputs,
-        metadata=json.loads(meta.to_json()) if meta else {}, onnx_file=onnx_path.name, onnx_sha256=sha256_file(onnx_path),
+        metadata=json.loads(meta.to_json()) if meta else {}, onnx_file=onnx_path.name,
+        onnx_sha256=sha256_file(onnx_path),
         strongly_typed=plan.strongly_typed, hardware_compatibility=plan.hardware_compatibility,
         version_compatible=plan.version_compatible, dla_core=plan.dla_core, segrt_version=segrt_version,
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), plan=plan.to_dict())
@@ -258,6 +279,7 @@ def adopt_engine(plan: BuildPlan, engine_path: str | Path, onnx_path: str | Path
     logger = _Logger(False)
     trt.init_libnvinfer_plugins(logger.logger, "")
     runtime = trt.Runtime(logger.logger)
+    prepare_runtime(runtime, plan.version_compatible, plan.dla_core)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise ModelLoadError(f"TensorRT {trt.__version__} cannot deserialise {engine_path}: {logger.tail()}")

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from segrt.runtime.errors import ConfigError
+import onnx
 
 from segrt.engines.compat import CompatReport, check_model
 from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
 from segrt.engines.plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
+from segrt.runtime.errors import ConfigError
 
 PLAN_FILE = "plan.json"
 
@@ -47,8 +47,30 @@ class Bundle:
         return all(r.clean for r in self.reports)
 
 
-def trtexec_command(plan: BuildPlan) -> str:
-    """The trtexec equivalent of ``plan`` (trtexec cannot pin layer types to FP32; segrt build does)."""
+# ONNX operators whose TensorRT layers have the LayerType names the plan pins to FP32.
+_OPS_OF_LAYER_TYPE = {
+    "NORMALIZATION": ("LayerNormalization", "GroupNormalization", "InstanceNormalization"),
+    "SOFTMAX": ("Softmax", "LogSoftmax"),
+    "REDUCE": ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"),
+}
+
+
+def fp32_layer_names(model: onnx.ModelProto, layer_types: Sequence[str]) -> tuple[list[str], int]:
+    """Names of the main-graph nodes whose layers ``segrt build`` pins to FP32 (the ONNX parser names a
+    node's layer after the node), and how many such nodes cannot be named on trtexec's command line
+    (unnamed, inside a model-local function, or with ``,``/``:`` in the name)."""
+    ops = {op for t in layer_types for op in _OPS_OF_LAYER_TYPE.get(t, ())}
+    names = [n.name for n in model.graph.node if n.op_type in ops]
+    usable = [n for n in names if n and not set(n) & {",", ":"}]
+    in_functions = sum(1 for f in model.functions for n in f.node if n.op_type in ops)
+    return usable, len(names) - len(usable) + in_functions
+
+
+def trtexec_command(plan: BuildPlan, fp32_layers: Sequence[str] = ()) -> str:
+    """The trtexec equivalent of ``plan``. The FP32 pins of a weakly typed FP16/INT8 build become
+    ``--precisionConstraints=prefer --layerPrecisions=NAME:fp32 --layerOutputTypes=NAME:fp32`` for the
+    ``fp32_layers`` (node names, see :func:`fp32_layer_names`), matching PREFER_PRECISION_CONSTRAINTS."""
     args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}",
             f"--memPoolSize=workspace:{plan.workspace_mb}M", f"--builderOptimizationLevel={plan.optimization_level}"]
     flags = set(plan.builder_flags)
@@ -58,6 +80,9 @@ def trtexec_command(plan: BuildPlan) -> str:
         args.append("--fp16")
     if "INT8" in flags:
         args.append("--int8")
+    if plan.fp32_layer_types and fp32_layers:
+        pins = ",".join(f"{name}:fp32" for name in fp32_layers)
+        args += ["--precisionConstraints=prefer", f"--layerPrecisions={pins}", f"--layerOutputTypes={pins}"]
     if plan.dla_core is not None:
         args += [f"--useDLACore={plan.dla_core}", "--allowGPUFallback"]
     for p in plan.profiles:
@@ -82,19 +107,23 @@ exec segrt build --from-plan plan.json "$@"
 """
 
 
-def _trtexec_script(plans: list[BuildPlan]) -> str:
+def _trtexec_script(plans: list[BuildPlan], pins: dict[str, tuple[list[str], int]]) -> str:
     lines = ["#!/usr/bin/env bash",
-             "# The same build with trtexec (no segrt needed to build; LayerNorm/Softmax/Reduce are not pinned to",
-             "# FP32 the way segrt build pins them in TensorRT 10 FP16 builds). segrt loads an engine only with its",
-             "# manifest, so register the result afterwards with the last command.",
+             "# The same build with trtexec (no segrt needed to build). In TensorRT 10 FP16/INT8 builds the",
+             "# LayerNorm/Softmax/Reduce layers are pinned to FP32 by node name, as segrt build pins them by type.",
+             "# segrt loads an engine only with its manifest, so register the result with the last command.",
              "set -euo pipefail", 'cd "$(dirname "$0")"',
              "# JetPack installs trtexec outside PATH.",
              'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
              'TRT_MAJOR="${TRT_MAJOR:-$(python3 -c "import tensorrt; print(tensorrt.__version__.split(\'.\')[0])")}"',
              'case "$TRT_MAJOR" in']
     for plan in plans:
+        names, unpinned = pins.get(plan.onnx, ([], 0)) if plan.fp32_layer_types else ([], 0)
+        if unpinned:
+            lines.append(f"  # {unpinned} layers segrt build would pin to FP32 cannot be named here (in local "
+                         "functions or unnamed): prefer build_engine.sh")
         lines += [f"  {plan.version.major})  # TensorRT {plan.tensorrt} plan",
-                  f"    \"$TRTEXEC\" {trtexec_command(plan).removeprefix('trtexec ')}",
+                  f"    \"$TRTEXEC\" {trtexec_command(plan, names).removeprefix('trtexec ')}",
                   f"    segrt build --from-plan plan.json --adopt {shlex.quote(plan.engine)} ;;"]
     lines += ['  *) echo "no plan for TensorRT major $TRT_MAJOR in plan.json" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(lines)
@@ -140,7 +169,9 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     plan_file.save(out / PLAN_FILE)
     (out / "compatibility.txt").write_text("".join(r.to_text() for r in reports))
     (out / "compatibility.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
-    for name, text in (("build_engine.sh", _segrt_script()), ("build_engine_trtexec.sh", _trtexec_script(plans))):
+    pins = {plan.onnx: fp32_layer_names(model if plan.onnx == plain.name else load_onnx(out / plan.onnx),
+                                        plan.fp32_layer_types) for plan in plans if plan.fp32_layer_types}
+    for name, text in (("build_engine.sh", _segrt_script()), ("build_engine_trtexec.sh", _trtexec_script(plans, pins))):
         script = out / name
         script.write_text(text)
         script.chmod(0o755)
@@ -156,5 +187,6 @@ def verify_bundle_file(plan_dir: Path, name: str, plan_file: PlanFile) -> Path:
     if not path.is_file():
         raise ConfigError(f"{path} is missing from the bundle")
     if expected and sha256_file(path) != expected:
-        raise ConfigError(f"{path} changed after the bundle was written (sha256 mismatch); re-run segrt build on the host")
+        raise ConfigError(f"{path} changed after the bundle was written (sha256 mismatch); re-run segrt build on the "
+                          "host")
     return path

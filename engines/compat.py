@@ -20,11 +20,22 @@ from onnx import numpy_helper
 
 from segrt.engines.model_info import DEFAULT_DOMAINS
 from segrt.engines.targets import Target
+from segrt.engines.trt_table import (
+    EINSUM_EXTENDED,
+    LOCAL_FUNCTIONS,
+    OPERATORS,
+    PLUGIN_NAMESPACE_FROM_DOMAIN,
+    PLUGINS_OVER_LOCAL_FUNCTIONS,
+    TENSOR_INPUTS,
+    max_opset,
+)
 from segrt.engines.versions import TrtVersion
+from segrt.trt_limits import DLA_MAX_DIM, TOPK_MAX_K
 
 SEVERITIES = ("error", "warning", "info")
 
-# Operators the TensorRT 10 ONNX parser imports (operators.md, TensorRT 10.15 edition).
+# Operators the TensorRT 10 ONNX parser imports (operators.md, TensorRT 10.15 edition); those added after
+# 10.0 are gated by release in segrt.engines.trt_table.OPERATORS.
 _SUPPORTED_OPS_TEXT = """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BlackmanWindow
 Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv
@@ -41,10 +52,7 @@ Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sq
 ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """
 SUPPORTED_OPS = frozenset(_SUPPORTED_OPS_TEXT.split())
-# Opset 23/24 operators, first parsed by the releases that read opset 24.
-OPS_SINCE = {"Attention": (10, 15), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15), "TensorScatter": (10, 15)}
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
-TOPK_MAX_K = 3840  # K must be below this
 RESIZE_MODES = ("nearest", "linear")
 RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
 RESIZE_NEAREST_MODES = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
@@ -54,11 +62,7 @@ REDUCE_OPS = frozenset(o for o in SUPPORTED_OPS if o.startswith("Reduce"))
 NOT_ON_DLA = frozenset({"Gather", "GatherElements", "GatherND", "LayerNormalization", "Erf", "Gelu", "MatMul",
                         "Einsum", "ArgMax", "ArgMin", "TopK", "Cast", "Shape", "Range", "NonZero", "ScatterElements",
                         "ScatterND", "Expand", "Tile", "Where", "CumSum", "Mod"})
-DLA_MAX_DIM = 8192
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 FP16_MAX = 65504.0
-# INT64 sentinels that mean "to the end" in Slice and are clamped by every parser.
-SLICE_SENTINELS = (np.iinfo(np.int64).max, np.iinfo(np.int64).min, INT32_MAX, INT32_MIN)
 
 
 @dataclass
@@ -108,7 +112,8 @@ class CompatReport:
     def summary(self) -> str:
         infos = len(self.issues) - len(self.errors) - len(self.warnings)
         state = "clean" if self.clean else "OK with warnings" if self.ok else "FAILS"
-        return (f"{self.model} for {self.target} (TensorRT {self.tensorrt}, {self.precision}{', DLA' if self.dla else ''}): "
+        return (f"{self.model} for {self.target} (TensorRT {self.tensorrt}, "
+                f"{self.precision}{', DLA' if self.dla else ''}): "
                 f"{state}: {len(self.errors)} errors, {len(self.warnings)} warnings, {infos} notes")
 
     def to_text(self) -> str:
@@ -154,7 +159,8 @@ def _constant_value(node: onnx.NodeProto, caller: onnx.NodeProto | None) -> np.n
     for a in node.attribute:
         source = a
         if a.ref_attr_name:
-            source = next((c for c in (caller.attribute if caller is not None else []) if c.name == a.ref_attr_name), None)
+            source = next((c for c in (caller.attribute if caller is not None else []) if c.name == a.ref_attr_name),
+                          None)
             if source is None:
                 return None
         value = onnx.helper.get_attribute_value(source)
@@ -220,7 +226,8 @@ class _Checker:
             name = scope.prefix + _node_label(node, index)
             yield name, node, scope
             for a in node.attribute:
-                graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+                graphs = ([a.g] if a.type == onnx.AttributeProto.GRAPH
+                          else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
                 for g in graphs:
                     inner = _Scope(f"{name}/{a.name}/", {**scope.constants, **_constants(g.node, g.initializer)},
                                    scope.function, {**scope.producers, **_producers(g.node)})
@@ -228,7 +235,8 @@ class _Checker:
             fn = self.functions.get((node.domain, node.op_type))
             if fn is not None and depth < 16:
                 self.used_functions.add((fn.domain, fn.name))
-                inner = _Scope(f"{name}/", _constants(fn.node, [], caller=node), f"{fn.domain}.{fn.name}", _producers(fn.node))
+                inner = _Scope(f"{name}/", _constants(fn.node, [], caller=node), f"{fn.domain}.{fn.name}",
+                               _producers(fn.node))
                 yield from self.walk(fn.node, inner, depth + 1)
 
     def run(self) -> list[Issue]:
@@ -247,8 +255,10 @@ class _Checker:
         self.issues = _group_function_issues(self.issues)
         for key in sorted(self.used_functions):
             note = f"model-local function {key[0]}.{key[1]} is inlined by the parser (TensorRT >= 9)"
-            if self.version.prefers_plugins_over_functions:
-                note += "; a registered plugin of the same name would replace it (TensorRT >= 10.7)"
+            if PLUGINS_OVER_LOCAL_FUNCTIONS.available(self.version):
+                # No TensorRT plugin implements segrt's functions; only an application-registered one would win.
+                note += (f"; TensorRT >= 10.7 would use a plugin creator named {key[1]!r} instead, if the "
+                         "application registered one (segrt registers none)")
             self.add("info", "local-function", note)
         self.check_initializers(main, consumers)
         self.check_types()
@@ -265,14 +275,15 @@ class _Checker:
         opset = next((o.version for o in self.model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
         if opset and opset < 9:
             self.add("error", "opset", f"opset {opset} is older than the parser reads (9); re-export with opset >= 17")
-        elif opset > self.version.max_opset:
+        elif opset > max_opset(self.version):
             self.add("warning", "opset", f"opset {opset} is newer than TensorRT {self.version} documents "
-                     f"(up to {self.version.max_opset}); export with opset 17")
-        if self.model.functions and not self.version.parses_local_functions:
+                     f"(up to {max_opset(self.version)}); export with opset 17")
+        if self.model.functions and not LOCAL_FUNCTIONS.available(self.version):
             self.add("error", "local-function", f"TensorRT {self.version} cannot parse model-local functions")
         quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.model.graph.node)
         if quantized and self.precision != "int8":
-            self.add("error", "qdq", f"the graph has Q/DQ nodes but precision is {self.precision}; build with --precision int8")
+            self.add("error", "qdq",
+                     f"the graph has Q/DQ nodes but precision is {self.precision}; build with --precision int8")
         if self.dla and self.precision == "fp32":
             self.add("error", "dla-precision", "DLA runs FP16 or INT8 only")
         if self.dla and self.target.dla_cores == 0:
@@ -286,7 +297,8 @@ class _Checker:
             dims = value.type.tensor_type.shape.dim
             dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value") or d.dim_value <= 0]
             if self.dla and dynamic:
-                self.add("error", "dla-dynamic-shape", f"input {value.name} has dynamic axes {dynamic}: DLA needs static "
+                self.add("error", "dla-dynamic-shape",
+                         f"input {value.name} has dynamic axes {dynamic}: DLA needs static "
                          "shapes; export with a fixed --size and batch", value.name, "input")
             if self.dla and any(d.dim_value > DLA_MAX_DIM for d in dims):
                 self.add("error", "dla-dimension", f"input {value.name} has a dimension above DLA's {DLA_MAX_DIM}",
@@ -299,13 +311,8 @@ class _Checker:
             if tensor.data_type == onnx.TensorProto.INT64:
                 values = main.constants[tensor.name]
                 slice_only = users and all(self._op_of(u) == "Slice" for u in users)
-                outside = values[(values < INT32_MIN) | (values > INT32_MAX)]
-                if slice_only:
-                    outside = outside[~np.isin(outside, SLICE_SENTINELS)]
-                if outside.size:
-                    self.add("warning", "int64-weights", f"INT64 weight {tensor.name} holds values outside the INT32 range "
-                             f"(e.g. {int(outside.flat[0])}); TensorRT casts INT64 weights down to INT32 where a layer "
-                             "has no INT64 support, clamping them", where, self._op_of(where))
+                # No warning for values beyond INT32: the parser keeps INT64 natively since TensorRT 9.0
+                # (parser changelog 9.0 EA), and segrt plans for 10.x and 11.x only.
                 if self.dla and values.size > 1 and not slice_only:
                     self.dla_fallback.append(f"{where} (INT64 weights)")
             elif tensor.data_type == onnx.TensorProto.DOUBLE:
@@ -321,7 +328,8 @@ class _Checker:
     def check_types(self) -> None:
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False)
-        except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:  # best effort: the parser infers its own
+        except (onnx.shape_inference.InferenceError, RuntimeError,
+                ValueError) as exc:  # best effort: the parser infers its own
             self.add("info", "shape-inference", f"ONNX shape inference failed ({exc}); type rules skipped")
             return
         io = {v.name for v in inferred.graph.input} | {v.name for v in inferred.graph.output}
@@ -342,7 +350,8 @@ class _Checker:
         weights = 0
         for t in self.model.graph.initializer:
             n = int(np.prod(t.dims)) if t.dims else 1
-            bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}[self.precision] if t.data_type == onnx.TensorProto.FLOAT else \
+            bytes_per = {"fp32": 4, "fp16": 2,
+                         "int8": 1}[self.precision] if t.data_type == onnx.TensorProto.FLOAT else \
                 onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
             weights += n * bytes_per
         mb = weights / 2**20
@@ -365,19 +374,36 @@ class _Checker:
             self.add("error", "unsupported-op", f"{op} (QOperator/dynamic quantization) does not parse; export "
                      "explicit Q/DQ (QuantizeLinear/DequantizeLinear, QDQ format) instead", name, op)
             return
-        since = OPS_SINCE.get(op)
-        if since is not None:
-            if (self.version.major, self.version.minor) < since:
-                self.add("error", "unsupported-op", f"{op} is parsed from TensorRT {since[0]}.{since[1]} on, "
-                         f"not by {self.version}", name, op)
+        feature = OPERATORS.get(op)
+        if feature is not None:
+            if not feature.available(self.version):
+                self.add("error", "unsupported-op", f"{op} is not parsed by TensorRT {self.version}: "
+                         f"{feature.describe()}", name, op)
+                return
         elif op not in SUPPORTED_OPS:
             self.add("error", "unsupported-op", f"TensorRT's ONNX parser has no importer for {op}", name, op)
             return
+        self.check_tensor_inputs(name, node, scope)
         rule = NODE_RULES.get(op) or (_check_reduce if op in REDUCE_OPS else None)
         if rule is not None:
             rule(self, name, node, scope)
         if self.dla and op in NOT_ON_DLA:
             self.dla_fallback.append(name)
+
+    def check_tensor_inputs(self, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
+        """Inputs (axes) that older parsers only read from initializers or Constant nodes."""
+        for (op, index), feature in TENSOR_INPUTS.items():
+            if node.op_type != op or len(node.input) <= index or not node.input[index]:
+                continue
+            if node.input[index] not in scope.constants and not feature.available(self.version):
+                self.add("error", "version-gated-input", f"input {index} ({node.input[index]}) is computed at run "
+                         f"time; TensorRT {self.version} needs a constant there: {feature.describe()}", name, op)
+        if node.op_type == "Einsum" and not EINSUM_EXTENDED.available(self.version):
+            equation = str(_attr(node, "equation", "")).replace(" ", "")
+            operands = equation.split("->")[0].split(",")
+            if "..." in equation or any(len(set(t)) != len(t) for t in operands):
+                self.add("error", "version-gated-input", f"Einsum equation {equation!r} uses an ellipsis or a repeated "
+                         f"(diagonal) index: {EINSUM_EXTENDED.describe()}", name, op)
 
     def check_custom_op(self, name: str, node: onnx.NodeProto) -> None:
         op, domain = node.op_type, node.domain
@@ -388,7 +414,8 @@ class _Checker:
             self.add("error", "unsupported-op", f"{domain}.{op} is not parsed by TensorRT", name, op)
         else:
             namespace = _attr(node, "plugin_namespace", None)
-            ns = namespace if namespace is not None else (domain if (self.version.major, self.version.minor) >= (10, 10) else "")
+            from_domain = PLUGIN_NAMESPACE_FROM_DOMAIN.available(self.version)
+            ns = namespace if namespace is not None else (domain if from_domain else "")
             self.add("warning", "plugin-required", f"no model-local function named {domain}.{op}: the parser "
                      f"looks for a TensorRT plugin creator {op!r} (version {_attr(node, 'plugin_version', '1')}, "
                      f"namespace {ns!r}); it must be registered when building and when loading the engine", name, op)
@@ -455,7 +482,8 @@ def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope:
     reduction = _attr(node, "reduction", "none")
     if reduction in SCATTER_PLUGIN_REDUCTIONS:
         c.add("warning", "plugin-required", f"ScatterElements with reduction={reduction!r} runs through TensorRT's "
-              "ScatterElements plugin from libnvinfer_plugin (segrt's builder and runtime load it; other apps must call "
+              "ScatterElements plugin from libnvinfer_plugin (segrt's builder and runtime load it; other apps must "
+              "call "
               "initLibNvInferPlugins); the plugin has no BF16/INT8 and needs INT64 indices", name, "ScatterElements")
 
 
@@ -478,7 +506,8 @@ def _check_maxpool(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) 
 
 def _check_reduce(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
     if len(node.input) > 1 and node.input[1] and _constant(scope, node, 1) is None:
-        c.add("error", "reduce-axes", f"{node.op_type} axes must be an initializer, not a runtime tensor", name, node.op_type)
+        c.add("error", "reduce-axes", f"{node.op_type} axes must be an initializer, not a runtime tensor", name,
+              node.op_type)
 
 
 def _check_quantize(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:

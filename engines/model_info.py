@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from segrt.runtime.errors import ModelLoadError
-from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.metadata import ModelMetadata
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -104,10 +104,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def read_metadata(model: onnx.ModelProto) -> ModelMetadata | None:
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelMetadata.from_json(prop.value)
-    return None
+    """The model's segrt metadata, None for a foreign ONNX (format owned by ``ModelMetadata.from_onnx``)."""
+    return ModelMetadata.from_onnx(model)
 
 
 def load_onnx(path: str | Path, with_weights: bool = True) -> onnx.ModelProto:

@@ -19,18 +19,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segrt.runtime.errors import ConfigError
-
 from segrt.engines.model_info import ModelInfo, TensorInfo
 from segrt.engines.targets import PRECISIONS, Target
+from segrt.engines.trt_table import JETSON_MIN_BY_MAJOR, api_available, jetson_supported
 from segrt.engines.versions import TrtVersion
+from segrt.runtime.errors import ConfigError
 
 PLAN_SCHEMA = 1
 # TensorRT LayerType names kept in FP32 in weakly typed FP16/INT8 builds (TensorRT 10).
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 DEFAULT_MIN_HW = (256, 256)
 DEFAULT_MAX_HW = (1024, 1024)
-DLA_MAX_DIM = 8192
 
 
 @dataclass
@@ -97,7 +96,8 @@ class BuildPlan:
     @classmethod
     def from_dict(cls, raw: dict) -> BuildPlan:
         if raw.get("schema") != PLAN_SCHEMA:
-            raise ConfigError(f"build plan schema {raw.get('schema')!r} is not {PLAN_SCHEMA}: rebuild the bundle with this segrt")
+            raise ConfigError(f"build plan schema {raw.get('schema')!r} is not {PLAN_SCHEMA}: rebuild the bundle with "
+                              "this segrt")
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in raw.items() if k in known}
         data["profiles"] = [ShapeProfile(**p) for p in data.get("profiles", [])]
@@ -170,9 +170,11 @@ def _check_profile(tensor: TensorInfo, lo: list[int], opt: list[int], hi: list[i
         raise ConfigError(f"shapes for {tensor.name} must have {len(tensor.shape)} dimensions like {tensor.shape}")
     for axis, dim in enumerate(tensor.shape):
         if not lo[axis] <= opt[axis] <= hi[axis] or lo[axis] < 1:
-            raise ConfigError(f"{tensor.name} axis {axis}: need 1 <= min <= opt <= max, got {lo[axis]}, {opt[axis]}, {hi[axis]}")
+            raise ConfigError(f"{tensor.name} axis {axis}: need 1 <= min <= opt <= max, got {lo[axis]}, {opt[axis]}, "
+                              f"{hi[axis]}")
         if isinstance(dim, int) and dim > 0 and not lo[axis] == hi[axis] == dim:
-            raise ConfigError(f"{tensor.name} axis {axis} is fixed at {dim} in the ONNX; the profile asks {lo[axis]}..{hi[axis]}")
+            raise ConfigError(f"{tensor.name} axis {axis} is fixed at {dim} in the ONNX; the profile asks "
+                              f"{lo[axis]}..{hi[axis]}")
 
 
 def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, request: BuildRequest,
@@ -180,6 +182,9 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
     """Decide how ``info`` is built for ``target`` by TensorRT ``version``. Raises ConfigError on requests
     that cannot work (INT8 without Q/DQ, DLA on a target without DLA, ...)."""
     version = TrtVersion.parse(version)
+    if target.jetson and not jetson_supported(version):
+        raise ConfigError(f"TensorRT {version} does not support JetPack: TensorRT 11 runs on Jetson from 11.4.1 "
+                          f"(JetPack 7.2.2+, AGX Orin and Thor); plan {target.name} for 10.x or >= 11.4.1")
     precision, notes = _choose_precision(target, info, request.precision)
     plan = BuildPlan(target=target.name, tensorrt=str(version), precision=precision, strongly_typed=False,
                      onnx=variant_file(stem, info.variant), onnx_variant=info.variant,
@@ -192,7 +197,7 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
     if not 0 <= plan.optimization_level <= 5:
         raise ConfigError(f"builder optimization level {plan.optimization_level} is outside 0..5")
 
-    if version.has_precision_flags and not info.float16:
+    if api_available("BuilderFlag.FP16", version) and not info.float16:
         # TensorRT 10: weak typing, precision from builder flags.
         if precision == "fp16":
             plan.builder_flags.append("FP16")
@@ -204,9 +209,13 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
     else:
         # TensorRT 11 (or an ONNX that is already FP16): the graph's own types decide.
         plan.strongly_typed = True
+        if precision == "int8":
+            plan.notes.append("strongly typed INT8: layers without Q/DQ stay FP32 unless the graph is converted "
+                              "first (NVIDIA: ModelOpt AutoCast to FP16)")
         if precision == "fp16" and not info.float16:
             plan.onnx_variant, plan.onnx = "fp16", variant_file(stem, "fp16")
-            plan.notes.append("strongly typed: built from an FP16 ONNX that keeps LayerNorm, Softmax and reductions in FP32")
+            plan.notes.append("strongly typed: built from an FP16 ONNX that keeps LayerNorm, Softmax and reductions "
+                              "in FP32")
 
     plan.profiles = _profiles(info, request)
 
@@ -249,6 +258,8 @@ def plan_versions(target: Target, request: BuildRequest) -> list[TrtVersion]:
     seen: dict[int, TrtVersion] = {}
     for text in target.tensorrt:
         v = TrtVersion.parse(text)
+        if target.jetson:  # e.g. "11" on a Jetson means the first 11.x that supports JetPack
+            v = max(v, JETSON_MIN_BY_MAJOR.get(v.major, v))
         seen.setdefault(v.major, v)
     return list(seen.values())
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from segrt.runtime.errors import ConfigError
-
 from segrt.engines.versions import GpuInfo, TrtVersion, matches
+from segrt.runtime.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus")
@@ -42,7 +41,9 @@ class Target:
     @property
     def sm(self) -> str:
         if self.compute_capability is None:
-            return "local GPU" if self.min_compute_capability is None else f">= sm_{''.join(map(str, self.min_compute_capability))}"
+            if self.min_compute_capability is None:
+                return "local GPU"
+            return f">= sm_{''.join(map(str, self.min_compute_capability))}"
         return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
 
     def expects(self, version: TrtVersion) -> bool:
@@ -64,7 +65,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            workspace_mb=512, memory_budget_mb=1536, dla_cores=0),
     Target("jetson-orin-jp7", "Jetson AGX Orin on JetPack 7.2 (CUDA 13)", (8, 7), ("10.16", "11"), "jetpack-7",
            workspace_mb=2048, memory_budget_mb=4096, dla_cores=2),
-    Target("jetson-thor", "Jetson AGX Thor (sm_110, no DLA), JetPack 7.x (CUDA 13)", (11, 0), ("10.16", "11"), "jetpack-7",
+    Target("jetson-thor", "Jetson AGX Thor (sm_110, no DLA), JetPack 7.x (CUDA 13)", (11, 0), ("10.16", "11"),
+           "jetpack-7",
            workspace_mb=4096, memory_budget_mb=8192, dla_cores=0),
     Target("desktop", "the local NVIDIA GPU (engine runs only on this GPU model and TensorRT version)", None,
            ("10", "11"), "desktop", workspace_mb=4096, memory_budget_mb=8192, jetson=False),
@@ -78,4 +80,5 @@ def get_target(name: str) -> Target:
     try:
         return TARGETS[name]
     except KeyError:
-        raise ConfigError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)} (see `segrt targets`)") from None
+        raise ConfigError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)} "
+                          "(see `segrt targets`)") from None

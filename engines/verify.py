@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segrt.engines.model_info import inspect_model
 from segrt.runtime.errors import ConfigError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
-
-from segrt.engines.model_info import inspect_model
 
 
 @dataclass
@@ -39,6 +38,18 @@ class VerifyReport:
     outputs: list[OutputComparison] = field(default_factory=list)
     atol: float = 0.0
     rtol: float = 0.0
+
+
+def simple_compare_func(atol: float, rtol: float):
+    """Polygraphy's element-wise comparison at ``atol``/``rtol``, spelled as the installed polygraphy has it:
+    ``SimpleCompareFunc`` in newer releases (where ``CompareFunc.simple`` is deprecated, removal announced for
+    0.60), ``CompareFunc.simple`` in 0.49.x, which has no ``SimpleCompareFunc``."""
+    from polygraphy import comparator
+
+    simple = getattr(comparator, "SimpleCompareFunc", None)
+    if simple is not None:
+        return simple(atol=atol, rtol=rtol)
+    return comparator.CompareFunc.simple(atol=atol, rtol=rtol)
 
 
 def _runner(path: Path, onnx_bytes_for: str):
@@ -65,7 +76,7 @@ def _runner(path: Path, onnx_bytes_for: str):
 def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
            atol: float = 1e-2, rtol: float = 1e-2, min_agreement: float = 0.99, quiet: bool = True) -> VerifyReport:
     """Run both models on ``frames`` (BGR uint8) and compare every output."""
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     if quiet:
@@ -76,14 +87,15 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
         raise ConfigError(f"{reference.name}: expected one image input, found {len(info.inputs)}")
     meta = info.metadata or ModelMetadata(classes=["class_0"], input_size=None)
     shape = info.inputs[0].shape
-    size = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else (meta.input_size or (512, 512))  # type: ignore[arg-type]
+    fixed = all(isinstance(d, int) for d in shape[2:])
+    size = (int(shape[2]), int(shape[3])) if fixed else (meta.input_size or (512, 512))  # type: ignore[arg-type]
     feeds = [{info.inputs[0].name: frames_to_input([f], size, meta.mean, meta.std)} for f in frames]
     if not feeds:
         raise ConfigError("no images to verify on")
 
     runners = [_runner(candidate, "candidate"), _runner(reference, "reference")]
     results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+    accuracy = Comparator.compare_accuracy(results, compare_func=simple_compare_func(atol, rtol))
 
     cand_iters, ref_iters = results[0][1], results[1][1]
     outputs: dict[str, OutputComparison] = {}

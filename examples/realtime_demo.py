@@ -35,6 +35,7 @@ with engine.stream(args.source, render=draw) as stream:
         with VideoSink(args.output, fps=stream.source.fps or 25) as video:
             for result in stream:
                 video.write(result.image)
-        print(f"wrote {args.output}")
+        if video.completed is not None:  # close() checked the file: it holds every frame written
+            print(f"wrote {video.completed} ({video.frames} frames)")
 
 print(stream.stats.summary())  # FPS, latency p50/p95, dropped frames

@@ -21,19 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segrt.runtime.errors import ExportError, ExportVerificationError
-from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
-from segrt.runtime.preprocess import frames_to_input
-
-from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.methods.folding import fold_decoder, has_foldable_head
-from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.model.segformer import SegFormer
+from segrt.export.passes.compare import relative_error
+from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.runtime.errors import ExportError, ExportVerificationError
+from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.preprocess import frames_to_input
 
 # ONNX Runtime 1.17+ and TensorRT 10.x (parser built against onnx 1.16) both read IR version 10.
 IR_VERSION = 10
 DEFAULT_OPSET = 17  # first opset with native LayerNormalization (avoids an FP16 SegFormer bug in TRT)
-MAX_OPSET = 21  # highest opset of onnx 1.16, i.e. what TensorRT 10.x parses
+MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked per version by `segrt build`
 TOLERANCE = 1e-4
 OUTPUTS = ("logits", "labels", "upsampled")
 
@@ -67,11 +67,6 @@ class ExportResult:
     max_rel_error: float
     label_agreement: float
     images: int
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    denom = float(np.linalg.norm(expected.astype(np.float64)))
-    return float(np.linalg.norm(actual.astype(np.float64) - expected.astype(np.float64)) / max(denom, 1e-12))
 
 
 def _dynamo_export(module: nn.Module, example: torch.Tensor, dynamic: bool, opset: int) -> onnx.ModelProto:
@@ -118,9 +113,8 @@ def pin_versions(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def embed_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, metadata.to_json()
+    del proto.metadata_props[:]  # a fresh export carries segrt's record only
+    metadata.to_onnx(proto)
     proto.producer_name = "segrt"
     proto.producer_version = metadata.segrt_version
     proto.doc_string = f"SegFormer exported by segrt {metadata.segrt_version}: {metadata.num_classes} classes"
@@ -163,10 +157,19 @@ def verify_onnx(path_or_bytes: str | Path | bytes, module: nn.Module, frames: Se
     return worst, min(agree)
 
 
-def export_onnx(model: SegFormer | nn.Module, metadata: ModelMetadata, out: str | Path, size: tuple[int, int] = (512, 512),
-                dynamic: bool = False, opset: int = DEFAULT_OPSET, output: str = "logits",
-                verify_images: Sequence[np.ndarray] | None = None, tolerance: float = TOLERANCE,
-                transform=None, fold: bool = True) -> ExportResult:
+def export_onnx(
+    model: SegFormer | nn.Module,
+    metadata: ModelMetadata,
+    out: str | Path,
+    size: tuple[int, int] = (512, 512),
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+    output: str = "logits",
+    verify_images: Sequence[np.ndarray] | None = None,
+    tolerance: float = TOLERANCE,
+    transform=None,
+    fold: bool = True,
+) -> ExportResult:
     """Export, pin versions, embed metadata, check the graph, and verify it against PyTorch.
 
     ``transform`` (ModelProto -> ModelProto) runs before verification, so graph rewrites are verified too.
@@ -174,7 +177,10 @@ def export_onnx(model: SegFormer | nn.Module, metadata: ModelMetadata, out: str 
     ``model`` as given. ``segrt`` token-merge ops in the graph get their model-local function definitions.
     """
     if not 17 <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} unsupported: segrt exports opset 17..{MAX_OPSET} (TensorRT 10.x parses up to {MAX_OPSET})")
+        raise ExportError(
+            f"opset {opset} unsupported: segrt exports opset 17..{MAX_OPSET} "
+            "(TensorRT before 10.15 parses up to 20; `segrt build` checks the target's limit)"
+        )
     model = model.eval()
     module = ExportHead(model, output).eval()  # the reference the graph is verified against
     fold = fold and has_foldable_head(model)

@@ -1,15 +1,9 @@
 """Side-by-side latency benchmark: several candidates, one machine, the same moments.
 
 Every candidate (an ONNX tier on ONNX Runtime, a TensorRT engine, eager PyTorch, a peak-throughput
-probe) is loaded and warmed up, then the timed runs are interleaved round-robin, A B C A B C ..., so
-that load from other processes, thermal throttling and frequency changes hit all candidates alike.
-Every timed run follows an untimed run of the same candidate on the same frame (``rewarm``), as in a
-stream where one model runs frame after frame: the first run after another candidate finds the caches
-full of the other model's weights and the other session's worker threads (ONNX Runtime and OpenMP
-spin-wait after a parallel section) still spinning. Measured on this project's 2-core machine at 2
-threads: camvid-b0 and two gated variants timed 77.0 / 68.0 / 55.6 ms straight after one another,
-53.6 / 43.9 / 39.9 ms with the re-warm run, about what each takes run alone (the ratios between them
-moved from 1.13x / 1.38x to 1.22x / 1.34x); a 20 ms pause instead did not help (59.1 / 53.8 / 44.3 ms).
+probe) is loaded and warmed up, then timed with the one methodology of :mod:`segrt.measure.harness`
+(interleaved A B C A B C, an untimed re-warm run before each timed run, GC out of the timed runs,
+threads and load recorded).
 
 Each timed run is the whole frame pipeline with the stages timed separately: preprocessing
 (:func:`frames_to_input`), the network, and postprocessing (upsampling + argmax to a mask). The
@@ -37,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segrt.measure.harness import load_average, run_interleaved
 from segrt.runtime.errors import BackendUnavailableError, ConfigError, SegrtError
 from segrt.runtime.preprocess import frames_to_input, labels_to_mask, logits_to_mask
 
@@ -178,22 +173,68 @@ def _timed_pipeline(live: _Live, frame: np.ndarray, size: tuple[int, int], track
 
 
 def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame: np.ndarray, *, runs: int = 20,
-                   warmup: int = 3, probes: Sequence[Probe] = (), pause_s: float = 0.005, progress=None,
-                   schedule: Schedule | None = None, rewarm: int = 1) -> dict:
-    """Load, warm up and time ``candidates`` (and ``probes``) interleaved at one input size; ``rewarm``
-    untimed runs of a candidate precede each of its timed runs (see the module docstring).
+                   warmup: int = 3, probes: Sequence[Probe] = (), progress=None, schedule: Schedule | None = None,
+                   rewarm: int = 1, threads: int | None = None) -> dict:
+    """Load, warm up and time ``candidates`` (and ``probes``) at one input size with the harness's methodology
+    (:mod:`segrt.measure.harness`: interleaved, ``rewarm`` untimed runs before each timed one); ``threads``
+    is recorded with the run's conditions.
 
-    Returns ``{"size", "results", "probes", "skipped"}``; results keep the candidates' order and
-    carry ``speedup_vs_first`` (how many times faster than the first measured candidate).
+    Returns ``{"size", "results", "probes", "skipped", "conditions"}``; results keep the candidates' order
+    and carry ``speedup_vs_first`` (how many times faster than the first measured candidate).
     """
     if runs < 1 or warmup < 0 or rewarm < 0:
-        raise ConfigError(f"need runs >= 1, warmup >= 0 and rewarm >= 0, got runs={runs}, warmup={warmup}, rewarm={rewarm}")
+        raise ConfigError(f"need runs >= 1, warmup >= 0 and rewarm >= 0, got runs={runs}, warmup={warmup}, "
+                          f"rewarm={rewarm}")
     track_memory = reset_peak_rss()
-    live: list[_Live] = []
     skipped: list[dict] = []
+    live = _load_candidates(candidates, size, frame, warmup, skipped)
+    live_probes = _load_probes(probes, warmup, skipped)
+    warm_inputs = [frames_to_input([frame], size, item.cand.mean, item.cand.std) for item in live]
+
+    def untimed(i: int, _round: int) -> None:
+        if i < len(live):
+            live[i].runner.infer(warm_inputs[i])
+        else:
+            live_probes[i - len(live)].step()
+
+    def timed(i: int, _round: int) -> None:
+        if i < len(live):
+            _timed_pipeline(live[i], frame, size, track_memory)
+            return
+        lp = live_probes[i - len(live)]
+        t = time.perf_counter()
+        lp.step()
+        lp.times.append((time.perf_counter() - t) * 1000)
+
+    names = [item.cand.name for item in live] + [lp.probe.name for lp in live_probes]
+    order: list[int] = []
+    conditions = run_interleaved(len(names), untimed, timed, rounds=runs, rewarm=rewarm, threads=threads,
+                                 progress=progress, label=f"bench {size[0]}x{size[1]}", order=order)
+    if schedule is not None:
+        schedule.order.extend(names[i] for i in order)
+    probe_results = [_probe_result(lp) for lp in live_probes]
+    peaks = machine_peaks(probe_results)
+    results = [_result(item, size, runs, warmup, peaks) for item in live]
+    for item in live:
+        item.runner.close()
+    if results:
+        base = results[0]["latency_ms"]["p50"]
+        base_e2e = results[0]["end_to_end_ms"]["p50"]
+        for r in results:
+            r["speedup_vs_first"] = base / r["latency_ms"]["p50"]
+            r["end_to_end_speedup_vs_first"] = base_e2e / r["end_to_end_ms"]["p50"]
+    return {"size": list(size), "results": results, "probes": probe_results, "peaks_gmacs_per_s": peaks,
+            "skipped": skipped, "conditions": conditions.to_dict()}
+
+
+def _load_candidates(candidates: Sequence[Candidate], size: tuple[int, int], frame: np.ndarray, warmup: int,
+                     skipped: list[dict]) -> list[_Live]:
+    """Load and warm up each candidate in turn, measuring what its loading adds to the process."""
+    live: list[_Live] = []
     for cand in candidates:
         if cand.fixed_size is not None and tuple(cand.fixed_size) != tuple(size):
-            skipped.append({"name": cand.name, "reason": f"exported for {cand.fixed_size[0]}x{cand.fixed_size[1]} only"})
+            skipped.append({"name": cand.name,
+                            "reason": f"exported for {cand.fixed_size[0]}x{cand.fixed_size[1]} only"})
             continue
         try:
             if cand.prepare is not None:
@@ -211,6 +252,10 @@ def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame
         rss1 = rss_mb()
         item.load_mb = (rss1 - rss0) if rss0 is not None and rss1 is not None else None
         live.append(item)
+    return live
+
+
+def _load_probes(probes: Sequence[Probe], warmup: int, skipped: list[dict]) -> list[_LiveProbe]:
     live_probes = []
     for probe in probes:
         try:
@@ -221,49 +266,14 @@ def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame
         for _ in range(max(1, warmup)):
             step()
         live_probes.append(_LiveProbe(probe, step))
-    task = progress.add_task(f"bench {size[0]}x{size[1]}", total=runs, info="") if progress else None
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside one candidate's run would be charged to it alone
-    try:
-        warm_inputs = [frames_to_input([frame], size, item.cand.mean, item.cand.std) for item in live]
-        for _ in range(runs):
-            for item, x in zip(live, warm_inputs):
-                time.sleep(pause_s)
-                for _ in range(rewarm):
-                    item.runner.infer(x)
-                _timed_pipeline(item, frame, size, track_memory)
-                if schedule is not None:
-                    schedule.order.append(item.cand.name)
-            for lp in live_probes:
-                time.sleep(pause_s)
-                for _ in range(rewarm):
-                    lp.step()
-                t = time.perf_counter()
-                lp.step()
-                lp.times.append((time.perf_counter() - t) * 1000)
-                if schedule is not None:
-                    schedule.order.append(lp.probe.name)
-            if task is not None:
-                progress.advance(task)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    probe_results = [{"name": lp.probe.name, "precision": lp.probe.precision, "macs": lp.probe.macs,
-                      "threads": lp.probe.threads, "latency_ms": summarize(lp.times),
-                      "gmacs_per_s": lp.probe.macs / (summarize(lp.times)["p50"] / 1000) / 1e9} for lp in live_probes]
-    peaks = machine_peaks(probe_results)
-    results = [_result(item, size, runs, warmup, peaks) for item in live]
-    for item in live:
-        item.runner.close()
-    if results:
-        base = results[0]["latency_ms"]["p50"]
-        base_e2e = results[0]["end_to_end_ms"]["p50"]
-        for r in results:
-            r["speedup_vs_first"] = base / r["latency_ms"]["p50"]
-            r["end_to_end_speedup_vs_first"] = base_e2e / r["end_to_end_ms"]["p50"]
-    return {"size": list(size), "results": results, "probes": probe_results, "peaks_gmacs_per_s": peaks,
-            "skipped": skipped}
+    return live_probes
+
+
+def _probe_result(lp: _LiveProbe) -> dict:
+    latency = summarize(lp.times)
+    return {"name": lp.probe.name, "precision": lp.probe.precision, "macs": lp.probe.macs,
+            "threads": lp.probe.threads, "latency_ms": latency,
+            "gmacs_per_s": lp.probe.macs / (latency["p50"] / 1000) / 1e9}
 
 
 def machine_peaks(probe_results: Sequence[dict]) -> dict[str, float]:
@@ -328,7 +338,8 @@ def segrt_candidate(path: str | Path, name: str | None = None, backend: str = "a
         try:
             backend_obj = open_backend(path, backend, threads=threads)
         except ModuleNotFoundError as exc:  # tensorrt / cuda-python missing: a skip, not a crash
-            raise BackendUnavailableError(f"TensorRT is not installed on this machine ({exc.name}); engine not benchmarked") from exc
+            raise BackendUnavailableError(f"TensorRT is not installed on this machine ({exc.name}); "
+                                          "engine not benchmarked") from exc
         info = {"backend": backend_obj.name, "threads": threads, "path": str(path)}
         return Runner(backend_obj.run, backend_obj.close, info)
 
@@ -382,7 +393,7 @@ def environment(threads: int | None) -> dict:
 
     env = {"cpu": cpu_features(), "threads": threads, "python": platform.python_version(),
            "numpy": np.__version__, "onnxruntime": ort.__version__, "platform": platform.platform(),
-           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+           "load_average": load_average()}
     import sys
 
     if "torch" in sys.modules:  # only report torch when a PyTorch candidate pulled it in
@@ -390,29 +401,3 @@ def environment(threads: int | None) -> dict:
     if "transformers" in sys.modules:
         env["transformers"] = sys.modules["transformers"].__version__
     return env
-
-
-# ----------------------------------------------------------------------------- reports
-
-
-def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
-    return none if v is None else format(v, spec)
-
-
-def markdown_table(group: dict) -> str:
-    """One size group as a Markdown table (the README / benchmarks/results format)."""
-    h, w = group["size"]
-    lines = [f"**{h}x{w}**, batch 1, network latency over {group['results'][0]['runs'] if group['results'] else 0} "
-             "interleaved runs" + (f"; peak {', '.join(f'{k} {v:.0f} GMAC/s' for k, v in group['peaks_gmacs_per_s'].items())}"
-                                   if group.get("peaks_gmacs_per_s") else ""), "",
-             "| model | runtime | precision | p50 ms | p95 ms | end-to-end p50 ms | FPS | speedup | GMAC | GMAC/s | % of peak | peak MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in group["results"]:
-        lines.append(
-            f"| {r['name']} | {r['info'].get('backend', r['kind'])} | {r['precision']} | {r['latency_ms']['p50']:.1f} | "
-            f"{r['latency_ms']['p95']:.1f} | {r['end_to_end_ms']['p50']:.1f} | {r['throughput_fps']:.1f} | "
-            f"{r['speedup_vs_first']:.2f}x | {_fmt(r['gmacs'], '.2f')} | {_fmt(r['gmacs_per_s'])} | "
-            f"{_fmt(r['pct_of_peak'])} | {_fmt(r['memory_mb']['peak'], '.0f')} |")
-    for s in group.get("skipped", []):
-        lines.append(f"| {s['name']} | skipped: {s['reason']} | | | | | | | | | | |")
-    return "\n".join(lines)

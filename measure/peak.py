@@ -74,7 +74,10 @@ def ort_int8_probe(threads: int | None, n: int = 2048, signed_activations: bool 
         rng = np.random.default_rng(0)
         sess = _one_node_session("MatMulInteger", TensorProto.INT8 if signed_activations else TensorProto.UINT8,
                                  rng.integers(-127, 128, (n, n), dtype=np.int8), TensorProto.INT32, threads)
-        a = rng.integers(-127, 128, (n, n), dtype=np.int8) if signed_activations else rng.integers(0, 256, (n, n), dtype=np.uint8)
+        if signed_activations:
+            a = rng.integers(-127, 128, (n, n), dtype=np.int8)
+        else:
+            a = rng.integers(0, 256, (n, n), dtype=np.uint8)
         feed = {"A": a}
         return lambda: sess.run(None, feed)
 

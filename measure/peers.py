@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segrt.export.model.checkpoints import from_huggingface
+from segrt.export.model.segformer import SegFormer
 from segrt.runtime.errors import ConfigError, ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
-
-from segrt.export.model.checkpoints import from_huggingface
-from segrt.export.model.segformer import SegFormer
 
 TOLERANCE = 1e-4
 
@@ -114,7 +113,8 @@ def export_plain_onnx(hf_model, out: str | Path, size: tuple[int, int]) -> Path:
             warnings.simplefilter("ignore")
             torch.onnx.export(LogitsOnly(hf_model).eval(), (example,), str(out), dynamo=True, verbose=False)
     except Exception as exc:
-        raise ExportError(f"plain torch.onnx.export of the transformers model failed: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"plain torch.onnx.export of the transformers model failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     finally:
         for n, level in saved.items():
             logging.getLogger(n).setLevel(level)
@@ -156,9 +156,8 @@ def _set_threads(threads: int | None) -> int:
 
 def torch_candidate(spec: str, threads: int | None, name: str = "segrt PyTorch (eager)"):
     """segrt's own SegFormer module in eager PyTorch, for checkpoints given to ``segrt bench``."""
-    from segrt.measure.bench import Candidate, Runner
-
     from segrt.export.loading import load_model
+    from segrt.measure.bench import Candidate, Runner
 
     meta = load_model(spec).metadata
 
@@ -178,9 +177,8 @@ def torch_candidate(spec: str, threads: int | None, name: str = "segrt PyTorch (
 def transformers_candidate(spec: str, threads: int | None, name: str = "transformers (eager PyTorch)",
                            check_frames: Sequence[np.ndarray] = ()):
     """``SegformerForSemanticSegmentation`` on the same weights, called as its documentation shows."""
-    from segrt.measure.bench import Candidate, Runner
-
     from segrt.export.loading import load_model
+    from segrt.measure.bench import Candidate, Runner
 
     meta = load_model(spec).metadata
 
@@ -209,9 +207,8 @@ def plain_onnx_candidate(spec: str, threads: int | None, workdir: str | Path,
                          name: str = "transformers -> torch.onnx (ORT defaults)"):
     """The transformers model through a generic ``torch.onnx.export`` and ONNX Runtime with default
     session options. The export happens in ``prepare`` so it is not charged to load memory."""
-    from segrt.measure.bench import Candidate, Runner, ort_plain_session
-
     from segrt.export.loading import load_model
+    from segrt.measure.bench import Candidate, Runner, ort_plain_session
 
     meta = load_model(spec).metadata
     workdir = Path(workdir)

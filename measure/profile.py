@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,9 +102,28 @@ def profile_kernels(model: str | Path, batch: np.ndarray, runs: int = 5, threads
         except Exception as exc:
             raise BackendError(f"profiling {model} with ONNX Runtime failed: {exc}") from exc
     # Warm-up runs are in the trace too: keep only the last ``runs`` model_run spans.
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     if len(spans) >= runs:
         lo = spans[-runs][0]
         events = [e for e in events if e.get("cat") != "Node" or e.get("ts", 0) >= lo]
     total, ops = parse_profile(events, runs)
     return KernelProfile(str(model), runs, threads, total, ops)
+
+
+def profile_group(candidates: Sequence, group: dict, frame: np.ndarray, threads: int | None,
+                  runs: int = 5) -> dict[str, KernelProfile]:
+    """Kernel profiles of the ONNX Runtime candidates measured in one ``benchmark_size`` group, on the
+    frame and input size they were timed with (the ONNX file is the one the benchmark ran)."""
+    from segrt.runtime.preprocess import frames_to_input
+
+    size = tuple(group["size"])
+    measured = {r["name"]: r for r in group["results"]}
+    out = {}
+    for cand in candidates:
+        if cand.name not in measured or cand.kind != "onnxruntime":
+            continue
+        path = measured[cand.name]["info"].get("path")
+        out[cand.name] = profile_kernels(path, frames_to_input([frame], size, cand.mean, cand.std), runs=runs,
+                                         threads=threads)
+    return out

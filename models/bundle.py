@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from segrt.export.model.checkpoints import load_checkpoint, save_checkpoint
-from segrt.export.onnx_export import export_onnx
 from segrt.export.model.torch_predict import TorchPredictor
+from segrt.export.onnx_export import export_onnx
 from segrt.runtime.datasets import open_dataset
 from segrt.runtime.engine import Engine
 from segrt.runtime.evaluate import evaluate
@@ -64,7 +64,9 @@ def main() -> None:
         engine.infer(frame)
     latency = (time.perf_counter() - t) / 20 * 1000
 
-    rows = "\n".join(f"| {n} | {v:.4f} | {onnx_metrics.per_class_iou[n]:.4f} |" for n, v in torch_metrics.per_class_iou.items())
+    rows = "\n".join(
+        f"| {n} | {v:.4f} | {onnx_metrics.per_class_iou[n]:.4f} |" for n, v in torch_metrics.per_class_iou.items()
+    )
     hours = float(state.get("elapsed", 0.0)) / 3600
     card = f"""# {args.name}
 
@@ -76,7 +78,7 @@ SegFormer-{bundled.model.config.variant.upper()} trained from scratch by segrt o
 | architecture | SegFormer MiT-{bundled.model.config.variant.upper()}, all-MLP head (decoder {bundled.model.config.decoder_dim}), {sum(p.numel() for p in bundled.model.parameters()) / 1e6:.2f} M parameters |
 | input size | {size[0]}x{size[1]} (HxW); frames are resized to it, masks come back at frame size |
 | files | `{ckpt.name}` (fp16 weights + config + metadata), `{onnx_path.name}` (opset 17, IR 10, fp32) |
-| training | {state['iteration']} iterations x batch {cfg['batch_size']} ({state['iteration'] * cfg['batch_size'] / 367:.0f} epochs), AdamW lr {cfg['lr']}, poly, {cfg['loss']} loss, crops {cfg['crop']}, scale {cfg['scale']}; best checkpoint at iteration {best['iteration']} |
+| training | {state["iteration"]} iterations x batch {cfg["batch_size"]} ({state["iteration"] * cfg["batch_size"] / 367:.0f} epochs), AdamW lr {cfg["lr"]}, poly, {cfg["loss"]} loss, crops {cfg["crop"]}, scale {cfg["scale"]}; best checkpoint at iteration {best["iteration"]} |
 | wall time | {hours:.2f} h on {cpu_name()} (2 cores, bf16 autocast), shared with other work |
 | val mIoU | **{torch_metrics.miou:.4f}** (PyTorch, fp16 weights); {onnx_metrics.miou:.4f} through `Engine` (ONNX Runtime CPU) |
 | val pixel accuracy | {torch_metrics.pixel_accuracy:.4f} |
@@ -86,9 +88,9 @@ SegFormer-{bundled.model.config.variant.upper()} trained from scratch by segrt o
 Training command (resumable; rerun the same command to continue):
 
 ```bash
-segrt train --data ../shared/data/camvid --format camvid --variant {cfg['variant']} --out runs/camvid-b0 \\
-  --iterations {cfg['iterations']} --batch-size {cfg['batch_size']} --lr {cfg['lr']} --loss {cfg['loss']} \\
-  --base-size {cfg['base_size'][0]}x{cfg['base_size'][1]} --crop {cfg['crop'][0]}x{cfg['crop'][1]} --val-every {cfg['val_every']}
+segrt train --data ../shared/data/camvid --format camvid --variant {cfg["variant"]} --out runs/camvid-b0 \\
+  --iterations {cfg["iterations"]} --batch-size {cfg["batch_size"]} --lr {cfg["lr"]} --loss {cfg["loss"]} \\
+  --base-size {cfg["base_size"][0]}x{cfg["base_size"][1]} --crop {cfg["crop"][0]}x{cfg["crop"][1]} --val-every {cfg["val_every"]}
 ```
 
 Per-class IoU on CamVid val (101 images):
@@ -100,9 +102,17 @@ Per-class IoU on CamVid val (101 images):
 Reproduce: `segrt eval {args.name} --data ../shared/data/camvid --format camvid --split val --json r.json`.
 """
     (HERE / f"{args.name}.md").write_text(card)
-    (HERE / f"{args.name}.eval.json").write_text(json.dumps({"pytorch": torch_metrics.to_dict(), "onnx": onnx_metrics.to_dict(),
-                                                             "export_max_rel_error": result.max_rel_error,
-                                                             "engine_latency_ms": latency}, indent=2))
+    (HERE / f"{args.name}.eval.json").write_text(
+        json.dumps(
+            {
+                "pytorch": torch_metrics.to_dict(),
+                "onnx": onnx_metrics.to_dict(),
+                "export_max_rel_error": result.max_rel_error,
+                "engine_latency_ms": latency,
+            },
+            indent=2,
+        )
+    )
     print(card)
 
 

@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 
 import torch
+from bundle import HERE, cpu_name
 
 from segrt.export.model.checkpoints import load_checkpoint, save_checkpoint
-from segrt.export.passes.macs import count_macs
-from segrt.export.onnx_export import export_onnx
 from segrt.export.model.torch_predict import TorchPredictor
+from segrt.export.onnx_export import export_onnx
+from segrt.export.passes.macs import count_macs
 from segrt.runtime.datasets import open_dataset
 from segrt.runtime.engine import Engine
 from segrt.runtime.evaluate import evaluate
-
-from bundle import HERE, cpu_name
 
 
 def onnx_params(path: Path) -> int:
@@ -78,7 +77,9 @@ def main() -> None:
     bundled = load_checkpoint(ckpt)
     size = tuple(bundled.metadata.input_size)
     val = open_dataset(args.data, args.format, "val")
-    torch_metrics = evaluate(TorchPredictor(bundled.model, bundled.metadata), val, limit=args.limit, description="eval PyTorch")
+    torch_metrics = evaluate(
+        TorchPredictor(bundled.model, bundled.metadata), val, limit=args.limit, description="eval PyTorch"
+    )
     onnx_path = out / f"{args.name}.onnx"
     result = export_onnx(bundled.model, bundled.metadata, onnx_path, size=size)
     engine = Engine(onnx_path)
@@ -90,38 +91,44 @@ def main() -> None:
     params, ref_params = onnx_params(onnx_path), onnx_params(ref_onnx)
     latency = interleaved_latency({args.name: engine, args.reference: Engine(ref_onnx)}, val[0][0])
 
-    rows = "\n".join(f"| {n} | {v:.4f} | {onnx_metrics.per_class_iou[n]:.4f} | {ref_eval['per_class_iou'][n]:.4f} |"
-                     for n, v in torch_metrics.per_class_iou.items())
+    rows = "\n".join(
+        f"| {n} | {v:.4f} | {onnx_metrics.per_class_iou[n]:.4f} | {ref_eval['per_class_iou'][n]:.4f} |"
+        for n, v in torch_metrics.per_class_iou.items()
+    )
     c = bundled.model.config
-    prune_cmd = (f"segrt prune models/{args.reference}.safetensors --flops {pruning['flops']} --data ../shared/data/camvid "
-                 f"-o b0-p.safetensors --rounds {prune_cfg.get('rounds', '?')} --steps {prune_cfg.get('steps', '?')}")
-    distill_cmd = (f"segrt distill --teacher models/{args.reference}.safetensors --student b0-p.safetensors "
-                   f"--data ../shared/data/camvid -o runs/distill \\\n  --iterations {cfg['iterations']} --stage1 {cfg['stage1']} "
-                   f"--lr {cfg['lr']} --val-every {cfg['val_every']}")
+    prune_cmd = (
+        f"segrt prune models/{args.reference}.safetensors --flops {pruning['flops']} --data ../shared/data/camvid "
+        f"-o b0-p.safetensors --rounds {prune_cfg.get('rounds', '?')} --steps {prune_cfg.get('steps', '?')}"
+    )
+    distill_cmd = (
+        f"segrt distill --teacher models/{args.reference}.safetensors --student b0-p.safetensors "
+        f"--data ../shared/data/camvid -o runs/distill \\\n  --iterations {cfg['iterations']} --stage1 {cfg['stage1']} "
+        f"--lr {cfg['lr']} --val-every {cfg['val_every']}"
+    )
     card = f"""# {args.name}
 
-`{args.reference}` pruned to {100 * pruning['gmacs'] / pruning['source_gmacs']:.1f}% of its MACs by segrt's multi-task channel
+`{args.reference}` pruned to {100 * pruning["gmacs"] / pruning["source_gmacs"]:.1f}% of its MACs by segrt's multi-task channel
 pruning (segmentation + image-level class-presence importance; Mix-FFN hidden channels, attention heads and
 q/k channels, decoder channels removed: a smaller dense model, not masks), then distilled from `{args.reference}`
 (TransKD-style: CSF feature maps + patch-embedding alignment in stage 1, logit KD from iteration
-{int(cfg['stage1'] * cfg['iterations'])} on). Loads from its checkpoint alone; `Engine("{args.name}")` runs the ONNX.
+{int(cfg["stage1"] * cfg["iterations"])} on). Loads from its checkpoint alone; `Engine("{args.name}")` runs the ONNX.
 
 | | `{args.name}` | `{args.reference}` |
 |---|---|---|
 | GMACs (exported ONNX, {size[0]}x{size[1]}) | {macs:.3f} ({100 * macs / ref_macs:.1f}%) | {ref_macs:.3f} |
 | parameters (ONNX initializers) | {params / 1e6:.2f} M ({100 * params / ref_params:.1f}%) | {ref_params / 1e6:.2f} M |
-| val mIoU (PyTorch, fp16 weights) | **{torch_metrics.miou:.4f}** | {ref_eval['miou']:.4f} |
+| val mIoU (PyTorch, fp16 weights) | **{torch_metrics.miou:.4f}** | {ref_eval["miou"]:.4f} |
 | val mIoU (ONNX via `Engine`) | {onnx_metrics.miou:.4f} | |
-| val pixel accuracy | {torch_metrics.pixel_accuracy:.4f} | {ref_eval['pixel_accuracy']:.4f} |
+| val pixel accuracy | {torch_metrics.pixel_accuracy:.4f} | {ref_eval["pixel_accuracy"]:.4f} |
 | Engine.infer p50 (480x360 frame, interleaved, same run) | {latency[args.name]:.1f} ms ({latency[args.reference] / latency[args.name]:.2f}x faster) | {latency[args.reference]:.1f} ms |
 
 | | |
 |---|---|
 | architecture | SegFormer MiT-{c.variant.upper()} widths {list(c.widths)}, pruned: MLP hidden {c.mlp_hidden}, attention q/k dims {c.attn_dims}, heads {c.block_heads}, decoder {c.decoder_dim} |
 | files | `{ckpt.name}` (fp16 weights + config + metadata incl. the pruning plan), `{onnx_path.name}` (opset 17, fp32, decoder folded) |
-| pruning | {pruning['gmacs']:.3f} of {pruning['source_gmacs']:.3f} GMACs (folded graph), {prune_cfg.get('rounds', '?')} rounds x {prune_cfg.get('steps', '?')} scoring batches |
-| distillation | {state['iteration']} of {cfg['iterations']} iterations x batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, stage 1 (features) {cfg['stage1']:.0%}; best val checkpoint at iteration {best['iteration']} (validated every {cfg['val_every']}) |
-| wall time | distillation {float(state['elapsed']) / 60:.0f} min on {cpu_name()} ({cfg['threads']} thread(s), bf16 autocast), shared with other work |
+| pruning | {pruning["gmacs"]:.3f} of {pruning["source_gmacs"]:.3f} GMACs (folded graph), {prune_cfg.get("rounds", "?")} rounds x {prune_cfg.get("steps", "?")} scoring batches |
+| distillation | {state["iteration"]} of {cfg["iterations"]} iterations x batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, stage 1 (features) {cfg["stage1"]:.0%}; best val checkpoint at iteration {best["iteration"]} (validated every {cfg["val_every"]}) |
+| wall time | distillation {float(state["elapsed"]) / 60:.0f} min on {cpu_name()} ({cfg["threads"]} thread(s), bf16 autocast), shared with other work |
 | export check | max relative error vs PyTorch {result.max_rel_error:.2e} on {result.images} real frames |
 
 Made with (resumable; rerun the same command to continue):
@@ -140,11 +147,23 @@ Per-class IoU on CamVid val ({torch_metrics.images} images):
 Reproduce: `segrt eval {args.name} --data ../shared/data/camvid --format camvid --split val --json r.json`.
 """
     (out / f"{args.name}.md").write_text(card)
-    (out / f"{args.name}.eval.json").write_text(json.dumps(
-        {"pytorch": torch_metrics.to_dict(), "onnx": onnx_metrics.to_dict(), "export_max_rel_error": result.max_rel_error,
-         "gmacs": macs, "reference_gmacs": ref_macs, "params": params, "reference_params": ref_params,
-         "engine_latency_ms": latency, "distill_iterations": int(state["iteration"]), "best_iteration": best["iteration"]},
-        indent=2))
+    (out / f"{args.name}.eval.json").write_text(
+        json.dumps(
+            {
+                "pytorch": torch_metrics.to_dict(),
+                "onnx": onnx_metrics.to_dict(),
+                "export_max_rel_error": result.max_rel_error,
+                "gmacs": macs,
+                "reference_gmacs": ref_macs,
+                "params": params,
+                "reference_params": ref_params,
+                "engine_latency_ms": latency,
+                "distill_iterations": int(state["iteration"]),
+                "best_iteration": best["iteration"],
+            },
+            indent=2,
+        )
+    )
     print(card)
 
 

@@ -127,7 +127,8 @@ def cityscapes(root: str | Path, split: str = "train") -> SegDataset:
     for img in images:
         lab = root / "gtFine" / split / img.parent.name / img.name.replace("_leftImg8bit", "_gtFine_labelTrainIds")
         if not lab.exists():
-            raise DatasetError(f"no labelTrainIds for {img.name} (expected {lab}); run cityscapesscripts' createTrainIdLabelImgs")
+            raise DatasetError(f"no labelTrainIds for {img.name} (expected {lab}); "
+                               "run cityscapesscripts' createTrainIdLabelImgs")
         labels.append(lab)
     return SegDataset("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, images, labels, ignore_index=255)
 
@@ -146,7 +147,8 @@ def ade20k(root: str | Path, split: str = "training") -> SegDataset:
     return SegDataset("ade20k", names, default_palette(150), images, labels, ignore_index=0, label_offset=-1)
 
 
-def folder_pair(root: str | Path, split: str = "", classes: list[str] | None = None, ignore_index: int = 255) -> SegDataset:
+def folder_pair(root: str | Path, split: str = "", classes: list[str] | None = None,
+                ignore_index: int = 255) -> SegDataset:
     """``ROOT/[split/]images/*`` with ``ROOT/[split/]masks/<stem>.png``; classes from ``classes.json``/``.txt``."""
     base = Path(root) / split if split else Path(root)
     images = _images_in(base / "images")
@@ -162,7 +164,8 @@ def folder_pair(root: str | Path, split: str = "", classes: list[str] | None = N
             classes = [line.strip() for line in info.read_text().splitlines() if line.strip()]
     if classes is None:
         raise DatasetError(f"{root}: pass class names or add classes.json / classes.txt")
-    return SegDataset("folder", list(classes), [tuple(c) for c in palette] if palette else default_palette(len(classes)),
+    colours = [tuple(c) for c in palette] if palette else default_palette(len(classes))
+    return SegDataset("folder", list(classes), colours,
                       images, labels, ignore_index=ignore_index)
 
 

@@ -1,7 +1,11 @@
 """``Engine``: frames in, label masks out, on whichever backend the model file calls for.
 
     engine = Engine("model.onnx")          # or a bundled name ("camvid-b0"), or "model.engine"
-    mask = engine.infer(frame)             # HxWx3 uint8 BGR -> HxW uint8 labels, same H and W
+    mask = engine.infer(frame)             # HxWx3 uint8 BGR -> HxW labels, same H and W
+                                           # (uint8 up to 256 classes, uint16 above)
+
+Every argument is checked on entry: a wrong type, range or frame raises a typed SegrtError naming it
+(:mod:`segrt.runtime.arguments`, :mod:`segrt.runtime.frames`).
 
 Thread safety: ``infer`` and ``infer_batch`` hold no per-call state on the engine, and ONNX Runtime
 sessions accept concurrent ``run`` calls, so one Engine may serve many threads.
@@ -14,28 +18,35 @@ from pathlib import Path
 
 import numpy as np
 
+from segrt.runtime.arguments import check_choice, check_int, describe
 from segrt.runtime.backends.base import Backend
-from segrt.runtime.errors import BackendUnavailableError, ModelLoadError
-from segrt.runtime.frames import as_bgr
+from segrt.runtime.errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
+from segrt.runtime.frames import as_bgr, frame_size
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.models import resolve
-from segrt.runtime.preprocess import frames_to_input, labels_to_mask, logits_to_mask
+from segrt.runtime.preprocess import frames_to_input, labels_to_mask, logits_to_mask, mask_dtype
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 BACKENDS = ("auto", "onnxruntime", "ort-cuda", "ort-tensorrt", "tensorrt")
+MAX_THREADS = 1024
+MAX_DEVICE = 1023
+# Float32 values of network input per backend call: a long list of frames for a model with a dynamic
+# batch runs in chunks of this size instead of as one huge tensor.
+MAX_BATCH_VALUES = 1 << 25
 
 
-def open_backend(path: Path, backend: str, threads: int | None = None, device: int = 0) -> Backend:
+def open_backend(path: Path, backend: str, threads: int | None = None, device: int = 0,
+                 cuda_graph: bool = False) -> Backend:
     """Pick the backend from the file type (TensorRT engines) or the caller's choice."""
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    check_choice(backend, "backend", BACKENDS, error=BackendUnavailableError)
     is_engine = path.suffix.lower() in ENGINE_SUFFIXES
     if backend == "tensorrt" or (backend == "auto" and is_engine):
         if not is_engine:
-            raise ModelLoadError(f"{path}: the tensorrt backend runs built engines (.engine); build one with `segrt build`")
+            raise ModelLoadError(f"{path}: the tensorrt backend runs built engines (.engine); "
+                                 "build one with `segrt build`")
         from segrt.runtime.backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt and cuda-python
 
-        return TensorRTBackend(path, device=device)
+        return TensorRTBackend(path, device=device, cuda_graph=cuda_graph)  # graph replay: TensorRT only
     if is_engine:
         raise ModelLoadError(f"{path}: a TensorRT engine cannot run on backend {backend!r}")
     from segrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -46,11 +57,17 @@ def open_backend(path: Path, backend: str, threads: int | None = None, device: i
 
 class Engine:
     def __init__(self, model: str | Path = "camvid-b0", backend: str = "auto", *, threads: int | None = None,
-                 device: int = 0):
+                 device: int = 0, cuda_graph: bool = False):
+        # Arguments first, so a wrong one is reported as itself and not as a model that failed to load.
+        check_choice(backend, "backend", BACKENDS, error=BackendUnavailableError)
+        threads = check_int(threads, "threads", minimum=0, maximum=MAX_THREADS, optional=True)  # 0: ORT default
+        device = check_int(device, "device", minimum=0, maximum=MAX_DEVICE)  # type: ignore[assignment]
         self.path = resolve(model, "onnx")
-        self.backend: Backend = open_backend(self.path, backend, threads=threads, device=device)
+        self.backend: Backend = open_backend(self.path, backend, threads=threads, device=device,
+                                             cuda_graph=bool(cuda_graph))
         self.metadata: ModelMetadata = self.backend.metadata
         self._fixed_batch = self.backend.input_shape[0]
+        self._mask_dtype = mask_dtype(len(self.metadata.classes))
 
     # ------------------------------------------------------------------ description
     @property
@@ -68,51 +85,72 @@ class Engine:
         return self.metadata.input_size
 
     @property
+    def mask_dtype(self) -> type[np.unsignedinteger]:
+        """dtype of the masks: uint8 for up to 256 classes, uint16 above."""
+        return self._mask_dtype
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
     def __repr__(self) -> str:
-        return f"Engine({str(self.path)!r}, backend={self.backend_name!r}, classes={len(self.classes)}, input_size={self.input_size})"
+        return (f"Engine({str(self.path)!r}, backend={self.backend_name!r}, classes={len(self.classes)}, "
+                f"input_size={self.input_size})")
 
     # ------------------------------------------------------------------ inference
-    def _network_size(self, frame: np.ndarray) -> tuple[int, int]:
-        return self.input_size or (frame.shape[0], frame.shape[1])
+    def _network_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        return self.input_size or frame_hw
+
+    def _run(self, x: np.ndarray, what: str) -> np.ndarray:
+        """The backend's output for batch ``x``, checked to hold one result per frame."""
+        out = self.backend.run(x)
+        if not isinstance(out, np.ndarray) or out.ndim not in (3, 4) or out.shape[0] != x.shape[0]:
+            shape = getattr(out, "shape", None)
+            got = describe(out) if shape is None else f"shape {shape}"
+            raise BackendError(f"{self.backend_name} returned {got} for {what} (a batch of {x.shape[0]}); "
+                               "expected (N, K, h, w) logits or (N, h, w) labels")
+        return out
 
     def _masks(self, out: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         if self.metadata.output == "labels" or out.ndim == 3:
-            return [labels_to_mask(o, s) for o, s in zip(out, shapes)]
-        return [logits_to_mask(o, s) for o, s in zip(out, shapes)]
+            return [labels_to_mask(o, s, self._mask_dtype, len(self.classes)) for o, s in zip(out, shapes, strict=True)]
+        return [logits_to_mask(o, s, self._mask_dtype) for o, s in zip(out, shapes, strict=True)]
 
     def infer(self, frame: np.ndarray) -> np.ndarray:
-        """One BGR uint8 frame -> HxW uint8 label mask at the frame's own resolution."""
+        """One BGR uint8 frame -> HxW label mask at the frame's own resolution (see :attr:`mask_dtype`)."""
+        frame_size(frame, "frame")  # named "frame", not "frames[0]", in the error
         return self.infer_batch([frame])[0]
 
     def infer_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Several frames (any sizes) -> one mask each. Frames sharing a network size run as one batch
-        where the model's batch dimension allows it."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 4:
-            frames = list(frames)
-        bgr = [as_bgr(f) for f in frames]
-        if not bgr:
-            return []
-        masks: list[np.ndarray | None] = [None] * len(bgr)
+        where the model's batch dimension allows it.
+
+        ``frames`` is a list or tuple of frames, or an NxHxWxC uint8 array. One HxWx3 array is refused
+        (it would read as H frames of shape Wx3): use :meth:`infer`. Every frame is checked before any
+        runs, so a bad frame anywhere raises InputError naming its index and nothing is computed.
+        """
+        items = _frame_list(frames)
+        sizes = [frame_size(f, f"frames[{i}]")[:2] for i, f in enumerate(items)]
+        masks: list[np.ndarray | None] = [None] * len(items)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, f in enumerate(bgr):
-            groups.setdefault(self._network_size(f), []).append(i)
-        step = self._fixed_batch or len(bgr)
+        for i, hw in enumerate(sizes):
+            groups.setdefault(self._network_size(hw), []).append(i)
         for size, idx in groups.items():
+            step = self._fixed_batch or max(1, min(len(idx), MAX_BATCH_VALUES // (3 * size[0] * size[1])))
             for start in range(0, len(idx), step):
                 chunk = idx[start : start + step]
-                x = frames_to_input([bgr[i] for i in chunk], size, self.metadata.mean, self.metadata.std)
-                out = self.backend.run(x)
-                for i, m in zip(chunk, self._masks(out, [bgr[i].shape[:2] for i in chunk])):
+                bgr = [as_bgr(items[i], f"frames[{i}]") for i in chunk]
+                x = frames_to_input(bgr, size, self.metadata.mean, self.metadata.std)
+                out = self._run(x, f"frames {chunk[0]}..{chunk[-1]}")
+                for i, m in zip(chunk, self._masks(out, [sizes[i] for i in chunk]), strict=True):
                     masks[i] = m
         return masks  # type: ignore[return-value]
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Raw network output for one frame (K, h, w), for evaluation and debugging."""
-        f = as_bgr(frame)
-        return self.backend.run(frames_to_input([f], self._network_size(f), self.metadata.mean, self.metadata.std))[0]
+        f = as_bgr(frame, "frame")
+        x = frames_to_input([f], self._network_size(f.shape[:2]), self.metadata.mean, self.metadata.std)
+        return self._run(x, "frame")[0]
 
     # ------------------------------------------------------------------ streaming
     def stream(self, source, **options):
@@ -132,3 +170,16 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _frame_list(frames: object) -> list:
+    """The frames of an infer_batch call as a list; InputError naming ``frames`` for anything else."""
+    if isinstance(frames, np.ndarray):
+        if frames.ndim == 4:
+            return list(frames)
+        hint = " (one frame: use infer(frame) or infer_batch([frame]))" if frames.ndim in (2, 3) else ""
+        raise InputError(f"frames is a single array of shape {frames.shape}{hint}; infer_batch takes a list or "
+                         "tuple of frames, or an NxHxWxC uint8 array")
+    if isinstance(frames, (list, tuple)):
+        return list(frames)
+    raise InputError(f"frames must be a list or tuple of frames (or an NxHxWxC uint8 array), got {describe(frames)}")

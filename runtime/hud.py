@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from segrt.runtime.overlay import draw_legend, overlay
+from segrt.runtime.overlay import check_alpha, checked_palette, draw_legend, overlay
 
 if TYPE_CHECKING:
     from segrt.runtime.engine import Engine
@@ -47,7 +47,8 @@ def draw_hud(image: np.ndarray, lines: Sequence[str], margin: int = 8) -> np.nda
     box[:] = (box * 0.35).astype(np.uint8)  # darken rather than cover, so the scene stays visible
     for i, line in enumerate(lines):
         y = y0 + (i + 1) * row
-        cv2.putText(image, line, (2 * margin, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        cv2.putText(image, line, (2 * margin, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                    cv2.LINE_AA)
     return image
 
 
@@ -57,8 +58,8 @@ class OverlayRenderer:
     def __init__(self, classes: Sequence[str], palette_rgb: Sequence[Sequence[int]], alpha: float = 0.5,
                  legend: bool = True, hud: bool = True):
         self.classes = list(classes)
-        self.palette = [tuple(c) for c in palette_rgb]
-        self.alpha = alpha
+        self.palette = checked_palette(palette_rgb)  # a bad colour fails here, not on the first frame
+        self.alpha = check_alpha(alpha)
         self.legend = legend
         self.hud = hud
 

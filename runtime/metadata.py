@@ -1,20 +1,53 @@
 """What a segrt model carries with it: classes, palette, input size, normalisation, provenance.
 
 The same record travels in safetensors checkpoints (``__metadata__``), ONNX ``metadata_props`` and
-TensorRT engine manifests, so that a runtime needs no side files.
+TensorRT engine manifests, so that a runtime needs no side files. This module is the one owner of its
+format: :meth:`ModelMetadata.to_json` / :meth:`ModelMetadata.from_json` (and ``to_onnx`` / ``from_onnx``
+for ONNX ``metadata_props``) are the only code that writes or reads it.
+
+A model file may come from anyone, so every field is checked for its type and range when a record is
+built (:class:`ModelLoadError` naming the field), and :func:`check_against_io` checks the record against
+the graph it describes before the runtime trusts it. Documented bounds:
+
+- ``classes``: 1 to :data:`MAX_CLASSES` printable names; masks are uint8 up to 256 classes, uint16 above
+  (:attr:`ModelMetadata.mask_dtype`), so a label is never wrapped;
+- ``input_size``: ``null`` or left out (any size; a static graph's own) or ``[H, W]`` with each side in
+  1..:data:`MAX_INPUT_SIDE` and at most :data:`MAX_INPUT_PIXELS` in all (the frame bounds), equal to the
+  graph's input where that is static;
+- ``mean`` / ``std``: three finite numbers each, ``std`` > 0;
+- ``palette``: one ``[R, G, B]`` of ints in 0..255 per class (empty: a default palette);
+- ``output``: one of :data:`OUTPUT_KINDS`.
+
+Unknown keys are ignored, so newer files stay readable by older runtimes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
 
 from segrt.runtime.errors import ModelLoadError
+from segrt.runtime.frames import MAX_PIXELS, MAX_SIDE
+from segrt.runtime.preprocess import mask_dtype
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-METADATA_KEY = "segrt"
+METADATA_KEY = "segrt"  # the ONNX metadata_props key
+
+OUTPUT_KINDS = ("logits", "labels")  # logits (N, K, h, w) float; labels (N, h, w) integer
+# A network input is never larger than the largest frame segrt accepts (frames.py): a 60000x60000
+# declaration is refused at load instead of allocating gigabytes at the first infer.
+MAX_INPUT_SIDE = MAX_SIDE
+MAX_INPUT_PIXELS = MAX_PIXELS
+MAX_CLASSES = 65536  # uint16 masks
+MAX_CLASS_NAME = 256  # characters
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -32,6 +65,115 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
     return palette
 
 
+# ---------------------------------------------------------------------------------------- field checks
+# Each takes the raw value (from JSON or from Python) and returns the normalised one, or raises
+# ModelLoadError naming the field. bool is an int subclass in Python and is refused where a number is meant.
+
+
+def _bad(name: str, problem: str) -> ModelLoadError:
+    return ModelLoadError(f"segrt metadata field {name!r} {problem}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _sequence(name: str, value: object) -> Sequence[Any]:
+    # str and bytes are sequences too; "512x512" must not become ("5", "1", ...)
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise _bad(name, f"must be a list, got {type(value).__name__} {_short(value)}")
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_classes(value: object) -> list[str]:
+    items = _sequence("classes", value)
+    if not 1 <= len(items) <= MAX_CLASSES:
+        raise _bad("classes", f"must name 1 to {MAX_CLASSES} classes, got {len(items)}")
+    for i, name in enumerate(items):
+        if not isinstance(name, str):
+            raise _bad("classes", f"entry {i} must be a string, got {type(name).__name__} {_short(name)}")
+        if len(name) > MAX_CLASS_NAME or not name.isprintable():
+            raise _bad("classes", f"entry {i} must be printable text of at most {MAX_CLASS_NAME} characters, "
+                                  f"got {_short(name)}")
+    return list(items)
+
+
+def _check_palette(value: object, num_classes: int) -> list[tuple[int, int, int]]:
+    if value is None:
+        return default_palette(num_classes)
+    items = _sequence("palette", value)
+    if len(items) == 0:
+        return default_palette(num_classes)
+    if len(items) != num_classes:
+        raise _bad("palette", f"has {len(items)} colours for {num_classes} classes; expected one per class")
+    palette = []
+    for i, colour in enumerate(items):
+        is_list = isinstance(colour, (Sequence, np.ndarray)) and not isinstance(colour, (str, bytes, bytearray))
+        rgb: Sequence[Any] = colour if is_list else ()  # type: ignore[assignment]
+        if len(rgb) != 3 or not all(_is_int(v) and 0 <= v <= 255 for v in rgb):
+            raise _bad("palette", f"entry {i} must be three integers in 0..255 (R, G, B), got {_short(colour)}")
+        palette.append((int(rgb[0]), int(rgb[1]), int(rgb[2])))
+    return palette
+
+
+def _check_input_size(value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    items = _sequence("input_size", value)
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise _bad("input_size", f"must be null or [height, width] integers, got {_short(value)}")
+    h, w = int(items[0]), int(items[1])
+    if not (1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE) or h * w > MAX_INPUT_PIXELS:
+        raise _bad("input_size", f"{h}x{w} is outside 1..{MAX_INPUT_SIDE} pixels per side and "
+                                 f"{MAX_INPUT_PIXELS} pixels in all")
+    return h, w
+
+
+def _check_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
+    items = _sequence(name, value)
+    if len(items) != 3 or not all(_is_number(v) for v in items):
+        raise _bad(name, f"must be three numbers (R, G, B), got {_short(value)}")
+    triple = tuple(float(v) for v in items)
+    if not all(math.isfinite(v) for v in triple):
+        raise _bad(name, f"must be finite, got {triple}")
+    if positive and not all(v > 0 for v in triple):
+        raise _bad(name, f"must be greater than 0 (it divides the pixels), got {triple}")
+    return triple  # type: ignore[return-value]
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad(name, f"must be a string, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _check_output(value: object) -> str:
+    if not isinstance(value, str) or value not in OUTPUT_KINDS:
+        raise _bad("output", f"must be one of {', '.join(OUTPUT_KINDS)}, got {_short(value)}")
+    return value
+
+
+def _check_extra(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _bad("extra", f"must be an object of strings, got {type(value).__name__} {_short(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise _bad("extra", f"entry {_short(key)} must map a string to a string, got {type(item).__name__}")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------- the record
+
+
 @dataclass
 class ModelMetadata:
     classes: list[str]
@@ -47,28 +189,172 @@ class ModelMetadata:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.palette:
-            self.palette = default_palette(len(self.classes))
-        self.palette = [tuple(int(v) for v in c) for c in self.palette]  # type: ignore[misc]
-        if len(self.palette) < len(self.classes):
-            raise ModelLoadError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
-        if self.input_size is not None:
-            self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.classes = _check_classes(self.classes)
+        self.palette = _check_palette(self.palette, len(self.classes))
+        self.input_size = _check_input_size(self.input_size)
+        self.mean = _check_triple("mean", self.mean, positive=False)
+        self.std = _check_triple("std", self.std, positive=True)
+        self.output = _check_output(self.output)
+        for name in ("segrt_version", "source_sha256", "source", "architecture"):
+            setattr(self, name, _check_text(name, getattr(self, name)))
+        self.extra = _check_extra(self.extra)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def mask_dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every label: uint8 up to 256 classes, else uint16."""
+        return np.dtype(mask_dtype(self.num_classes))  # the rule is preprocess.mask_dtype's
+
+    # ------------------------------------------------------------------ JSON
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelMetadata:
+    def from_dict(cls, raw: object) -> ModelMetadata:
+        """A record from decoded JSON: an object with at least ``classes``; unknown keys are ignored."""
+        if not isinstance(raw, Mapping):
+            raise ModelLoadError(f"segrt metadata must be a JSON object, got {type(raw).__name__} {_short(raw)}")
+        if "classes" not in raw:
+            raise _bad("classes", "is missing")
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in raw.items() if k in known}
+        # A record that leaves input_size out declares no size: a static graph supplies its own (as it always
+        # did) instead of contradicting a 512x512 default, and a dynamic graph runs frames at their size.
+        fields.setdefault("input_size", None)
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelMetadata:
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ModelLoadError(f"segrt metadata is not UTF-8 text: {exc}") from exc
+        if not isinstance(text, str):
+            raise ModelLoadError(f"segrt metadata must be JSON text, got {type(text).__name__}")
         try:
             raw = json.loads(text)
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (ValueError, TypeError) as exc:
-            raise ModelLoadError(f"model metadata is not valid segrt metadata: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            raise ModelLoadError(f"segrt metadata is not valid JSON: {str(exc)[:200]}") from exc
+        return cls.from_dict(raw)
+
+    # ------------------------------------------------------------------ ONNX metadata_props
+    def to_onnx(self, model: Any) -> None:
+        """Store this record in an ONNX ModelProto's ``metadata_props``, replacing a previous segrt entry in
+        place (other entries and their order are kept)."""
+        props = model.metadata_props
+        matches = [p for p in props if p.key == METADATA_KEY]
+        if not matches:
+            props.add(key=METADATA_KEY, value=self.to_json())
+            return
+        matches[0].value = self.to_json()
+        for extra in matches[1:]:
+            props.remove(extra)
+
+    @classmethod
+    def from_onnx(cls, source: Any) -> ModelMetadata | None:
+        """The record in an ONNX ModelProto (or its ``metadata_props``, or ONNX Runtime's
+        ``custom_metadata_map``); None when the model carries no segrt metadata."""
+        props = getattr(source, "metadata_props", source)
+        if isinstance(props, Mapping):
+            text = props.get(METADATA_KEY)
+            return None if text is None else cls.from_json(text)
+        values = [p.value for p in _iter_props(props) if p.key == METADATA_KEY]
+        if len(values) > 1:
+            raise ModelLoadError(f"the model has {len(values)} segrt metadata entries; expected one")
+        return cls.from_json(values[0]) if values else None
+
+
+def _iter_props(props: Iterable[Any]) -> Iterable[Any]:
+    try:
+        yield from props
+    except UnicodeDecodeError as exc:  # protobuf decodes string fields lazily on some builds
+        raise ModelLoadError(f"the model's metadata_props are not UTF-8 text: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------- against the graph
+
+Shape = Sequence["int | None"]
+
+
+def _dtype_name(dtype: np.dtype | None) -> str:
+    return "unknown" if dtype is None else str(dtype)
+
+
+def check_against_io(metadata: ModelMetadata, input_shape: Shape, output_shape: Shape | None,
+                     output_dtype: np.dtype | None, source: object = "model") -> ModelMetadata:
+    """Refuse a record that does not describe the graph it travels with; returns the record to use.
+
+    ``input_shape`` is (N, 3, H, W) and ``output_shape`` the output's shape, with None for dynamic
+    dimensions (``output_shape`` None: rank unknown); ``output_dtype`` None when unknown. Backends call
+    this at load, before any buffer is allocated, and the TensorRT backend reuses it with its engine's I/O.
+    The returned record has ``input_size`` taken from a static graph when the metadata left it open.
+    """
+    where = f"{source}: "
+    if len(input_shape) != 4 or input_shape[1] not in (3, None):
+        raise ModelLoadError(f"{where}input shape {tuple(input_shape)} is not (N, 3, H, W)")
+    h, w = input_shape[2], input_shape[3]
+    if input_shape[0] is not None and input_shape[0] < 1:
+        raise ModelLoadError(f"{where}input batch dimension {input_shape[0]} is not positive")
+    for name, dim in (("height", h), ("width", w)):
+        if dim is not None and not 1 <= dim <= MAX_INPUT_SIDE:
+            raise ModelLoadError(f"{where}input {name} {dim} is outside 1..{MAX_INPUT_SIDE} pixels")
+    if h is not None and w is not None and h * w > MAX_INPUT_PIXELS:
+        raise ModelLoadError(f"{where}input {h}x{w} is more than {MAX_INPUT_PIXELS} pixels")
+    declared = metadata.input_size
+    if declared is not None and any(dim is not None and dim != want for dim, want in zip((h, w), declared)):
+        fixed = "x".join("?" if d is None else str(d) for d in (h, w))
+        raise _bad("input_size", f"is {declared[0]}x{declared[1]} but the graph's input is fixed at {fixed} "
+                                 f"({source})")
+    if declared is None and h is not None and w is not None:
+        metadata = dataclasses.replace(metadata, input_size=(h, w))
+    if output_shape is not None:
+        _check_output_shape(metadata, tuple(output_shape), where)
+    if output_dtype is not None:
+        _check_output_dtype(metadata, np.dtype(output_dtype), where)
+    return metadata
+
+
+def _check_output_shape(metadata: ModelMetadata, shape: tuple[int | None, ...], where: str) -> None:
+    if metadata.output == "labels":
+        if not (len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)):
+            raise _bad("output", f"is 'labels' but the graph returns shape {shape}; labels are (N, h, w) "
+                                 f"or (N, 1, h, w) ({where.rstrip(': ')})")
+        return
+    if len(shape) != 4:
+        raise _bad("output", f"is 'logits' but the graph returns shape {shape}; logits are (N, K, h, w) "
+                             f"({where.rstrip(': ')})")
+    k = shape[1]
+    if k is not None and k != metadata.num_classes:
+        raise _bad("classes", f"names {metadata.num_classes} classes but the graph returns {k} channels "
+                              f"({where.rstrip(': ')})")
+
+
+def _check_output_dtype(metadata: ModelMetadata, dtype: np.dtype, where: str) -> None:
+    if metadata.output == "labels":
+        if dtype.kind not in "iu":
+            raise _bad("output", f"is 'labels' but the graph returns {dtype}; labels are integers "
+                                 f"({where.rstrip(': ')})")
+        if np.iinfo(dtype).max < metadata.num_classes - 1:
+            raise _bad("classes", f"names {metadata.num_classes} classes but the graph's {dtype} labels stop at "
+                                  f"{np.iinfo(dtype).max} ({where.rstrip(': ')})")
+        return
+    if dtype.kind != "f":
+        raise _bad("output", f"is 'logits' but the graph returns {dtype}; logits are floating point "
+                             f"({where.rstrip(': ')})")
+
+
+def check_output(metadata: ModelMetadata, out: np.ndarray, batch: int, source: object = "model") -> np.ndarray:
+    """What a backend returned, checked against the record before masks are made of it (dynamic graphs
+    declare no output shape at load); labels come back as (N, h, w)."""
+    where = f"{source}: "
+    _check_output_dtype(metadata, out.dtype, where)
+    _check_output_shape(metadata, out.shape, where)
+    if out.shape[0] != batch or any(d < 1 for d in out.shape):
+        raise ModelLoadError(f"{where}the graph returned shape {out.shape} for a batch of {batch}")
+    if metadata.output == "labels" and out.ndim == 4:
+        out = out[:, 0]
+    return out

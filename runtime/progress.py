@@ -18,7 +18,8 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
-def progress_bar(items: Iterable[T], description: str = "", enabled: bool = True, total: int | None = None) -> Iterator[T]:
+def progress_bar(items: Iterable[T], description: str = "", enabled: bool = True,
+                 total: int | None = None) -> Iterator[T]:
     if not enabled:
         yield from items
         return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -29,13 +30,22 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
+from segrt.runtime.arguments import check_bool, check_int, check_number, describe
 from segrt.runtime.datasets import IMAGE_SUFFIXES
 from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
+from segrt.runtime.frames import MAX_SIDE, frame_size
 
 log = logging.getLogger("segrt.sources")
 MAX_DECODE_GAP = 64  # consecutive failed reads of a file before its remaining part counts as undecodable
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-SPEC_HELP = "expected a camera index (0), /dev/videoN, csi://N, an rtsp:// or http:// URL, a video file, an image folder or a glob"
+MAX_SPEC_CHARS = 4096  # PATH_MAX; longer source strings are refused before any file-system call
+MAX_CAMERA_INDEX = 1023
+MAX_FPS = 1000
+MAX_GLOB_MATCHES = 1_000_000
+MAX_GLOB_PARTS = 64
+OPTIONS = ("width", "height", "fps", "flip", "fourcc")
+SPEC_HELP = ("expected a camera index (0), /dev/videoN, csi://N, an rtsp:// or http:// URL, a video file, "
+             "an image folder or a glob")
 
 
 class FrameSource:
@@ -133,11 +143,13 @@ class VideoCaptureSource(FrameSource):
             except cv2.error:
                 ok, frame = False, None
             if ok and frame is not None:
-                log.warning("%s: %d undecodable frame(s) before frame %d (damaged file)", self.name, gap, self._position)
+                log.warning("%s: %d undecodable frame(s) before frame %d (damaged file)", self.name, gap,
+                            self._position)
                 self._position += 1
                 return frame
         self.undecodable = self.frame_count - self._position
-        log.warning("%s: decoding stopped at frame %d of %d (damaged file)", self.name, self._position, self.frame_count)
+        log.warning("%s: decoding stopped at frame %d of %d (damaged file)", self.name, self._position,
+                    self.frame_count)
         return None
 
     def close(self) -> None:
@@ -165,10 +177,14 @@ class ImageSequenceSource(FrameSource):
         if self._next >= len(self.paths):
             return None
         path = self.paths[self._next]
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # e.g. an image larger than OpenCV's own pixel limit
+            raise SourceError(f"{self.name}: cannot read image {path}: {exc}") from exc
         if frame is None:
             raise SourceError(f"{self.name}: cannot read image {path}")
         self._next += 1
+        frame_size(frame, f"frame {self._next - 1} of {self.name} (image {path})")  # the frame bounds, naming the file
         return frame
 
     def close(self) -> None:
@@ -200,18 +216,52 @@ def _split_query(text: str) -> tuple[str, dict[str, str]]:
     return base, dict(parse_qsl(query, keep_blank_values=True))
 
 
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:59]) + f"… ({len(text)} characters)"
+
+
+def _glob(text: str, pattern: Path) -> list[Path]:
+    """Matches of a glob, bounded: two ``**`` parts would walk the tree once per pair of folders (a
+    hostile string of many would never finish), and a pattern matching millions of files is a mistake."""
+    recursive = sum(part == "**" for part in pattern.parts)
+    if recursive > 1:
+        raise SourceError(f"source {_short(text)} has {recursive} '**' parts; a glob may have at most one")
+    if len(pattern.parts) > MAX_GLOB_PARTS:  # glob recurses once per part
+        raise SourceError(f"source {_short(text)} has {len(pattern.parts)} path parts; a glob may have at most "
+                          f"{MAX_GLOB_PARTS}")
+    matches = []
+    try:
+        for match in glob.iglob(str(pattern), recursive=True):
+            matches.append(Path(match))
+            if len(matches) > MAX_GLOB_MATCHES:
+                raise SourceError(f"source {_short(text)} matches more than {MAX_GLOB_MATCHES} files")
+    except (OSError, RecursionError) as exc:
+        raise SourceError(f"source {_short(text)}: the glob cannot be expanded ({type(exc).__name__})") from exc
+    return matches
+
+
 def parse_source(spec: int | str | Path) -> SourceSpec:
     """Interpret a source string (see the module docstring) without opening anything."""
-    if isinstance(spec, bool):
-        raise SourceError(f"source {spec!r}: {SPEC_HELP}")
+    if isinstance(spec, bool) or not isinstance(spec, (int, str, os.PathLike)):
+        raise SourceError(f"source must be a camera index, a string or a path, got {describe(spec)}: {SPEC_HELP}")
     if isinstance(spec, int):
-        return SourceSpec("camera", spec)
-    text = str(spec).strip()
+        return SourceSpec("camera", check_int(spec, "camera index", minimum=0, maximum=MAX_CAMERA_INDEX,
+                                              error=SourceError))
+    raw = os.fspath(spec)
+    if not isinstance(raw, str):
+        raise SourceError(f"source must be a text path, got {describe(raw)}")
+    text = raw.strip()
     if not text:
         raise SourceError(f"empty source: {SPEC_HELP}")
+    if len(text) > MAX_SPEC_CHARS:
+        raise SourceError(f"source {_short(text)} is longer than any path or URL segrt opens "
+                          f"({MAX_SPEC_CHARS} characters)")
+    if "\x00" in text:
+        raise SourceError(f"source {_short(text)} contains a NUL character: {SPEC_HELP}")
     base, options = _split_query(text)
     if base.isdigit():
-        return SourceSpec("camera", int(base), options)
+        index = check_int(int(base), "camera index", minimum=0, maximum=MAX_CAMERA_INDEX, error=SourceError)
+        return SourceSpec("camera", index, options)
     if re.fullmatch(r"/dev/video\d+", base):
         return SourceSpec("camera", base, options)
     if text.lower().startswith("csi://"):
@@ -224,14 +274,20 @@ def parse_source(spec: int | str | Path) -> SourceSpec:
     scheme = urlsplit(text).scheme.lower()
     if scheme in URL_SCHEMES:
         return SourceSpec("url", text)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return SourceSpec("images", sorted_images(list(path.iterdir())))
-    if path.is_file():
+    # os.path's tests, not Path's: a too-long name or an unknown ~user is "not there", never an OSError.
+    path = Path(os.path.expanduser(text))
+    if any(len(part) > 255 for part in path.parts):
+        raise SourceError(f"source {_short(text)} has a file name longer than 255 characters: {SPEC_HELP}")
+    if os.path.isdir(path):
+        try:
+            return SourceSpec("images", sorted_images(list(path.iterdir())))
+        except OSError as exc:
+            raise SourceError(f"source folder {path} cannot be listed: {exc.strerror or exc}") from exc
+    if os.path.isfile(path):
         return SourceSpec("images", [path]) if path.suffix.lower() in IMAGE_SUFFIXES else SourceSpec("video", path)
     if glob.has_magic(text):
-        return SourceSpec("images", sorted_images([Path(p) for p in glob.glob(str(path), recursive=True)]))
-    raise SourceError(f"source {text!r} is not a file, folder, glob match, camera or URL: {SPEC_HELP}")
+        return SourceSpec("images", sorted_images(_glob(text, path)))
+    raise SourceError(f"source {_short(text)} is not a file, folder, glob match, camera or URL: {SPEC_HELP}")
 
 
 # ---------------------------------------------------------------------------------------------- cameras
@@ -245,8 +301,9 @@ def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: 
     """
     if not 0 <= flip <= 7:
         raise ConfigError(f"flip must be nvvidconv's flip-method 0..7, got {flip}")
-    if width <= 0 or height <= 0 or fps <= 0:
-        raise ConfigError(f"CSI camera needs positive width, height and fps, got {width}x{height}@{fps}")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and 0 < fps <= MAX_FPS):
+        raise ConfigError(f"CSI camera needs width and height in 1..{MAX_SIDE} and fps in 1..{MAX_FPS}, "
+                          f"got {width}x{height}@{fps}")
     out_w, out_h = output_size or (width, height)
     return (
         f"nvarguscamerasrc sensor-id={sensor_id} ! "
@@ -287,8 +344,8 @@ def _int_option(options: dict[str, str], key: str, default: int | None) -> int |
         return default
     try:
         return int(float(value))  # type: ignore[arg-type]
-    except ValueError:
-        raise ConfigError(f"source option {key}={value!r} is not a number") from None
+    except (ValueError, OverflowError):  # "x", "nan" / "inf"
+        raise ConfigError(f"source option {key}={value[:60]!r} is not a finite number") from None
 
 
 def _camera_properties(options: dict[str, str]) -> dict[int, float]:
@@ -298,9 +355,13 @@ def _camera_properties(options: dict[str, str]) -> dict[int, float]:
         if len(fourcc) != 4:
             raise ConfigError(f"fourcc must have 4 characters (e.g. MJPG), got {fourcc!r}")
         props[cv2.CAP_PROP_FOURCC] = cv2.VideoWriter.fourcc(*fourcc)
-    for key, prop in (("width", cv2.CAP_PROP_FRAME_WIDTH), ("height", cv2.CAP_PROP_FRAME_HEIGHT), ("fps", cv2.CAP_PROP_FPS)):
+    for key, prop in (("width", cv2.CAP_PROP_FRAME_WIDTH), ("height", cv2.CAP_PROP_FRAME_HEIGHT),
+                      ("fps", cv2.CAP_PROP_FPS)):
         value = _int_option(options, key, None)
         if value is not None:
+            limit = MAX_FPS if key == "fps" else MAX_SIDE
+            if not 1 <= value <= limit:
+                raise ConfigError(f"source option {key}={value} is outside 1..{limit}")
             props[prop] = value
     return props
 
@@ -316,6 +377,11 @@ def open_source(spec: int | str | Path | FrameSource, *, live: bool | None = Non
     """
     if isinstance(spec, FrameSource):
         return spec
+    check_bool(live, "live", optional=True)
+    check_number(fps, "fps", above=0, maximum=1000, optional=True)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown source option(s) {', '.join(unknown)}; expected {', '.join(OPTIONS)}")
     parsed = parse_source(spec)
     opts = {**parsed.options, **{k: str(v) for k, v in options.items() if v is not None}}
     if fps is not None:
@@ -330,7 +396,8 @@ def open_source(spec: int | str | Path | FrameSource, *, live: bool | None = Non
     if kind in ("csi", "gstreamer"):
         if kind == "csi":
             name = f"CSI camera {target}"
-            pipeline = csi_pipeline(target, width=_int_option(opts, "width", 1280), height=_int_option(opts, "height", 720),  # type: ignore[arg-type]
+            pipeline = csi_pipeline(target, width=_int_option(opts, "width", 1280),  # type: ignore[arg-type]
+                                    height=_int_option(opts, "height", 720),  # type: ignore[arg-type]
                                     fps=_int_option(opts, "fps", 30), flip=_int_option(opts, "flip", 0))  # type: ignore[arg-type]
         else:
             name, pipeline = "GStreamer pipeline", target
@@ -339,7 +406,8 @@ def open_source(spec: int | str | Path | FrameSource, *, live: bool | None = Non
                                   hint=f" (pipeline: {pipeline}; is nvargus-daemon running?)")
     if kind == "url":
         return VideoCaptureSource(target, target, cv2.CAP_FFMPEG, live=True if live is None else live,
-                                  properties={cv2.CAP_PROP_BUFFERSIZE: 1}, hint=" (check the address and that the stream is up)")
+                                  properties={cv2.CAP_PROP_BUFFERSIZE: 1},
+                                  hint=" (check the address and that the stream is up)")
     if kind == "video":
         return VideoCaptureSource(str(target), str(target), cv2.CAP_FFMPEG, live=bool(live),
                                   hint=" (not a video OpenCV's FFmpeg can decode)")

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segrt.runtime.errors import BackendError, ConfigError, SegrtError, SourceDisconnectedError, SourceError
+from segrt.runtime.arguments import check_callable, check_choice, check_instance, check_int, check_number, describe
+from segrt.runtime.errors import BackendError, ConfigError, InputError, SegrtError, SourceDisconnectedError, SourceError
 from segrt.runtime.sources import FrameSource, open_source
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("segrt.stream")
 
 POLICIES = ("auto", "all", "latest")
+MAX_QUEUE = 1024  # frames per hand-over; more would only hide a consumer that cannot keep up
 POLL = 0.05  # seconds between checks of the stop flag while a thread waits on a hand-over
 STATS_WINDOW = 10_000  # latency samples kept for percentiles: hours of streaming stay in bounded memory
 
@@ -59,6 +61,12 @@ class Reconnect:
     max_delay: float = 5.0
     factor: float = 2.0
     give_up_after: float | None = 60.0  # None: keep trying for as long as the stream runs
+
+    def __post_init__(self) -> None:
+        check_number(self.first_delay, "Reconnect.first_delay", minimum=0)
+        check_number(self.max_delay, "Reconnect.max_delay", minimum=0)
+        check_number(self.factor, "Reconnect.factor", minimum=1)
+        check_number(self.give_up_after, "Reconnect.give_up_after", minimum=0, optional=True)
 
 
 @dataclass
@@ -215,10 +223,16 @@ class Stream:
     def __init__(self, engine: Engine, source: int | str | FrameSource | Any, *, policy: str = "auto",
                  render: Renderer | None = None, queue_size: int = 1, reconnect: Reconnect | None = None,
                  max_frames: int | None = None, read_timeout: float | None = 30.0, stop_timeout: float = 5.0):
-        if policy not in POLICIES:
-            raise ConfigError(f"stream policy {policy!r}; expected one of {', '.join(POLICIES)}")
-        if queue_size < 1:
-            raise ConfigError(f"queue_size must be at least 1, got {queue_size}")
+        # Every argument before the source is opened: a bad option never leaves a camera open behind it.
+        if not callable(getattr(engine, "infer", None)):
+            raise ConfigError(f"engine must be a segrt Engine, got {describe(engine)}")
+        check_choice(policy, "policy", POLICIES)
+        check_int(queue_size, "queue_size", minimum=1, maximum=MAX_QUEUE)
+        check_callable(render, "render", optional=True)
+        check_instance(reconnect, "reconnect", Reconnect, optional=True)
+        check_int(max_frames, "max_frames", minimum=0, optional=True)
+        check_number(read_timeout, "read_timeout", above=0, optional=True)
+        check_number(stop_timeout, "stop_timeout", minimum=0)
         self.engine = engine
         self._owns_source = not isinstance(source, FrameSource)
         self.source = open_source(source)
@@ -442,6 +456,8 @@ class Stream:
                 start = time.perf_counter()
                 try:
                     mask = self.engine.infer(frame)
+                except InputError as exc:  # say which frame of which source it was
+                    raise InputError(f"{self.source.name}, frame {index}: {exc}") from exc
                 except SegrtError:
                     raise
                 except Exception as exc:

@@ -8,7 +8,7 @@ from segrt.runtime.errors import *  # noqa: F401,F403  (the typed error hierarch
 from segrt.runtime.errors import SegrtError
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "SegrtError", "__version__"]
+__all__ = ["Engine", "SegrtError", "__version__"]  # noqa: F405 (Engine: lazy, below)
 
 
 def __getattr__(name: str):

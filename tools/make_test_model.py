@@ -44,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     metadata = ModelMetadata(classes=CAMVID_CLASSES, source="tools/make_test_model.py (seed 0, random weights)")
     result = export_onnx(tiny_segformer(), metadata, args.out, size=(256, 320))
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB), verified against PyTorch: relative error {result.max_rel_error:.1e}, label agreement {result.label_agreement:.2%}")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB), verified against PyTorch: relative error "
+          f"{result.max_rel_error:.1e}, label agreement {result.label_agreement:.2%}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def _stub_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _fix_signature(line: str) -> str:
+def fix_signature(line: str) -> str:
     """Make one ``def`` line valid: rename keyword parameters, give late parameters a default."""
     if not line.lstrip().startswith("def "):
         return line
@@ -70,7 +70,7 @@ def write_typings(out: Path) -> list[Path]:
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         for stub in sorted(src.glob("*.pyi")):
-            text = "\n".join(_fix_signature(line) for line in stub.read_text().splitlines()) + "\n"
+            text = "\n".join(fix_signature(line) for line in stub.read_text().splitlines()) + "\n"
             try:
                 ast.parse(text)
             except SyntaxError as exc:

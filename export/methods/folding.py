@@ -23,10 +23,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from segrt.runtime.errors import ExportError
 from torch import nn
 
 from segrt.export.model.segformer import AllMLPHead, ConvBNReLU, LinearProjection
+from segrt.runtime.errors import ExportError
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
+from segrt.export.model.extensions import EXTENSIONS_KEY, declared_extensions, extensions_in, restore_extensions
+from segrt.export.model.segformer import VARIANTS, SegFormer, SegFormerConfig
 from segrt.runtime.errors import CheckpointError, ModelLoadError, UnsafeModelError
 from segrt.runtime.metadata import ModelMetadata
-
-from segrt.export.model.segformer import VARIANTS, SegFormer, SegFormerConfig
 
 CONFIG_KEY = "segrt_config"
 META_KEY = "segrt_metadata"
@@ -55,7 +55,8 @@ def file_sha256(path: str | Path) -> str:
 # ----------------------------------------------------------------------------- segrt native
 
 
-def save_checkpoint(model: SegFormer, metadata: ModelMetadata, path: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_checkpoint(model: SegFormer, metadata: ModelMetadata, path: str | Path,
+                    dtype: torch.dtype | None = None) -> None:
     """Weights plus everything needed to rebuild the model, in one safetensors file."""
     from safetensors.torch import save_file
 
@@ -65,8 +66,12 @@ def save_checkpoint(model: SegFormer, metadata: ModelMetadata, path: str | Path,
         if dtype is not None and v.is_floating_point() and not k.endswith(("running_mean", "running_var")):
             v = v.to(dtype)
         state[k] = v.contiguous()
+    header = {CONFIG_KEY: model.config.to_json(), META_KEY: metadata.to_json()}
+    extensions = extensions_in(metadata.extra)
+    if extensions:  # method modules the weights need (gates...): named so a loader without them refuses the file
+        header[EXTENSIONS_KEY] = json.dumps(extensions)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={CONFIG_KEY: model.config.to_json(), META_KEY: metadata.to_json()})
+    save_file(state, str(path), metadata=header)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -259,7 +264,8 @@ def detect_format(state: dict[str, torch.Tensor]) -> str:
         return "nvlabs"
     if any(k.startswith(("segformer.", "encoder.block.", "encoder.patch_embeddings.", "stages.")) for k in keys):
         return "huggingface"
-    raise CheckpointError("unrecognised checkpoint: no SegFormer key layout (segrt, Hugging Face, mmsegmentation, NVlabs) matches")
+    raise CheckpointError("unrecognised checkpoint: no SegFormer key layout (segrt, Hugging Face, mmsegmentation, "
+                          "NVlabs) matches")
 
 
 CONVERTERS = {"segrt": lambda s: s, "huggingface": from_huggingface, "mmseg": from_mmseg, "nvlabs": from_nvlabs}
@@ -291,11 +297,14 @@ def infer_config(state: dict[str, torch.Tensor], num_classes: int | None = None,
     heads_guess = [max(1, w // 32) for w in widths]
     cls_w = state.get("decode_head.classifier.weight")
     if cls_w is None:
-        raise CheckpointError("checkpoint has no decode head (decode_head.classifier.weight); segrt needs a segmentation model")
-    hidden = [[state[f"encoder.stages.{s}.blocks.{b}.mlp.fc1.weight"].shape[0] for b in range(depths[s])] for s in range(len(widths))]
+        raise CheckpointError("checkpoint has no decode head (decode_head.classifier.weight); "
+                              "segrt needs a segmentation model")
+    hidden = [[state[f"encoder.stages.{s}.blocks.{b}.mlp.fc1.weight"].shape[0] for b in range(depths[s])]
+              for s in range(len(widths))]
     ratios = [hidden[s][0] // widths[s] for s in range(len(widths))]
     dense = all(h == widths[s] * ratios[s] for s in range(len(widths)) for h in hidden[s])
-    attn = [[state[f"encoder.stages.{s}.blocks.{b}.attention.q_proj.weight"].shape[0] for b in range(depths[s])] for s in range(len(widths))]
+    attn = [[state[f"encoder.stages.{s}.blocks.{b}.attention.q_proj.weight"].shape[0] for b in range(depths[s])]
+            for s in range(len(widths))]
     attn_dense = all(a == widths[s] for s in range(len(widths)) for a in attn[s])
     mmseg_head = "decode_head.linear_projections.0.0.weight" in state
     eps = 1e-6 if fmt in ("mmseg", "nvlabs") else 1e-5
@@ -316,10 +325,12 @@ def load_state_into(model: SegFormer, state: dict[str, torch.Tensor], source: st
     if missing:
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
+        more = " ..." if len(unexpected) > 6 else ""
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:6])}{more}")
     for k in sorted(set(state) & set(expected)):
         if tuple(state[k].shape) != tuple(expected[k].shape):
-            problems.append(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
+            problems.append(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)} "
+                            f"vs model {tuple(expected[k].shape)}")
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not fit the architecture:\n  " + "\n  ".join(problems[:12]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
@@ -379,11 +390,10 @@ def load_checkpoint(path: str | Path, classes: list[str] | None = None, *, trust
         classes = classes or names
     else:
         cfg = infer_config(state, fmt=fmt)
-    model = SegFormer(cfg)
-    if meta is not None and "gating" in meta.extra:  # dynamic gated Mix-FFNs: gates are part of the weights
-        from segrt.export.methods.gating.model import GatingConfig, attach_gates
-
-        attach_gates(model, GatingConfig.from_json(meta.extra["gating"]))
+    # method-specific modules whose weights are in the file (gates...) come from registered extensions
+    extra = meta.extra if meta is not None else {}
+    extensions = declared_extensions(file_meta, extra, str(weights))
+    model = restore_extensions(SegFormer(cfg), extensions, extra, str(weights))
     load_state_into(model, state, str(weights))
     model.eval()
     if meta is None:
@@ -405,5 +415,6 @@ def random_model(spec: str) -> LoadedModel:
     num_classes = int(parts[2]) if len(parts) == 3 else 19
     torch.manual_seed(0)
     model = SegFormer(SegFormerConfig.from_variant(parts[1], num_classes)).eval()
-    meta = ModelMetadata(classes=[f"class_{i}" for i in range(num_classes)], source=spec, source_sha256=hashlib.sha256(spec.encode()).hexdigest())
+    meta = ModelMetadata(classes=[f"class_{i}" for i in range(num_classes)], source=spec,
+                         source_sha256=hashlib.sha256(spec.encode()).hexdigest())
     return LoadedModel(model, meta, spec, meta.source_sha256)

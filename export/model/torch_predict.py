@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segrt.export.model.segformer import SegFormer
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input, logits_to_mask
-
-from segrt.export.model.segformer import SegFormer
 
 
 class TorchPredictor:

@@ -23,7 +23,7 @@ import onnx
 import onnx.inliner
 
 from segrt.runtime.errors import ExportError, ExportVerificationError
-from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.metadata import ModelMetadata
 
 # Kept in FP32: numerically fragile in FP16 (LayerNorm/Softmax overflow, long sums).
 FP32_OPS = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare",
@@ -85,15 +85,20 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     # Local functions (token merging) are inlined first: the converter does not look inside function
     # bodies, and TensorRT inlines them anyway.
-    model = onnx.inliner.inline_local_functions(model) if model.functions else onnx.ModelProto.FromString(model.SerializeToString())
+    model = (
+        onnx.inliner.inline_local_functions(model)
+        if model.functions
+        else onnx.ModelProto.FromString(model.SerializeToString())
+    )
     _name_nodes(model)
     blocked_nodes = fp32_node_names(model)
     # The converter's default list names ops without FP16 kernels in ONNX Runtime; keeping it lets the
     # same file be verified on the CPU.
     op_block = sorted(set(FP32_OPS) | set(DEFAULT_OP_BLOCK_LIST))
     try:
-        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block,
-                                             node_block_list=blocked_nodes)
+        converted = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=op_block, node_block_list=blocked_nodes
+        )
     except Exception as exc:
         raise ExportError(f"FP16 conversion failed: {type(exc).__name__}: {exc}") from exc
     _drop_duplicate_casts(converted.graph)
@@ -144,11 +149,10 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 
 
 def _tag_metadata(model: onnx.ModelProto) -> None:
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            meta = ModelMetadata.from_json(prop.value)
-            meta.extra = {**meta.extra, "precision": "fp16"}
-            prop.value = meta.to_json()
+    meta = ModelMetadata.from_onnx(model)
+    if meta is not None:
+        meta.extra = {**meta.extra, "precision": "fp16"}
+        meta.to_onnx(model)
 
 
 def _session(data: bytes):
@@ -159,14 +163,14 @@ def _session(data: bytes):
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def compare_in_onnxruntime(reference: bytes, candidate: bytes, frames: Sequence[np.ndarray],
-                           metadata: ModelMetadata) -> tuple[float, float]:
+def compare_in_onnxruntime(
+    reference: bytes, candidate: bytes, frames: Sequence[np.ndarray], metadata: ModelMetadata
+) -> tuple[float, float]:
     """Run both graphs on the same real frames in ONNX Runtime (CPU).
 
     Returns (max relative L2 error of the outputs, min per-image label agreement)."""
+    from segrt.export.passes.compare import relative_error
     from segrt.runtime.preprocess import frames_to_input
-
-    from segrt.export.onnx_export import relative_error
 
     try:
         ref, cand = _session(reference), _session(candidate)
@@ -191,12 +195,18 @@ def compare_in_onnxruntime(reference: bytes, candidate: bytes, frames: Sequence[
     return max(errors), min(agreement)
 
 
-def export_fp16(source: str | Path, out: str | Path, frames: Sequence[np.ndarray] | None = None,
-                tolerance: float = TOLERANCE, min_agreement: float = MIN_AGREEMENT, verify: bool = True) -> Fp16Result:
+def export_fp16(
+    source: str | Path,
+    out: str | Path,
+    frames: Sequence[np.ndarray] | None = None,
+    tolerance: float = TOLERANCE,
+    min_agreement: float = MIN_AGREEMENT,
+    verify: bool = True,
+) -> Fp16Result:
     """Convert the FP32 ONNX ``source`` to FP16 at ``out``, verified against it in ONNX Runtime."""
     source, out = Path(source), Path(out)
     model = onnx.load(str(source))
-    meta = next((ModelMetadata.from_json(p.value) for p in model.metadata_props if p.key == METADATA_KEY), None)
+    meta = ModelMetadata.from_onnx(model)
     if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
         raise ExportError(f"{source} already has FP16 weights")
     converted = to_fp16(model)
@@ -213,13 +223,15 @@ def export_fp16(source: str | Path, out: str | Path, frames: Sequence[np.ndarray
             from segrt.runtime.samples import sample_frames
 
             frames = sample_frames()
-        err, agree = compare_in_onnxruntime(source.read_bytes(), data, frames,
-                                            meta or ModelMetadata(classes=["class_0"], input_size=None))
+        err, agree = compare_in_onnxruntime(
+            source.read_bytes(), data, frames, meta or ModelMetadata(classes=["class_0"], input_size=None)
+        )
         count = len(frames)
         if not np.isfinite(err) or err > tolerance or agree < min_agreement:
             raise ExportVerificationError(
                 f"FP16 graph differs from FP32 on {count} real images: relative error {err:.3g} (limit {tolerance:g}), "
-                f"label agreement {agree:.4f} (limit {min_agreement})")
+                f"label agreement {agree:.4f} (limit {min_agreement})"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".onnx.tmp", delete=False) as tmp:
         tmp.write(data)

@@ -69,8 +69,12 @@ def reorder_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
         if div is None or div.op_type != "Div" or add is None or half is None or outer is None:
             continue
         x = div.input[0]
-        if (not _is(_scalar(proto, div.input[1]), math.sqrt(2.0)) or not _is(_scalar(proto, _other(add, erf.output[0]) or ""), 1.0)
-                or not _is(_scalar(proto, _other(half, add.output[0]) or ""), 0.5) or _other(outer, half.output[0]) != x):
+        if (
+            not _is(_scalar(proto, div.input[1]), math.sqrt(2.0))
+            or not _is(_scalar(proto, _other(add, erf.output[0]) or ""), 1.0)
+            or not _is(_scalar(proto, _other(half, add.output[0]) or ""), 0.5)
+            or _other(outer, half.output[0]) != x
+        ):
             continue
         constant_half = _other(half, add.output[0])
         half.input[:] = [x, add.output[0]]  # x * (1 + erf(x / sqrt 2)) ...

@@ -45,7 +45,12 @@ class MacCount:
         return self.total / 1e9
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "gmacs": self.gmacs, "by_op_type": self.by_op_type, "shape_source": self.shape_source}
+        return {
+            "total": self.total,
+            "gmacs": self.gmacs,
+            "by_op_type": self.by_op_type,
+            "shape_source": self.shape_source,
+        }
 
 
 def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
@@ -171,4 +176,3 @@ def count_macs(model: str | Path | onnx.ModelProto, input_shape: tuple[int, ...]
     for n in nodes:
         by_type[n.op_type] += by_node[n.name]
     return MacCount(sum(by_node.values()), dict(by_type), by_node, source)
-

@@ -37,7 +37,7 @@ import onnx
 
 from segrt.runtime.datasets import IMAGE_SUFFIXES
 from segrt.runtime.errors import ConfigError, DatasetError, ExportError, ModelLoadError
-from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 from segrt.runtime.progress import make_progress
 
@@ -73,14 +73,20 @@ def calibration_images(calib_dir: str | Path, count: int) -> list[Path]:
     return [images[i] for i in picks]
 
 
-def read_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
+def require_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
+    """The model's segrt metadata; quantization needs its normalisation, so a model without it is refused."""
+    meta = ModelMetadata.from_onnx(proto)
+    if meta is None:
         raise ModelLoadError(f"{path}: no segrt metadata; quantize models exported with `segrt export`")
-    return ModelMetadata.from_json(props[METADATA_KEY])
+    return meta
 
 
-def _input_name_and_size(proto: onnx.ModelProto, meta: ModelMetadata, size: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
+read_metadata = require_metadata  # former name, still imported by tests/export/test_quantize.py
+
+
+def _input_name_and_size(
+    proto: onnx.ModelProto, meta: ModelMetadata, size: tuple[int, int] | None
+) -> tuple[str, tuple[int, int]]:
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -95,8 +101,9 @@ def _input_name_and_size(proto: onnx.ModelProto, meta: ModelMetadata, size: tupl
     return inputs[0].name, (int(chosen[0]), int(chosen[1]))
 
 
-def _calibration_reader(images: Sequence[Path], input_name: str, size: tuple[int, int], meta: ModelMetadata,
-                        progress=None):
+def _calibration_reader(
+    images: Sequence[Path], input_name: str, size: tuple[int, int], meta: ModelMetadata, progress=None
+):
     from onnxruntime.quantization import CalibrationDataReader
 
     class ImageReader(CalibrationDataReader):
@@ -156,8 +163,13 @@ def upsampled_convs(proto: onnx.ModelProto) -> list[str]:
     Resize kernel; on the bundled model at 512x512 those three Resizes alone took longer than every
     quantized MatMul together."""
     producers = {o: n for n in proto.graph.node for o in n.output}
-    return sorted({producers[n.input[0]].name for n in proto.graph.node
-                   if n.op_type == "Resize" and n.input[0] in producers and producers[n.input[0]].op_type == "Conv"})
+    return sorted(
+        {
+            producers[n.input[0]].name
+            for n in proto.graph.node
+            if n.op_type == "Resize" and n.input[0] in producers and producers[n.input[0]].op_type == "Conv"
+        }
+    )
 
 
 def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
@@ -172,9 +184,18 @@ def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     return dict(quantized), dict(floating)
 
 
-def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Path, count: int = 64, *,
-                  size: tuple[int, int] | None = None, method: str = "minmax", quantize_attention: bool = False,
-                  per_channel: bool = True, show_progress: bool = True) -> QuantizeResult:
+def quantize_int8(
+    onnx_in: str | Path,
+    onnx_out: str | Path,
+    calib_dir: str | Path,
+    count: int = 64,
+    *,
+    size: tuple[int, int] | None = None,
+    method: str = "minmax",
+    quantize_attention: bool = False,
+    per_channel: bool = True,
+    show_progress: bool = True,
+) -> QuantizeResult:
     """Statically quantize ``onnx_in`` to a symmetric int8 Q/DQ graph calibrated on ``count`` images of
     ``calib_dir``; the segrt metadata of the source is carried over (with ``extra["precision"] = "int8"``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -186,7 +207,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
         proto = onnx.load(str(onnx_in))
     except Exception as exc:
         raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
-    meta = read_metadata(proto, onnx_in)
+    meta = require_metadata(proto, onnx_in)
     input_name, hw = _input_name_and_size(proto, meta, size)
     images = calibration_images(calib_dir, count)
     excluded = [n.name for n in proto.graph.node if n.op_type in FLOAT_OP_TYPES]
@@ -196,10 +217,15 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
     unnamed = [n for n in proto.graph.node if not n.name]
     if unnamed:
         raise ExportError(f"{onnx_in}: {len(unnamed)} nodes have no name; node exclusion needs names")
-    calib_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                    "entropy": CalibrationMethod.Entropy}[method]
+    calib_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
     extra = {
-        "ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "DedicatedQDQPair": True,
         # int32 bias DequantizeLinear nodes are rejected by TensorRT's parser; ORT fuses float biases too.
         "QuantizeBias": False,
         # Output channels: axis 0 of Conv weights (O, I, kH, kW), axis 1 of MatMul weights (K, N).
@@ -212,15 +238,25 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
     saved_level = quant_logger.level
     quant_logger.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
     try:
-        with tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.") as tmp, \
-                make_progress(transient=True) if show_progress else _NoProgress() as progress:
+        with (
+            tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.") as tmp,
+            make_progress(transient=True) if show_progress else _NoProgress() as progress,
+        ):
             raw = Path(tmp) / "quantized.onnx"
             reader = _calibration_reader(images, input_name, hw, meta, progress if show_progress else None)
             try:
                 quantize_static(
-                    proto, raw, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-                    per_channel=per_channel, reduce_range=False, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calib_method,
+                    proto,
+                    raw,
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                    per_channel=per_channel,
+                    reduce_range=False,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded,
+                    calibrate_method=calib_method,
                     extra_options=extra,
                 )
             except (DatasetError, ConfigError):
@@ -230,8 +266,11 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib_dir: str | Pa
             quantized = onnx.load(str(raw))
     finally:
         quant_logger.setLevel(saved_level)
-    meta.extra = {**meta.extra, "precision": "int8",
-                  "calibration": f"{len(images)} images from {Path(calib_dir).name}, {method}, {hw[0]}x{hw[1]}"}
+    meta.extra = {
+        **meta.extra,
+        "precision": "int8",
+        "calibration": f"{len(images)} images from {Path(calib_dir).name}, {method}, {hw[0]}x{hw[1]}",
+    }
     dedicate_activation_pairs(quantized)
     _restore_metadata(quantized, proto, meta)
     try:
@@ -263,9 +302,11 @@ def dedicate_activation_pairs(proto: onnx.ModelProto) -> int:
     graph = proto.graph
     constants = {i.name for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
-             for vi in list(shape_inference.infer_shapes(proto).graph.value_info) + list(graph.input)
-             if vi.type.tensor_type.HasField("shape")}
+    ranks = {
+        vi.name: len(vi.type.tensor_type.shape.dim)
+        for vi in list(shape_inference.infer_shapes(proto).graph.value_info) + list(graph.input)
+        if vi.type.tensor_type.HasField("shape")
+    }
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -311,9 +352,8 @@ def dedicate_activation_pairs(proto: onnx.ModelProto) -> int:
 
 def _restore_metadata(quantized: onnx.ModelProto, source: onnx.ModelProto, meta: ModelMetadata) -> None:
     del quantized.metadata_props[:]
-    for prop in source.metadata_props:
-        entry = quantized.metadata_props.add()
-        entry.key, entry.value = prop.key, (meta.to_json() if prop.key == METADATA_KEY else prop.value)
+    quantized.metadata_props.extend(source.metadata_props)  # the source's entries in their order
+    meta.to_onnx(quantized)  # segrt's entry updated in place
     quantized.producer_name = source.producer_name
     quantized.producer_version = source.producer_version
     quantized.doc_string = source.doc_string + " (int8 Q/DQ)"
@@ -327,12 +367,13 @@ class _NoProgress:
         return False
 
 
-def label_agreement(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
-                    size: tuple[int, int] | None = None) -> list[float]:
+def label_agreement(
+    reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray], size: tuple[int, int] | None = None
+) -> list[float]:
     """Per frame, the fraction of output pixels whose label (argmax) the two models agree on, in ONNX Runtime."""
     import onnxruntime as ort
 
-    meta = read_metadata(onnx.load(str(reference), load_external_data=False), Path(reference))
+    meta = require_metadata(onnx.load(str(reference), load_external_data=False), Path(reference))
     hw = size or meta.input_size
     if hw is None:
         raise ConfigError("dynamic model: pass the comparison size (HxW)")

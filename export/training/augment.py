@@ -41,7 +41,8 @@ def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment(img: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(img: np.ndarray, label: np.ndarray, cfg: AugmentConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     s = rng.uniform(*cfg.scale)
     h, w = int(round(cfg.base_size[0] * s)), int(round(cfg.base_size[1] * s))
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)

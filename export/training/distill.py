@@ -1,5 +1,7 @@
 """Student-teacher distillation for SegFormers: recover a pruned model from its unpruned teacher, or
-train a small model from a larger one. Resumable to the iteration, with a time budget.
+train a small model from a larger one. Resumable to the iteration, with a time budget (the shared
+:mod:`.loop`; this module supplies the step). Gate training and exit-head training run through
+:func:`distill` with :class:`DistillHooks`.
 
 Losses (TransKD, Liu et al. 2023; two-stage schedule after DynaSegFormer, Bai et al. 2023):
 - logit KD: pixel-wise KL(teacher || student) of temperature-softened class distributions.
@@ -24,26 +26,32 @@ teacher's logits (with the feature losses scaled by ``stage2_features``).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from segrt.runtime.datasets import open_dataset
-from segrt.runtime.errors import ConfigError
-from segrt.runtime.evaluate import evaluate
-from segrt.runtime.progress import make_progress
-
-from segrt.export.training.augment import AugmentConfig
 from segrt.export.model.checkpoints import LoadedModel, save_checkpoint
 from segrt.export.model.segformer import SegFormer
-from segrt.export.model.torch_predict import TorchPredictor
-from segrt.export.training.train import TrainSamples, amp_dtype, class_weights, lr_at, pick_device, seg_loss
+from segrt.export.training.augment import AugmentConfig
+from segrt.export.training.loop import Job, TorchStateFile, Validation, run_loop
+from segrt.export.training.train import (
+    TrainSamples,
+    adamw,
+    amp_dtype,
+    class_weights,
+    evaluator,
+    lr_at,
+    sample_loader,
+    seg_loss,
+    set_lr,
+    start_run,
+    update,
+)
+from segrt.runtime.datasets import open_dataset
+from segrt.runtime.errors import ConfigError
 
 
 @dataclass
@@ -111,7 +119,8 @@ class CrossSelectiveFusion(nn.Module):
     def __init__(self, student_widths: tuple[int, ...], teacher_widths: tuple[int, ...], reduce: int = 4):
         super().__init__()
         n = len(teacher_widths)
-        self.align = nn.ModuleList(identity_or_random(nn.Conv2d(cs, ct, 1)) for cs, ct in zip(student_widths, teacher_widths))
+        pairs = list(zip(student_widths, teacher_widths))
+        self.align = nn.ModuleList(identity_or_random(nn.Conv2d(cs, ct, 1)) for cs, ct in pairs)
         self.context = nn.ModuleList(nn.Conv2d(teacher_widths[i + 1], teacher_widths[i], 1) for i in range(n - 1))
         for conv in self.context:  # context starts silent: fused == aligned student map
             nn.init.zeros_(conv.weight)
@@ -173,11 +182,13 @@ class Distiller(nn.Module):
         if len(student_widths) != len(teacher_widths):
             raise ConfigError(f"student has {len(student_widths)} stages, teacher {len(teacher_widths)}")
         self.csf = CrossSelectiveFusion(student_widths, teacher_widths)
-        self.pea = nn.ModuleList(identity_or_random(nn.Linear(cs, ct)) for cs, ct in zip(student_widths, teacher_widths))
-        self.assistant = (nn.ModuleList(identity_or_random(nn.Linear(ct, cs)) for cs, ct in zip(student_widths, teacher_widths))
+        pairs = list(zip(student_widths, teacher_widths))
+        self.pea = nn.ModuleList(identity_or_random(nn.Linear(cs, ct)) for cs, ct in pairs)
+        self.assistant = (nn.ModuleList(identity_or_random(nn.Linear(ct, cs)) for cs, ct in pairs)
                           if assistant else None)
 
-    def losses(self, student: dict, teacher: dict, temperature: float = 1.0, embed_temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    def losses(self, student: dict, teacher: dict, temperature: float = 1.0,
+               embed_temperature: float = 1.0) -> dict[str, torch.Tensor]:
         """``student``/``teacher``: {"logits", "features" (stage maps), "embeddings" (B, N, C per stage)}."""
         out = {
             "kd": logit_kd_loss(student["logits"], teacher["logits"], temperature),
@@ -186,8 +197,9 @@ class Distiller(nn.Module):
                               for proj, s, t in zip(self.pea, student["embeddings"], teacher["embeddings"])),
         }
         if self.assistant is not None:
-            out["assistant"] = sum(channel_distribution_loss(s, bridge(t), embed_temperature)
-                                   for bridge, s, t in zip(self.assistant, student["embeddings"], teacher["embeddings"]))
+            out["assistant"] = sum(
+                channel_distribution_loss(s, bridge(t), embed_temperature)
+                for bridge, s, t in zip(self.assistant, student["embeddings"], teacher["embeddings"]))
         return out
 
 
@@ -208,7 +220,8 @@ def forward_with_features(model: SegFormer, x: torch.Tensor) -> dict:
 def stage_weights(it: int, cfg: DistillConfig) -> dict[str, float]:
     """Loss weights at iteration ``it`` of the two-stage schedule."""
     if it < int(cfg.stage1 * cfg.iterations):
-        return {"kd": 0.0, "features": cfg.feature_weight, "embeddings": cfg.embed_weight, "assistant": cfg.embed_weight}
+        return {"kd": 0.0, "features": cfg.feature_weight, "embeddings": cfg.embed_weight,
+                "assistant": cfg.embed_weight}
     f = cfg.stage2_features
     return {"kd": cfg.kd_weight, "features": f * cfg.feature_weight, "embeddings": f * cfg.embed_weight,
             "assistant": f * cfg.embed_weight}
@@ -216,121 +229,77 @@ def stage_weights(it: int, cfg: DistillConfig) -> dict[str, float]:
 
 def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=print,
             hooks: DistillHooks | None = None) -> dict:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    out, device = start_run(cfg)
     t_model, s_model = teacher.model.eval().to(device), student.model.to(device)
-    if t_model.config.num_classes != s_model.config.num_classes:
-        raise ConfigError(f"teacher predicts {t_model.config.num_classes} classes, student {s_model.config.num_classes}")
     for p in t_model.parameters():
         p.requires_grad_(False)
     train_set = open_dataset(cfg.data, cfg.format, "train")
     val_set = open_dataset(cfg.data, cfg.format, "val")
-    if len(train_set.classes) != s_model.config.num_classes:
-        raise ConfigError(f"dataset has {len(train_set.classes)} classes, models {s_model.config.num_classes}")
-    # a random (from-scratch) student has no real metadata: it inherits the teacher's classes and sizes
-    meta = teacher.metadata if student.source.startswith("random:") else student.metadata
-    meta.extra = {**meta.extra, "distillation": json.dumps({"teacher": teacher.source, "teacher_sha256": teacher.sha256,
-                                                            "student": student.source, "config": asdict(cfg)}, default=str)}
+    check_classes(t_model, s_model, len(train_set.classes))
+    meta = student_metadata(teacher, student, cfg)
     base_size = tuple(cfg.base_size or teacher.metadata.input_size or (512, 512))
     torch.manual_seed(cfg.seed)  # adapter init and dropout: a resumed run must replay the same draws
     distiller = Distiller(s_model.config.widths, t_model.config.widths, cfg.assistant).to(device)
     hooks = hooks or DistillHooks()
     named = list(s_model.named_parameters()) + [("distiller." + n, p) for n, p in distiller.named_parameters()]
-    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    for name, p in named:
-        scale = hooks.lr_scale(name) if hooks.lr_scale else 1.0
-        groups.setdefault((scale, p.ndim > 1), []).append(p)
-    opt = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale}
-                             for (scale, decays), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
-                            lr=cfg.lr)  # (decay, no-decay) order per scale, as resumable states before hooks
+    opt = adamw(named, cfg.lr, cfg.weight_decay, hooks.lr_scale)
     weights = class_weights(train_set, len(train_set)).to(device) if cfg.loss == "balanced" else None
-    state_path = out / "distill_state.pt"
-    start, best, history, elapsed_before = 0, -1.0, [], 0.0
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale)), cfg.seed,
+                           meta.mean, meta.std)
+    dtype = amp_dtype(cfg, device)
+
+    def step(it: int, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        set_lr(opt, lr_at(it, cfg))
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad():
+                t_out = forward_with_features(t_model, x)
+            s_out = forward_with_features(s_model, x)
+            parts = distiller.losses(s_out, t_out, cfg.temperature, cfg.embed_temperature)
+            extra = hooks.losses(s_model) if hooks.losses else {}
+        w = stage_weights(it, cfg)
+        seg = seg_loss(s_out["logits"], y, cfg.loss, weights)
+        update(opt, seg + sum(w[k] * v for k, v in parts.items() if w[k] > 0) + sum(extra.values()))
+        return {"seg": seg.item(), **{k: v.item() for k, v in {**parts, **extra}.items()}, "lr": lr_at(it, cfg)}
+
+    def load_state(state: dict) -> None:
         if state["student_sha256"] != student.sha256 or state["teacher_sha256"] != teacher.sha256:
-            raise ConfigError(f"{state_path} belongs to a different teacher/student pair; use another --out")
+            raise ConfigError(f"{out / 'distill_state.pt'} belongs to a different teacher/student pair; "
+                              "use another --out")
         s_model.load_state_dict(state["student"])
         distiller.load_state_dict(state["distiller"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = int(state["iteration"]), float(state["best_miou"])
-        history = json.loads(state["history"])
-        elapsed_before = float(state["elapsed"])
-        log(f"resumed from {state_path} at iteration {start} (best mIoU {best:.4f})")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale)), cfg.seed, meta.mean, meta.std)
-    loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=range(start * cfg.batch_size, cfg.iterations * cfg.batch_size),
-                        num_workers=cfg.workers, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
-    dtype = amp_dtype(cfg, device)
-    t0 = time.time()
 
-    def save_state(it: int) -> None:
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"student": s_model.state_dict(), "distiller": distiller.state_dict(), "optimizer": opt.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "iteration": it, "best_miou": best, "history": json.dumps(history),
-                    "elapsed": elapsed_before + time.time() - t0, "student_sha256": student.sha256,
-                    "teacher_sha256": teacher.sha256}, tmp)
-        tmp.replace(state_path)
-
-    def validate(it: int) -> float:
-        nonlocal best
-        s_model.eval()
-        metrics = evaluate(TorchPredictor(s_model, meta, size=base_size, device=device), val_set, limit=cfg.val_limit,
-                           show_progress=False)
-        s_model.train()
-        history.append({"iteration": it, "miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy,
-                        "elapsed": elapsed_before + time.time() - t0})
-        if metrics.miou > best:
-            best = metrics.miou
-            save_checkpoint(s_model, meta, out / "best.safetensors")
-            (out / "best.json").write_text(json.dumps({"iteration": it, **metrics.to_dict()}, indent=2))
-        save_checkpoint(s_model, meta, out / "last.safetensors")
-        log(f"iter {it}: val mIoU {metrics.miou:.4f} (best {best:.4f})")
-        return metrics.miou
-
+    job = Job("distill", TorchStateFile(out / "distill_state.pt"),
+              state=lambda: {"student": s_model.state_dict(), "distiller": distiller.state_dict(),
+                             "optimizer": opt.state_dict(), "student_sha256": student.sha256,
+                             "teacher_sha256": teacher.sha256},
+              load_state=load_state,
+              batches=lambda start: sample_loader(samples, cfg.batch_size, start, cfg.iterations, cfg.workers,
+                                                  cfg.seed),
+              step=step,
+              validation=Validation(evaluator(s_model, meta, val_set, cfg.val_limit, device, size=base_size),
+                                    save_model=lambda path: save_checkpoint(s_model, meta, path),
+                                    keep_last=True, on_stop=True),
+              out=out, config=cfg)
     s_model.train()
     distiller.train()
-    it, stopped = start, False
-    with make_progress() as progress:
-        task = progress.add_task("distill", total=cfg.iterations, completed=start, info="")
-        for x, y in loader:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(it, cfg) * group.get("lr_scale", 1.0)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                with torch.no_grad():
-                    t_out = forward_with_features(t_model, x)
-                s_out = forward_with_features(s_model, x)
-                parts = distiller.losses(s_out, t_out, cfg.temperature, cfg.embed_temperature)
-                extra = hooks.losses(s_model) if hooks.losses else {}
-            w = stage_weights(it, cfg)
-            seg = seg_loss(s_out["logits"], y, cfg.loss, weights)
-            loss = seg + sum(w[k] * v for k, v in parts.items() if w[k] > 0) + sum(extra.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            it += 1
-            info = f"seg {seg.item():.3f} " + " ".join(f"{k} {v.item():.3f}" for k, v in {**parts, **extra}.items())
-            progress.update(task, completed=it, info=info)
-            if not progress.console.is_terminal and it % 25 == 0:
-                log(f"iter {it}/{cfg.iterations} {info} lr {lr_at(it, cfg):.2e} elapsed {elapsed_before + time.time() - t0:.0f}s")
-            if it % cfg.val_every == 0 or it == cfg.iterations:
-                validate(it)
-                save_state(it)
-            if cfg.time_budget is not None and time.time() - t0 > cfg.time_budget:
-                stopped = True
-                break
-    if stopped:
-        if not history or history[-1]["iteration"] != it:
-            validate(it)
-        save_state(it)
-        log(f"time budget reached at iteration {it}; resume with the same command")
-    elif not history or history[-1]["iteration"] != it:
-        validate(it)
-        save_state(it)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    return {"iteration": it, "best_miou": best, "finished": it >= cfg.iterations, "history": history}
+    return run_loop(cfg, job, log)
+
+
+def check_classes(teacher: SegFormer, student: SegFormer, dataset_classes: int) -> None:
+    if teacher.config.num_classes != student.config.num_classes:
+        raise ConfigError(f"teacher predicts {teacher.config.num_classes} classes, "
+                          f"student {student.config.num_classes}")
+    if dataset_classes != student.config.num_classes:
+        raise ConfigError(f"dataset has {dataset_classes} classes, models {student.config.num_classes}")
+
+
+def student_metadata(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig):
+    """The student's metadata, recording its distillation; a random (from-scratch) student has no real
+    metadata: it inherits the teacher's classes and sizes."""
+    meta = teacher.metadata if student.source.startswith("random:") else student.metadata
+    record = {"teacher": teacher.source, "teacher_sha256": teacher.sha256, "student": student.source,
+              "config": asdict(cfg)}
+    meta.extra = {**meta.extra, "distillation": json.dumps(record, default=str)}
+    return meta

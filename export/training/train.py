@@ -5,31 +5,35 @@ class-balanced or OHEM cross-entropy, periodic validation with the shared metric
 budget that stops cleanly with a checkpoint so a run can span machine sessions.
 
 Resumption is exact: the sample order and every augmentation draw are functions of
-(seed, epoch, index), and the optimiser, schedule and torch RNG states are checkpointed.
+(seed, epoch, index), and the optimiser, schedule and torch RNG states are checkpointed. The loop itself
+(resume, validation, best checkpoint, time budget) is :mod:`.loop`, shared with distill and prune; this
+module supplies the step, the model and the helpers the other trainers reuse.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segrt.runtime.datasets import IGNORE, SegDataset, open_dataset
-from segrt.runtime.evaluate import evaluate
-from segrt.runtime.metadata import ModelMetadata
-from segrt.runtime.progress import make_progress
-
-from segrt.export.training.augment import AugmentConfig, augment
 from segrt.export.model.checkpoints import save_checkpoint
 from segrt.export.model.segformer import SegFormer, SegFormerConfig
 from segrt.export.model.torch_predict import TorchPredictor
+from segrt.export.training.augment import AugmentConfig, augment
+from segrt.export.training.loop import Job, TorchStateFile, Validation, run_loop
+from segrt.runtime.datasets import IGNORE, SegDataset, open_dataset
+from segrt.runtime.evaluate import evaluate
+from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.metrics import SegMetrics
 
 
 @dataclass
@@ -139,97 +143,93 @@ def metadata_for(data: SegDataset, cfg: TrainConfig) -> ModelMetadata:
                          extra={"train_config": json.dumps(asdict(cfg), default=str)})
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def adamw(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+          lr_scale: Callable[[str], float] | None = None) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and norms; a group per learning-rate scale (``lr_scale(name)``,
+    kept in the group as ``"lr_scale"`` for :func:`set_lr`), decayed before non-decayed within a scale."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in named:
+        groups.setdefault((lr_scale(name) if lr_scale else 1.0, p.ndim > 1), []).append(p)
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+                              for (scale, decays), ps in order], lr=lr)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def sample_loader(samples: TrainSamples, batch_size: int, start: int, iterations: int, workers: int,
+                  seed: int) -> DataLoader:
+    """Batches for iterations ``start`` .. ``iterations`` - 1 (global sample k = iteration x batch + i)."""
+    # A private generator: the loader's worker seeding must not draw from the global RNG that drop-path
+    # uses, or a resumed run would diverge from an uninterrupted one.
+    return DataLoader(samples, batch_size=batch_size, sampler=range(start * batch_size, iterations * batch_size),
+                      num_workers=workers, persistent_workers=False, drop_last=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def evaluator(model: SegFormer, meta: ModelMetadata, val_set: SegDataset, limit: int | None, device: torch.device,
+              size: tuple[int, int] | None = None) -> Callable[[], SegMetrics]:
+    """Validation for the loop: the predictor switches the model to eval mode; training mode comes back after."""
+    def run() -> SegMetrics:
+        predictor = TorchPredictor(model, meta, size=size, device=device)
+        metrics = evaluate(predictor, val_set, limit=limit, show_progress=False)
+        model.train()
+        return metrics
+
+    return run
+
+
+def start_run(cfg: TrainConfig | Any) -> tuple[Path, torch.device]:
+    """The run folder (created) and the device; the torch thread count set if the config names one."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    return out, pick_device(cfg.device)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    out, device = start_run(cfg)
     train_set = open_dataset(cfg.data, cfg.format, "train")
     val_set = open_dataset(cfg.data, cfg.format, "val")
     meta = metadata_for(train_set, cfg)
     torch.manual_seed(cfg.seed)
     model = SegFormer(SegFormerConfig.from_variant(cfg.variant, len(train_set.classes)), cfg.drop_path).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(model.named_parameters(), cfg.lr, cfg.weight_decay)
     weights = class_weights(train_set, len(train_set)).to(device) if cfg.loss == "balanced" else None
-    state_path = out / "train_state.pt"
-    start, best, history = 0, -1.0, []
-    elapsed_before = 0.0
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = int(state["iteration"]), float(state["best_miou"])
-        history = json.loads(state["history"])
-        elapsed_before = float(state.get("elapsed", 0.0))
-        log(f"resumed from {state_path} at iteration {start} (best mIoU {best:.4f})")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-
     samples = TrainSamples(train_set, AugmentConfig(tuple(cfg.base_size), tuple(cfg.crop), tuple(cfg.scale)),
                            cfg.seed, meta.mean, meta.std)
-    sampler = range(start * cfg.batch_size, cfg.iterations * cfg.batch_size)
-    # A private generator: the loader's worker seeding must not draw from the global RNG that drop-path
-    # uses, or a resumed run would diverge from an uninterrupted one.
-    loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        persistent_workers=False, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
     dtype = amp_dtype(cfg, device)
-    t0 = time.time()
 
-    def save_state(it: int) -> None:
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "iteration": it, "best_miou": best, "history": json.dumps(history),
-                    "elapsed": elapsed_before + time.time() - t0}, tmp)
-        tmp.replace(state_path)  # atomic: an interruption never leaves a half-written checkpoint
+    def step(it: int, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        set_lr(opt, lr_at(it, cfg))
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        loss = seg_loss(logits, y, cfg.loss, weights)
+        update(opt, loss)
+        return {"loss": loss.item(), "lr": lr_at(it, cfg)}
 
-    def validate(it: int) -> float:
-        nonlocal best
-        model.eval()
-        metrics = evaluate(TorchPredictor(model, meta, device=device), val_set, limit=cfg.val_limit, show_progress=False)
-        model.train()
-        history.append({"iteration": it, "miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy,
-                        "elapsed": elapsed_before + time.time() - t0})
-        if metrics.miou > best:
-            best = metrics.miou
-            save_checkpoint(model, meta, out / "best.safetensors")
-            (out / "best.json").write_text(json.dumps({"iteration": it, **metrics.to_dict()}, indent=2))
-        log(f"iter {it}: val mIoU {metrics.miou:.4f} (best {best:.4f}) pixel acc {metrics.pixel_accuracy:.4f}")
-        return metrics.miou
+    def load_state(state: dict) -> None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
 
+    job = Job("train", TorchStateFile(out / "train_state.pt"),
+              state=lambda: {"model": model.state_dict(), "optimizer": opt.state_dict()}, load_state=load_state,
+              batches=lambda start: sample_loader(samples, cfg.batch_size, start, cfg.iterations, cfg.workers,
+                                                  cfg.seed),
+              step=step,
+              validation=Validation(evaluator(model, meta, val_set, cfg.val_limit, device),
+                                    save_model=lambda path: save_checkpoint(model, meta, path)),
+              out=out, config=cfg)
     model.train()
-    it = start
-    stopped_for_budget = False
-    with make_progress() as progress:
-        task = progress.add_task("train", total=cfg.iterations, completed=start, info="")
-        for x, y in loader:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(it, cfg)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-            loss = seg_loss(logits, y, cfg.loss, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            it += 1
-            progress.update(task, completed=it, info=f"loss {loss.item():.3f} lr {lr_at(it, cfg):.2e}")
-            if not progress.console.is_terminal and it % 25 == 0:  # logs and CI have no live bar
-                log(f"iter {it}/{cfg.iterations} loss {loss.item():.3f} lr {lr_at(it, cfg):.2e} "
-                    f"elapsed {elapsed_before + time.time() - t0:.0f}s")
-            if it % cfg.val_every == 0 or it == cfg.iterations:
-                validate(it)
-                save_state(it)
-            if cfg.time_budget is not None and time.time() - t0 > cfg.time_budget:
-                save_state(it)
-                stopped_for_budget = True
-                log(f"time budget reached at iteration {it}; resume with the same command")
-                break
-    if not stopped_for_budget and (not history or history[-1]["iteration"] != it):
-        validate(it)
-        save_state(it)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    return {"iteration": it, "best_miou": best, "finished": it >= cfg.iterations, "history": history}
+    return run_loop(cfg, job, log)

@@ -7,13 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
-from segrt.runtime.errors import BackendError, BackendUnavailableError, MissingPluginError, ModelLoadError, UnsafeModelError
-from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
+from segrt.runtime.errors import (
+    BackendError,
+    BackendUnavailableError,
+    MissingPluginError,
+    ModelLoadError,
+    UnsafeModelError,
+)
+from segrt.runtime.metadata import ModelMetadata, check_against_io, check_output
 
 PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+# ONNX Runtime's type strings -> numpy; a type not listed (string, bfloat16, ...) is refused by the checks
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
 }
 
 
@@ -32,7 +46,8 @@ def choose_providers(device: str) -> list[str]:
         wanted = [p for p in PROVIDER_ALIASES["tensorrt"] if p in available]
         return wanted or ["CPUExecutionProvider"]
     if device not in PROVIDER_ALIASES:
-        raise BackendUnavailableError(f"unknown ONNX Runtime device {device!r}; expected auto, {', '.join(PROVIDER_ALIASES)}")
+        raise BackendUnavailableError(
+            f"unknown ONNX Runtime device {device!r}; expected auto, {', '.join(PROVIDER_ALIASES)}")
     wanted = PROVIDER_ALIASES[device]
     if wanted[0] not in available:
         raise BackendUnavailableError(
@@ -91,7 +106,8 @@ def check_external_data(path: Path) -> None:
         target = (folder / location).resolve()  # resolve() follows symlinks and "..", so both count
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
             raise UnsafeModelError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}, outside the "
-                                   f"model's folder {folder}; segrt refuses external data that is not next to the model")
+                                   f"model's folder {folder}; segrt refuses external data that is not next to "
+                                   "the model")
 
 
 class OnnxRuntimeBackend:
@@ -117,41 +133,58 @@ class OnnxRuntimeBackend:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise ModelLoadError(f"{self.path}: expected one image input, found {len(inputs)}")
+        if not outputs:
+            raise ModelLoadError(f"{self.path}: the graph has no output")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
-        shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
-        if len(shape) != 4 or shape[1] not in (3, None):
-            raise ModelLoadError(f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected (N, 3, H, W)")
+        shape = _static_dims(inputs[0].shape)
+        if shape is None or len(shape) != 4 or shape[1] not in (3, None):
+            raise ModelLoadError(
+                f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected (N, 3, H, W)")
         if inputs[0].type != "tensor(float)":
             raise ModelLoadError(f"{self.path}: input type {inputs[0].type}; expected float32")
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0])
 
     def _read_metadata(self, output) -> ModelMetadata:
-        custom = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY in custom:
-            meta = ModelMetadata.from_json(custom[METADATA_KEY])
-        else:
+        """The model's segrt metadata (or, for a foreign ONNX, today's defaults from its shapes), checked against
+        the graph's input and output before anything is allocated."""
+        try:
+            custom = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as exc:
+            raise ModelLoadError(f"{self.path}: the model's metadata_props are not UTF-8 text: {exc}") from exc
+        out_shape = _static_dims(output.shape)
+        out_dtype = ORT_TYPES.get(output.type)
+        if out_dtype is None:
+            raise ModelLoadError(f"{self.path}: output {output.name} has type {output.type}; expected a float or "
+                                 "integer tensor")
+        meta = ModelMetadata.from_onnx(custom)
+        if meta is None:
             # A foreign ONNX (not exported by segrt): describe it from its shapes, ImageNet normalisation.
-            k = output.shape[1] if len(output.shape) == 4 and isinstance(output.shape[1], int) else None
+            k = out_shape[1] if out_shape is not None and len(out_shape) == 4 else None
             if k is None:
                 raise ModelLoadError(f"{self.path}: no segrt metadata and the output shape {output.shape} "
                                      "does not give the class count; export with `segrt export`")
-            size = self.input_shape[2:]
-            meta = ModelMetadata(classes=[f"class_{i}" for i in range(k)],
-                                 input_size=tuple(size) if all(isinstance(d, int) for d in size) else None)  # type: ignore[arg-type]
-        if self.input_shape[2] is not None and self.input_shape[3] is not None:
-            meta.input_size = (self.input_shape[2], self.input_shape[3])
-        return meta
+            meta = ModelMetadata(classes=[f"class_{i}" for i in range(k)], input_size=None)
+        return check_against_io(meta, self.input_shape, out_shape, np.dtype(out_dtype), self.path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
+        # a dynamic graph's output shape is only known now: it must still be what the metadata says
+        return check_output(self.metadata, out, batch.shape[0], self.path)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+def _static_dims(shape) -> list[int | None] | None:
+    """ONNX Runtime's shape (ints for static dimensions, names or None for dynamic ones); None: rank unknown."""
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None for d in shape]
 
 
 def default_threads() -> int | None:

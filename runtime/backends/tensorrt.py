@@ -8,58 +8,45 @@ matters on Jetson CPUs).
 
 Before TensorRT sees a single byte, the JSON manifest next to the engine is checked against the
 running TensorRT version and the GPU's compute capability, and the engine's sha256 against the
-manifest (:mod:`segrt.engines.manifest`); the bytes that were hashed are the bytes deserialised.
+manifest (:mod:`segrt.runtime.backends.engine_manifest`); the bytes that were hashed are the bytes
+deserialised.
 
 Thread safety: one execution context and one set of buffers per backend, so ``run`` is serialised by
-a lock; open one Engine per thread for parallel inference on one GPU.
+a lock; open one Engine per thread for parallel inference on one GPU. The CUDA current device is a
+per-host-thread setting, so every ``run`` selects the backend's device in the calling thread.
+
+Batches larger than the engine's optimization profile allows (``segrt build --max-batch N``) are run
+in chunks of the profile's maximum batch, so ``Engine.infer_batch`` never exceeds the profile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segrt.runtime.backends import cuda as cuda_helpers
+from segrt.runtime.backends.cuda import cuda_check, import_tensorrt, stream_handle
+from segrt.runtime.backends.engine_manifest import load_checked_engine
 from segrt.runtime.errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
-from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.metadata import ModelMetadata, check_against_io, check_output
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 
-def _import_tensorrt() -> None:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailableError("TensorRT is not installed (it comes with JetPack on Jetson; "
-                                      "pip install tensorrt on a desktop)") from exc
-    if not hasattr(tensorrt, "Runtime"):  # tensorrt-stubs alone create an empty namespace package
-        raise BackendUnavailableError("only TensorRT type stubs are installed, not TensorRT itself")
-
-
 def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        raise BackendUnavailableError("cuda-python is not installed: pip install cuda-python") from exc
-    return cudart
+    """cuda.bindings.runtime, looked up on each use so tests can substitute a CPU stand-in."""
+    return cuda_helpers.import_cudart()
 
 
 def _cuda(result: Any, what: str) -> Any:
     """Unpack a cuda.bindings ``(error, value...)`` tuple, raising BackendError on any error code."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, name = cudart.cudaGetErrorName(err)
-        raise BackendError(f"CUDA {what} failed: {name.decode() if isinstance(name, bytes) else name}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
+    return cuda_check(result, what, _cudart())
 
 
 def _host_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -67,6 +54,16 @@ def _host_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
     return np.ctypeslib.as_array(raw).view(dtype).reshape(shape)
+
+
+def prepare_runtime(runtime: trt.Runtime, version_compatible: bool, dla_core: int | None) -> None:
+    """Runtime settings that must precede deserialisation (the builder's ``--adopt`` uses them too): a
+    version-compatible engine embeds host code (its lean runtime), so loading it needs
+    ``engine_host_code_allowed``; a DLA engine runs on the core the runtime names (as trtexec does)."""
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
 
 
 class _Buffers:
@@ -110,9 +107,7 @@ class _Buffers:
 
 class TensorRTBackend:
     def __init__(self, path: str | Path, device: int = 0, cuda_graph: bool = False):
-        from segrt.engines.manifest import load_checked_engine
-
-        _import_tensorrt()
+        import_tensorrt()  # a typed segrt error when only the stubs (or nothing) are installed
         import tensorrt as trt
 
         cudart = _cudart()
@@ -140,8 +135,7 @@ class TensorRTBackend:
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")  # engines may embed standard plugins (ScatterElements)
         self._runtime = trt.Runtime(self._logger)
-        if self.manifest.version_compatible:
-            self._runtime.engine_host_code_allowed = True  # version-compatible engines embed their lean runtime
+        prepare_runtime(self._runtime, self.manifest.version_compatible, self.manifest.dla_core)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise ModelLoadError(f"TensorRT {trt.__version__} could not deserialise {self.path} although its manifest "
@@ -162,9 +156,11 @@ class TensorRTBackend:
         if len(shape) != 4:
             raise ModelLoadError(f"{self.path}: input shape {shape} is not (N, 3, H, W)")
         self.input_shape = (self._dim(shape[0]), self._dim(shape[1]), self._dim(shape[2]), self._dim(shape[3]))
+        self.max_batch = self._max_batch()
         self.metadata = self._read_metadata()
         self.name = f"tensorrt:{trt.__version__}:{self.manifest.precision}"
-        self._stream = _cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        self._stream = _cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                             "cudaStreamCreateWithFlags")
 
     @staticmethod
     def _dims(dims: trt.Dims) -> tuple[int, ...]:
@@ -174,17 +170,25 @@ class TensorRTBackend:
     def _dim(d: int) -> int | None:
         return None if d < 0 else d
 
+    def _max_batch(self) -> int:
+        """The largest batch one enqueue may take: the fixed batch, else profile 0's maximum."""
+        if self.input_shape[0] is not None:
+            return self.input_shape[0]
+        _lo, _opt, hi = self._engine.get_tensor_profile_shape(self.input_name, 0)
+        return max(1, int(hi[0]))
+
     def _read_metadata(self) -> ModelMetadata:
         if self.manifest.metadata:
-            meta = ModelMetadata.from_json(json.dumps(self.manifest.metadata))
+            meta = ModelMetadata.from_dict(self.manifest.metadata)
         else:
             out = self.manifest.outputs[0].shape
             if len(out) != 4 or out[1] < 1:
-                raise ModelLoadError(f"{self.path}: manifest has no segrt metadata and output shape {out} gives no class count")
+                raise ModelLoadError(f"{self.path}: manifest has no segrt metadata and output shape {out} gives no "
+                                     "class count")
             meta = ModelMetadata(classes=[f"class_{i}" for i in range(out[1])], input_size=None)
-        h, w = self.input_shape[2], self.input_shape[3]
-        meta.input_size = (h, w) if h is not None and w is not None else None
-        return meta
+        # The same checks as the ONNX Runtime backend: the record must describe this engine's I/O.
+        out_shape = tuple(self._dim(d) for d in self._dims(self._engine.get_tensor_shape(self.output_name)))
+        return check_against_io(meta, self.input_shape, out_shape, self.output_dtype, self.path)
 
     # ------------------------------------------------------------------ execution
     def _prepare(self, shape: tuple[int, ...]) -> _Buffers:
@@ -219,7 +223,7 @@ class TensorRTBackend:
         cudart = _cudart()
         _cuda(cudart.cudaMemcpyAsync(buffers.dev_in, buffers.host_in_ptr, buffers.in_bytes,
                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync H2D")
-        if not self._context.execute_async_v3(int(self._stream)):
+        if not self._context.execute_async_v3(stream_handle(self._stream)):
             raise BackendError(f"TensorRT execute_async_v3 failed on input shape {buffers.in_shape}")
         _cuda(cudart.cudaMemcpyAsync(buffers.host_out_ptr, buffers.dev_out, buffers.out_bytes,
                                      cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync D2H")
@@ -233,7 +237,8 @@ class TensorRTBackend:
         self._enqueue(buffers)
         _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         try:
-            _cuda(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            _cuda(cudart.cudaStreamBeginCapture(self._stream,
+                                                cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
                   "cudaStreamBeginCapture")
             try:
                 self._enqueue(buffers)
@@ -260,10 +265,21 @@ class TensorRTBackend:
         for axis, want in enumerate(self.input_shape):
             if want is not None and batch.shape[axis] != want:
                 raise InputError(f"batch shape {batch.shape} does not fit the engine input {self.input_shape}")
+        if len(batch) <= self.max_batch:
+            out = self._run_chunk(batch)
+        else:
+            # More frames than the profile takes (several cameras on an engine built for fewer): run in chunks.
+            out = np.concatenate([self._run_chunk(batch[i : i + self.max_batch])
+                                  for i in range(0, len(batch), self.max_batch)])
+        return check_output(self.metadata, out, len(batch), self.path)
+
+    def _run_chunk(self, batch: np.ndarray) -> np.ndarray:
         cudart = _cudart()
         with self._lock:
             if self._context is None:
                 raise BackendError("the TensorRT backend is closed")
+            # The current device is per host thread: this thread may not be the one that opened the engine.
+            _cuda(cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
             buffers = self._buffers
             if buffers is None or buffers.in_shape != tuple(batch.shape):
                 buffers = self._prepare(tuple(int(d) for d in batch.shape))
@@ -281,6 +297,7 @@ class TensorRTBackend:
             if getattr(self, "_context", None) is None:
                 return
             cudart = _cudart()
+            cudart.cudaSetDevice(self.device)  # the frees below target this engine's GPU, whichever thread closes
             cudart.cudaStreamSynchronize(self._stream)
             self._release_graph()
             if self._buffers is not None:

@@ -10,8 +10,6 @@ MODEL forms (optionally ``NAME=MODEL`` to label a row):
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segrt.runtime.errors import ConfigError, SourceError
-
 from segrt.commands._args import parse_size
+from segrt.measure.report import fmt
+from segrt.runtime.errors import ConfigError, SourceError
 
 PEER_PREFIXES = ("hf:", "hf-onnx:", "torch:")
 
@@ -50,11 +48,13 @@ def build_candidates(models: list[str], backend: str, threads: int | None, peers
         if weights is None:
             raise ConfigError("--peers needs a checkpoint among MODEL (a bundled name such as camvid-b0, a "
                               ".safetensors file or random:b0:11) whose weights the peers use")
-        specs = [("transformers (eager)", f"hf:{weights}"), ("transformers -> ONNX Runtime", f"hf-onnx:{weights}")] + specs
+        specs = [("transformers (eager)", f"hf:{weights}"),
+                 ("transformers -> ONNX Runtime", f"hf-onnx:{weights}"), *specs]
     candidates = []
     for name, spec in specs:
         if is_exported(spec):
-            candidates.append(segrt_candidate(spec, name=name, backend=backend, threads=threads, macs=_graph_macs(spec)))
+            candidates.append(segrt_candidate(spec, name=name, backend=backend, threads=threads,
+                                              macs=_graph_macs(spec)))
             continue
         from segrt.measure import peers as p  # torch and transformers load only for checkpoints
 
@@ -95,11 +95,10 @@ def print_group(console: Console, group: dict) -> None:
                          ("GMAC", "right"), ("GMAC/s", "right"), ("% peak", "right"), ("peak MB", "right")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in group["results"]:
-        f = lambda v, spec=".1f": "-" if v is None else format(v, spec)
-        table.add_row(r["name"], str(r["info"].get("backend", r["kind"])), r["precision"], f(r["latency_ms"]["p50"]),
-                      f(r["latency_ms"]["p95"]), f(r["end_to_end_ms"]["p50"]), f(r["throughput_fps"]),
-                      f"{r['speedup_vs_first']:.2f}x", f(r["gmacs"], ".2f"), f(r["gmacs_per_s"]), f(r["pct_of_peak"]),
-                      f(r["memory_mb"]["peak"], ".0f"))
+        table.add_row(r["name"], str(r["info"].get("backend", r["kind"])), r["precision"],
+                      fmt(r["latency_ms"]["p50"]), fmt(r["latency_ms"]["p95"]), fmt(r["end_to_end_ms"]["p50"]),
+                      fmt(r["throughput_fps"]), f"{r['speedup_vs_first']:.2f}x", fmt(r["gmacs"], ".2f"),
+                      fmt(r["gmacs_per_s"]), fmt(r["pct_of_peak"]), fmt(r["memory_mb"]["peak"], ".0f"))
     console.print(table)
     for p in group["probes"]:
         console.print(f"  peak probe {p['name']} (threads {p['threads']}): {p['gmacs_per_s']:.1f} GMAC/s")
@@ -107,36 +106,38 @@ def print_group(console: Console, group: dict) -> None:
         console.print(f"  [yellow]skipped[/] {s['name']}: {s['reason']}")
 
 
-def report_profiles(console: Console, candidates: list, size: tuple[int, int], frame, threads: int, groups: list) -> None:
-    from segrt.runtime.preprocess import frames_to_input
-    from segrt.measure.profile import profile_kernels
+def report_profiles(console: Console, candidates: list, frame, threads: int, group: dict) -> None:
+    """ONNX Runtime's profiler on every ONNX candidate of ``group``: kept in the group, summarised on screen."""
+    from segrt.measure.profile import profile_group
 
-    group = next(g for g in groups if tuple(g["size"]) == tuple(size))
-    measured = {r["name"]: r for r in group["results"]}
-    for cand in candidates:
-        if cand.name not in measured or cand.kind != "onnxruntime":
-            continue
-        path = measured[cand.name]["info"].get("path")
-        prof = profile_kernels(path, frames_to_input([frame], size, cand.mean, cand.std), runs=5, threads=threads)
+    h, w = group["size"]
+    for name, prof in profile_group(candidates, group, frame, threads).items():
         top = ", ".join(f"{o.op_type} {o.ms_per_run:.1f}" for o in prof.top(8))
         kernels = ", ".join(prof.integer_kernels()) or "none (float kernels only)"
-        console.print(f"[bold]{cand.name}[/] {size[0]}x{size[1]}: {prof.total_ms_per_run:.1f} ms of kernels per run; "
+        console.print(f"[bold]{name}[/] {h}x{w}: {prof.total_ms_per_run:.1f} ms of kernels per run; "
                       f"top ms: {top}; integer kernels: {kernels}")
-        group.setdefault("kernel_profiles", {})[cand.name] = prof.to_dict()
+        group.setdefault("kernel_profiles", {})[name] = prof.to_dict()
 
 
 def bench(
-    models: list[str] = typer.Argument(..., help="ONNX files, engines, checkpoints/bundled names, hf:SPEC, hf-onnx:SPEC; NAME=MODEL labels a row"),
-    size: list[str] = typer.Option(None, "--size", help="input size HxW; repeat for several (default: the models' own, else 512x512)"),
-    backend: str = typer.Option("auto", "--backend", help="for ONNX/engines: auto, onnxruntime, ort-cuda, ort-tensorrt, tensorrt"),
-    threads: int = typer.Option(None, "--threads", help="intra-op threads for every candidate (default: all CPUs of this process)"),
+    models: list[str] = typer.Argument(..., help="ONNX files, engines, checkpoints/bundled names, hf:SPEC, "
+                                       "hf-onnx:SPEC; NAME=MODEL labels a row"),
+    size: list[str] = typer.Option(None, "--size", help="input size HxW; repeat for several "
+                                   "(default: the models' own, else 512x512)"),
+    backend: str = typer.Option("auto", "--backend", help="for ONNX/engines: auto, onnxruntime, ort-cuda, "
+                                "ort-tensorrt, tensorrt"),
+    threads: int = typer.Option(None, "--threads", help="intra-op threads for every candidate "
+                                "(default: all CPUs of this process)"),
     runs: int = typer.Option(20, "--runs", help="timed runs per candidate (interleaved)"),
     warmup: int = typer.Option(3, "--warmup", help="untimed runs per candidate after loading"),
     rewarm: int = typer.Option(1, "--rewarm", help="untimed runs of a candidate right before each of its timed runs "
                                "(1: steady streaming latency; 0: the first run after switching models, cold caches)"),
-    peers: bool = typer.Option(False, "--peers", help="put transformers eager and its plain ONNX Runtime export (weights of the first checkpoint) first"),
-    peak: bool = typer.Option(True, "--peak/--no-peak", help="time large matmuls in the same run for the machine's peak GMAC/s"),
-    frame_path: Path = typer.Option(None, "--frame", help="image the pipeline is timed on (default: a bundled street frame)"),
+    peers: bool = typer.Option(False, "--peers", help="put transformers eager and its plain ONNX Runtime export "
+                               "(weights of the first checkpoint) first"),
+    peak: bool = typer.Option(True, "--peak/--no-peak", help="time large matmuls in the same run for the machine's "
+                              "peak GMAC/s"),
+    frame_path: Path = typer.Option(None, "--frame", help="image the pipeline is timed on "
+                                    "(default: a bundled street frame)"),
     json_out: Path = typer.Option(None, "--json", help="write all numbers as JSON"),
     markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown"),
     workdir: Path = typer.Option(Path("out/bench"), "--workdir", help="where peer ONNX exports are written"),
@@ -146,15 +147,16 @@ def bench(
     """Benchmark models side by side: interleaved runs, p50/p95, FPS, memory, GMAC/s vs the machine's peak."""
     import cv2
 
-    from segrt.measure.bench import benchmark_size, environment, markdown_table
+    from segrt.measure.bench import benchmark_size, environment
+    from segrt.measure.harness import default_threads
     from segrt.measure.peak import default_probes
+    from segrt.measure.report import markdown_table, write_json, write_text
     from segrt.runtime.progress import make_progress
     from segrt.runtime.samples import sample_frames
 
     # Wide enough for the table when the output is a log file rather than a terminal.
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    if not threads:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or default_threads()
     if frame_path is not None:
         frame = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
         if frame is None:
@@ -164,31 +166,30 @@ def bench(
     with console.status("preparing candidates"):
         candidates = build_candidates(models, backend, threads, peers, workdir, [frame])
     sizes = default_sizes(candidates, size)
-    console.print(f"{len(candidates)} candidate(s), sizes {', '.join(f'{h}x{w}' for h, w in sizes)}, {threads} thread(s), "
-                  f"{warmup} warm-up + {runs} interleaved runs each ({rewarm} untimed before each)")
+    console.print(f"{len(candidates)} candidate(s), sizes {', '.join(f'{h}x{w}' for h, w in sizes)}, "
+                  f"{threads} thread(s), {warmup} warm-up + {runs} interleaved runs each "
+                  f"({rewarm} untimed before each)")
     groups = []
     with make_progress() as progress:
         for hw in sizes:
             groups.append(benchmark_size(candidates, hw, frame, runs=runs, warmup=warmup, rewarm=rewarm,
-                                         probes=default_probes(threads) if peak else (), progress=progress))
+                                         threads=threads, probes=default_probes(threads) if peak else (),
+                                         progress=progress))
     for group in groups:
         print_group(console, group)
     if profile:
-        for hw in sizes:
-            report_profiles(console, candidates, hw, frame, threads, groups)
+        for group in groups:
+            report_profiles(console, candidates, frame, threads, group)
     report = {"environment": environment(threads),
               "settings": {"runs": runs, "warmup": warmup, "rewarm": rewarm, "threads": threads, "interleaved": True,
                            "frame": str(frame_path) if frame_path else "bundled sample frame",
                            "frame_size": list(frame.shape[:2])},
               "groups": groups}
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {write_json(json_out, report)}")
     if markdown_out:
-        markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        markdown_out.write_text("\n\n".join(markdown_table(g) for g in groups) + "\n")
-        console.print(f"wrote {markdown_out}")
+        tables = "\n\n".join(markdown_table(g) for g in groups)
+        console.print(f"wrote {write_text(markdown_out, tables)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,19 +7,32 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from segrt.commands._args import (
+    at_least_one,
+    choice,
+    existing_file,
+    in_range,
+    model_spec,
+    non_negative,
+    output_folder,
+    parse_size,
+)
 
 
-def _shape(text: str | None) -> list[int] | None:
+def _shape(text: str | None, option: str) -> list[int] | None:
+    """NxCxHxW, or HxW for batch 1 and 3 channels; H and W bounded like every model input size."""
     if not text:
         return None
-    parts = [int(p) for p in text.lower().split("x")]
-    if len(parts) == 2:  # HxW: batch 1, 3 channels
-        return [1, 3, *parts]
-    if len(parts) != 4:
-        from segrt.runtime.errors import ConfigError
+    from segrt.runtime.errors import ConfigError
 
-        raise ConfigError(f"bad shape {text!r}; expected NxCxHxW or HxW")
-    return parts
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 4) or min(parts) < 1:
+        raise ConfigError(f"{option} {text!r}: expected NxCxHxW or HxW of positive integers")
+    h, w = parse_size(f"{parts[-2]}x{parts[-1]}", option)
+    return [1, 3, h, w] if len(parts) == 2 else [*parts[:2], h, w]
 
 
 def _print_reports(console: Console, reports) -> None:
@@ -59,25 +72,36 @@ def _from_plan(console: Console, plan_path: Path, adopt: Path | None, verbose: b
     console.print(f"[green]wrote[/] {result.engine} and {result.manifest.name} in {result.seconds:.0f} s")
 
 
-def build(
-    model: str = typer.Argument(None, help="ONNX file or bundled model name (omit with --from-plan)"),
+def build_command(
+    model: str = typer.Argument(None, help="ONNX file or bundled model name (omit with --from-plan)",
+                                callback=model_spec),
     target: str = typer.Option("desktop", "--target", "-t", help="build target (see `segrt targets`)"),
-    precision: str = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (int8 needs a Q/DQ ONNX); default: the target's"),
-    output: Path = typer.Option(None, "-o", "--output", help="bundle/engine folder (default: build/<model>-<target>)"),
-    dla_core: int = typer.Option(None, "--dla-core", help="run on this DLA core, with GPU fallback (Jetson AGX/NX)"),
-    workspace: int = typer.Option(None, "--workspace", help="builder workspace in MB (default: the target's)"),
+    precision: str = typer.Option(None, "--precision", "-p", callback=choice("fp32", "fp16", "int8"),
+                                  help="fp32, fp16 or int8 (int8 needs a Q/DQ ONNX); default: the target's"),
+    output: Path = typer.Option(None, "-o", "--output", help="bundle/engine folder (default: build/<model>-<target>)",
+                                callback=output_folder),
+    dla_core: int = typer.Option(None, "--dla-core", help="run on this DLA core, with GPU fallback (Jetson AGX/NX)",
+                                 callback=non_negative),
+    workspace: int = typer.Option(None, "--workspace", help="builder workspace in MB (default: the target's)",
+                                  callback=at_least_one),
     min_shape: str = typer.Option(None, "--min-shape", help="dynamic models: smallest input, NxCxHxW or HxW"),
     opt_shape: str = typer.Option(None, "--opt-shape", help="dynamic models: the shape to tune for"),
     max_shape: str = typer.Option(None, "--max-shape", help="dynamic models: largest input"),
-    max_batch: int = typer.Option(1, "--max-batch", help="dynamic batch: largest batch of the default profile"),
-    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0..5"),
-    version_compatible: bool = typer.Option(False, "--version-compatible", help="desktop: engine also loads in newer TensorRT of the same major"),
+    max_batch: int = typer.Option(1, "--max-batch", help="dynamic batch: largest batch of the default profile",
+                                  callback=at_least_one),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0..5",
+                                  callback=in_range(0, 5)),
+    version_compatible: bool = typer.Option(False, "--version-compatible",
+                                            help="desktop: engine also loads in newer TensorRT of the same major"),
     tensorrt: str = typer.Option(None, "--tensorrt", help="plan for this TensorRT version instead of the target's"),
     check_only: bool = typer.Option(False, "--check-only", help="only run the static compatibility check"),
     force: bool = typer.Option(False, "--force", help="write the bundle even if the compatibility check finds errors"),
-    no_engine: bool = typer.Option(False, "--no-engine", help="write the bundle only, even where an engine could be built"),
-    from_plan: Path = typer.Option(None, "--from-plan", help="on the device: build from a bundle's plan.json"),
-    adopt: Path = typer.Option(None, "--adopt", help="with --from-plan: write the manifest for an engine built by trtexec"),
+    no_engine: bool = typer.Option(False, "--no-engine",
+                                   help="write the bundle only, even where an engine could be built"),
+    from_plan: Path = typer.Option(None, "--from-plan", help="on the device: build from a bundle's plan.json",
+                                   callback=existing_file),
+    adopt: Path = typer.Option(None, "--adopt",
+                               help="with --from-plan: write the manifest for an engine built by trtexec"),
     verbose: bool = typer.Option(False, "--verbose", help="show TensorRT's log"),
 ) -> None:
     """Build a TensorRT engine for a target, or (without TensorRT or the target GPU here) a bundle that builds it
@@ -99,11 +123,12 @@ def build(
     from segrt.engines.versions import detect_gpu, detect_tensorrt
     from segrt.runtime.models import resolve
 
+    lo, opt, hi = (_shape(min_shape, "--min-shape"), _shape(opt_shape, "--opt-shape"),
+                   _shape(max_shape, "--max-shape"))
     source = resolve(model, "onnx")
     tgt = get_target(target)
     shapes = {}
     if min_shape or opt_shape or max_shape:
-        lo, opt, hi = _shape(min_shape), _shape(opt_shape), _shape(max_shape)
         _, info = inspect_model(source)
         given = [s for s in (lo, opt, hi) if s]
         shapes[info.inputs[0].name] = (lo or given[0], opt or given[0], hi or given[-1])
@@ -124,18 +149,20 @@ def build(
     with console.status(f"planning, preparing and checking {source.name} for {tgt.name}"):
         bundle = write_bundle(source, out, tgt, request)
     if bundle.fp16_error is not None:
-        console.print(f"FP16 ONNX vs FP32 in ONNX Runtime on real images: max relative error {bundle.fp16_error[0]:.2e}, "
-                      f"label agreement {bundle.fp16_error[1]:.4%}")
+        console.print(f"FP16 ONNX vs FP32 in ONNX Runtime on real images: max relative error "
+                      f"{bundle.fp16_error[0]:.2e}, label agreement {bundle.fp16_error[1]:.4%}")
     _print_reports(console, bundle.reports)
     console.print(f"[green]wrote bundle[/] {out}/: " + ", ".join(f.name for f in bundle.files))
     if not bundle.ok and not force:
-        console.print("[red]the compatibility check found errors; fix the export (or --force to keep the bundle anyway)[/]")
+        console.print("[red]the compatibility check found errors; fix the export "
+                      "(or --force to keep the bundle anyway)[/]")
         raise typer.Exit(2)
 
     running, gpu = detect_tensorrt(), detect_gpu()
     reason = ("--no-engine" if no_engine else "TensorRT is not installed here" if running is None
               else "no CUDA GPU is visible here" if gpu is None
-              else f"this GPU ({gpu.name}, {gpu.sm}) is not a {tgt.name} ({tgt.sm})" if not tgt.accepts_gpu(gpu) else None)
+              else f"this GPU ({gpu.name}, {gpu.sm}) is not a {tgt.name} ({tgt.sm})" if not tgt.accepts_gpu(gpu)
+              else None)
     if reason:
         console.print(f"engine not built: {reason}. On the device: [bold]{out}/build_engine.sh[/] "
                       f"(or build_engine_trtexec.sh)")
@@ -143,5 +170,5 @@ def build(
     _from_plan(console, out / "plan.json", None, verbose)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("build")(build)
+def register(root: typer.Typer) -> None:
+    root.command("build")(build_command)

@@ -6,51 +6,55 @@ from pathlib import Path
 
 import typer
 
-from segrt.commands._args import parse_size
+from segrt.commands import _training as opt
+from segrt.commands._args import model_spec, positive
 
 
 def distill_command(
-    teacher: str = typer.Option(..., "--teacher", help="teacher checkpoint or bundled name"),
-    student: str = typer.Option(..., "--student", help="student checkpoint (e.g. from `segrt prune`) or random:b0:NUM_CLASSES"),
-    data: Path = typer.Option(..., "--data", help="dataset root"),
-    out: Path = typer.Option(Path("runs/distill"), "-o", "--out", help="run folder (best.safetensors, history); resumes if it has state"),
-    fmt: str = typer.Option("camvid", "--format"),
-    iterations: int = typer.Option(2000, "--iterations"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    lr: float = typer.Option(2e-4, "--lr"),
-    crop: str = typer.Option("320x320", "--crop"),
-    temperature: float = typer.Option(1.0, "--temperature", help="logit KD temperature"),
-    kd_weight: float = typer.Option(1.0, "--kd-weight"),
-    feature_weight: float = typer.Option(1.0, "--feature-weight", help="CSF feature-map loss weight"),
-    embed_weight: float = typer.Option(1.0, "--embed-weight", help="patch-embedding alignment weight"),
-    stage1: float = typer.Option(0.3, "--stage1", help="fraction of iterations of feature-level KD before logit KD"),
+    teacher: str = typer.Option(..., "--teacher", help="teacher checkpoint or bundled name", callback=model_spec),
+    student: str = typer.Option(..., "--student", callback=model_spec,
+                                help="student checkpoint (e.g. from `segrt prune`) or random:b0:NUM_CLASSES"),
+    data: Path = opt.data_option(),
+    out: Path = opt.run_folder_option("runs/distill",
+                                      "run folder (best.safetensors, history); resumes if it has state"),
+    fmt: str = opt.format_option(),
+    iterations: int = opt.iterations_option(2000),
+    batch_size: int = opt.batch_size_option(),
+    lr: float = opt.lr_option(2e-4),
+    crop: str = opt.crop_option(),
+    temperature: float = typer.Option(1.0, "--temperature", help="logit KD temperature", callback=positive),
+    kd_weight: float = opt.weight_option("--kd-weight", 1.0, "logit KD weight"),
+    feature_weight: float = opt.weight_option("--feature-weight", 1.0, "CSF feature-map loss weight"),
+    embed_weight: float = opt.weight_option("--embed-weight", 1.0, "patch-embedding alignment weight"),
+    stage1: float = opt.stage1_option(),
     assistant: bool = typer.Option(False, "--assistant", help="add the embedding assistant"),
-    val_every: int = typer.Option(250, "--val-every"),
-    time_budget: float = typer.Option(None, "--time-budget", help="seconds; stop with a checkpoint when exceeded"),
-    amp: str = typer.Option("auto", "--amp"),
-    device: str = typer.Option("auto", "--device"),
-    workers: int = typer.Option(1, "--workers"),
-    threads: int = typer.Option(None, "--threads"),
-    seed: int = typer.Option(0, "--seed"),
+    val_every: int = opt.val_every_option(),
+    time_budget: float = opt.time_budget_option(),
+    amp: str = opt.amp_option(),
+    device: str = opt.device_option(),
+    workers: int = opt.workers_option(),
+    threads: int = opt.threads_option(),
+    seed: int = opt.seed_option(),
 ) -> None:
     """Distil a teacher into a student (logit KD, CSF feature maps, patch-embedding alignment; two stages)."""
     from rich.console import Console
 
-    from segrt.export.training.distill import DistillConfig, distill
     from segrt.export.loading import load_model
+    from segrt.export.training.distill import distill
 
     console = Console()
+    cfg = opt.distill_config(data=data, fmt=fmt, out=out, crop=crop, iterations=iterations, batch_size=batch_size,
+                             lr=lr, temperature=temperature, kd_weight=kd_weight, feature_weight=feature_weight,
+                             embed_weight=embed_weight, stage1=stage1, assistant=assistant, val_every=val_every,
+                             time_budget=time_budget, amp=amp, device=device, workers=workers, threads=threads,
+                             seed=seed)
     with console.status("loading teacher and student"):
         t, s = load_model(teacher), load_model(student)
-    cfg = DistillConfig(data=str(data), format=fmt, out=str(out), iterations=iterations, batch_size=batch_size, lr=lr,
-                        crop=parse_size(crop), temperature=temperature, kd_weight=kd_weight, feature_weight=feature_weight,
-                        embed_weight=embed_weight, stage1=stage1, assistant=assistant, val_every=val_every,
-                        time_budget=time_budget, amp=amp, device=device, workers=workers, threads=threads, seed=seed)
     result = distill(t, s, cfg, log=console.print)
     state = "finished" if result["finished"] else "resumable: run the same command again"
     console.print(f"stopped at iteration {result['iteration']} ({state}); best val mIoU {result['best_miou']:.4f}; "
                   f"weights in {out / 'best.safetensors'}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("distill")(distill_command)
+def register(root: typer.Typer) -> None:
+    root.command("distill")(distill_command)

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segrt.commands._args import parse_size
+from segrt.commands._args import at_least_one, model_spec, output_file, parse_size, size_option
+from segrt.commands._training import data_option, format_option
 
 
 def predictor_for(model: str, backend: str, size: str | None):
@@ -24,24 +25,28 @@ def predictor_for(model: str, backend: str, size: str | None):
 
     loaded = load_model(model)
     hw = parse_size(size) if size else loaded.metadata.input_size
-    return TorchPredictor(loaded.model, loaded.metadata, size=hw), loaded.metadata.classes, f"{loaded.source} on PyTorch"
+    predictor = TorchPredictor(loaded.model, loaded.metadata, size=hw)
+    return predictor, loaded.metadata.classes, f"{loaded.source} on PyTorch"
 
 
 def eval_command(
-    model: str = typer.Argument("camvid-b0", help="checkpoint, bundled name, ONNX file or engine"),
-    data: Path = typer.Option(..., "--data", help="dataset root"),
-    fmt: str = typer.Option("camvid", "--format", help="camvid, cityscapes, ade20k or folder"),
+    model: str = typer.Argument("camvid-b0", help="checkpoint, bundled name, ONNX file or engine",
+                                callback=model_spec),
+    data: Path = data_option(),
+    fmt: str = format_option(),
     split: str = typer.Option("val", "--split"),
-    json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON"),
+    json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON", callback=output_file),
     backend: str = typer.Option("auto", "--backend"),
-    size: str = typer.Option(None, "--size", help="input size HxW for checkpoints (default: the model's)"),
-    limit: int = typer.Option(None, "--limit", help="only the first N images"),
+    size: str = typer.Option(None, "--size", help="input size HxW for checkpoints (default: the model's)",
+                             callback=size_option),
+    limit: int = typer.Option(None, "--limit", help="only the first N images", callback=at_least_one),
 ) -> None:
     """Evaluate a model on a dataset split (confusion matrix over the whole split)."""
     from segrt.runtime.datasets import open_dataset
     from segrt.runtime.evaluate import evaluate
+    from segrt.runtime.sinks import write_text
 
-    console = Console()
+    console = Console(soft_wrap=True)
     dataset = open_dataset(data, fmt, split)
     predict, classes, where = predictor_for(model, backend, size)
     if len(classes) != len(dataset.classes):
@@ -57,10 +62,9 @@ def eval_command(
         table.add_row(name, "-" if iou is None else f"{iou:.4f}")
     console.print(table)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(metrics.to_dict(), indent=2))
-        console.print(f"wrote {json_out}")
+        written = write_text(json_out, json.dumps(metrics.to_dict(), indent=2), "metrics JSON")
+        console.print(f"wrote {written}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+def register(root: typer.Typer) -> None:
+    root.command("eval")(eval_command)

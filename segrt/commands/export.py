@@ -8,34 +8,73 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from segrt.commands._args import parse_size
+from segrt.commands._args import (
+    MAX_AREA,
+    MAX_SIDE,
+    MIN_SIDE,
+    at_least_one,
+    choice,
+    existing_folder,
+    in_range,
+    model_spec,
+    option_name,
+    output_file,
+    parse_size,
+    positive,
+    size_option,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def export(
-    checkpoint: str = typer.Argument("camvid-b0", help="checkpoint file/folder, bundled name, or random:b0:NUM_CLASSES"),
-    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write"),
-    size: str = typer.Option(None, "--size", help="fixed input size HxW (default: the model's own, else 512x512)"),
+def merge_option(param: typer.CallbackParam, value: str) -> str:
+    """--merge is parsed and validated while the command line is read, before the checkpoint loads."""
+    if value.strip().lower() == "none":
+        return value
+    from segrt.export.methods.merging.model import merge_config
+    from segrt.runtime.errors import ConfigError
+
+    try:
+        merge_config(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{option_name(param)}: {exc}") from exc
+    return value
+
+
+def export_command(
+    checkpoint: str = typer.Argument("camvid-b0", callback=model_spec,
+                                     help="checkpoint file/folder, bundled name, or random:b0:NUM_CLASSES"),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write", callback=output_file),
+    size: str = typer.Option(None, "--size", callback=size_option,
+                             help=f"fixed input size HxW (default: the model's own, else 512x512); sides "
+                                  f"{MIN_SIDE}..{MAX_SIDE}, at most {MAX_AREA} pixels"),
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)", callback=in_range(17, 21)),
     labels: bool = typer.Option(False, "--labels", help="in-graph ArgMax: output uint8 labels instead of logits"),
-    tolerance: float = typer.Option(None, "--tolerance", help="max relative error vs PyTorch on real images "
-                                    "(default 1e-4; 1e-3 with bipartite token merging, see segrt.export.methods.merging.model)"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
-    calib: Path = typer.Option(None, "--calib", help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with train/"),
-    calib_count: int = typer.Option(64, "--calib-count", help="int8: calibration images, spread evenly over the folder"),
-    merge: str = typer.Option("none", "--merge", help="token merging without retraining: none, 2x2, hq, fast, downsample, "
-                              "or a per-stage JSON config (text or .json file)"),
+    tolerance: float = typer.Option(None, "--tolerance", callback=positive,
+                                    help="max relative error vs PyTorch on real images (default 1e-4; 1e-3 with "
+                                         "bipartite token merging, see segrt.export.methods.merging.model)"),
+    precision: str = typer.Option("fp32", "--precision", callback=choice(*PRECISIONS),
+                                  help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
+    calib: Path = typer.Option(None, "--calib", callback=existing_folder,
+                               help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with "
+                                    "train/"),
+    calib_count: int = typer.Option(64, "--calib-count", callback=at_least_one,
+                                    help="int8: calibration images, spread evenly over the folder"),
+    merge: str = typer.Option("none", "--merge", callback=merge_option,
+                              help="token merging without retraining: none, 2x2, hq, fast, downsample, "
+                                   "or a per-stage JSON config (text or .json file)"),
     inline_merge_ops: bool = typer.Option(False, "--inline-merge-ops", help="emit token merging as plain standard ops "
                                           "instead of segrt.TokenMerge/TokenUnmerge local functions"),
-    no_fold: bool = typer.Option(False, "--no-fold", help="keep the decoder as trained (default: exact decoder folding)"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a .pth/.bin pickle holding more than tensors "
-                                      "(unpickling runs its code: only for files you trust)"),
+    no_fold: bool = typer.Option(False, "--no-fold",
+                                 help="keep the decoder as trained (default: exact decoder folding)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                      help="allow a .pth/.bin pickle holding more than tensors "
+                                           "(unpickling runs its code: only for files you trust)"),
 ) -> None:
     """Export a SegFormer to ONNX (dynamo exporter), embed its metadata, and verify it against PyTorch."""
-    from segrt.export.onnx_export import export_onnx
     from segrt.export.loading import load_model
+    from segrt.export.onnx_export import export_onnx
 
     check_precision(precision, calib)
     console = Console()
@@ -59,8 +98,14 @@ def export(
 def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[int, int], dynamic: bool):
     """Install token merging (recorded in the model's metadata); pick the graph transform and the
     default verification tolerance."""
+    from segrt.export.methods.merging.model import (
+        MATCHING_TOLERANCE,
+        apply_merging,
+        describe,
+        merge_config,
+        plan_tokens,
+    )
     from segrt.export.methods.merging.ops import inline_merge_ops
-    from segrt.export.methods.merging.model import MATCHING_TOLERANCE, apply_merging, describe, merge_config, plan_tokens
     from segrt.export.onnx_export import TOLERANCE
     from segrt.runtime.errors import ConfigError
 
@@ -83,9 +128,11 @@ def check_precision(precision: str, calib: Path | None) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "int8" and calib is None:
-        raise ConfigError("--precision int8 needs --calib DIR: a folder of real images to calibrate on (e.g. CamVid train)")
+        raise ConfigError("--precision int8 needs --calib DIR: a folder of real images to calibrate on "
+                          "(e.g. CamVid train)")
     if precision == "fp16" and importlib.util.find_spec("segrt.export.passes.fp16") is None:
-        raise ConfigError("--precision fp16 is not available in this installation (segrt.export.passes.fp16 is missing)")
+        raise ConfigError("--precision fp16 is not available in this installation "
+                          "(segrt.export.passes.fp16 is missing)")
 
 
 def convert_precision(console: Console, precision: str, fp32_path: Path, output: Path, calib: Path | None,
@@ -110,5 +157,5 @@ def convert_precision(console: Console, precision: str, fp32_path: Path, output:
                   f"{min(agree):.4%} (worst of {len(agree)} sample frames)")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+def register(root: typer.Typer) -> None:
+    root.command("export")(export_command)

@@ -5,24 +5,29 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from segrt.commands._args import model_spec
 
 
-def info(model: str = typer.Argument("camvid-b0", help="ONNX file, engine or bundled name")) -> None:
+def info_command(model: str = typer.Argument("camvid-b0", help="ONNX file, engine or bundled name",
+                                             callback=model_spec)) -> None:
     """Show a model's classes, input size, normalisation, backend and provenance."""
     from segrt.runtime.engine import Engine
 
     engine = Engine(model)
     meta = engine.metadata
+    size = "dynamic" if meta.input_size is None else f"{meta.input_size[0]}x{meta.input_size[1]}"
     table = Table(title=str(engine.path), show_header=False)
     for key, value in [
-        ("backend", engine.backend_name), ("input size (HxW)", "dynamic" if meta.input_size is None else f"{meta.input_size[0]}x{meta.input_size[1]}"),
-        ("input shape", str(engine.backend.input_shape)), ("output", meta.output), ("classes", f"{meta.num_classes}: {', '.join(meta.classes)}"),
-        ("mean / std (RGB)", f"{meta.mean} / {meta.std}"), ("segrt version", meta.segrt_version or "-"),
-        ("source", meta.source or "-"), ("source sha256", meta.source_sha256 or "-"),
+        ("backend", engine.backend_name), ("input size (HxW)", size), ("input shape", str(engine.backend.input_shape)),
+        ("output", str(meta.output)), ("classes", f"{meta.num_classes}: {', '.join(str(c) for c in meta.classes)}"),
+        ("mean / std (RGB)", f"{meta.mean} / {meta.std}"), ("segrt version", str(meta.segrt_version or "-")),
+        ("source", str(meta.source or "-")), ("source sha256", str(meta.source_sha256 or "-")),
     ]:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # Text: class names or paths with [brackets] are not markup
     Console().print(table)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("info")(info)
+def register(root: typer.Typer) -> None:
+    root.command("info")(info_command)

@@ -7,14 +7,15 @@ from rich.console import Console
 from rich.table import Table
 
 
-def targets() -> None:
+def targets_command() -> None:
     """List build targets: GPU architecture, expected TensorRT versions, DLA, precision and memory budgets."""
     from segrt.engines.targets import TARGETS
     from segrt.engines.versions import detect_gpu, detect_tensorrt
 
     table = Table(title="segrt build --target")
     for column in ("target", "GPU", "TensorRT", "DLA", "precision", "workspace MB", "memory MB"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("DLA", "workspace MB", "memory MB") else "left")
+        numeric = column in ("DLA", "workspace MB", "memory MB")
+        table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
     table.add_column("description", ratio=1)
     for t in TARGETS.values():
         table.add_row(t.name, t.sm, " or ".join(t.tensorrt), str(t.dla_cores), t.default_precision,
@@ -28,5 +29,5 @@ def targets() -> None:
                   f"{', '.join(buildable) or 'none (segrt build writes a bundle to build on the device)'}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("targets")(targets)
+def register(root: typer.Typer) -> None:
+    root.command("targets")(targets_command)

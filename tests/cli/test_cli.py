@@ -50,8 +50,23 @@ def test_gate_export_static_from_the_bundled_gates(camvid_root, tmp_path):
     gates = str(Path(__file__).resolve().parents[2] / "models" / "camvid-b0-gate30.safetensors")
     r = segrt("gate", "export", gates, "--mode", "static", "-o", str(tmp_path / "g.onnx"))
     assert r.returncode == 2 and "--data" in r.stderr  # frozen gates need training images, said plainly
-    r = segrt("gate", "export", gates, "--mode", "static", "--align", "16", "--data", str(camvid_root), "--calibrate", "4",
-              "--size", "128x160", "-o", str(tmp_path / "g.onnx"))
+    r = segrt(
+        "gate",
+        "export",
+        gates,
+        "--mode",
+        "static",
+        "--align",
+        "16",
+        "--data",
+        str(camvid_root),
+        "--calibrate",
+        "4",
+        "--size",
+        "128x160",
+        "-o",
+        str(tmp_path / "g.onnx"),
+    )
     assert r.returncode == 0, r.stderr
     from segrt.runtime.engine import Engine
 

@@ -44,11 +44,27 @@ def test_headless_demo_writes_video_and_masks_and_reports(b0_onnx, tmp_path):
 
 def test_ctrl_c_leaves_a_complete_playable_video(b0_onnx, tmp_path):
     out, masks = tmp_path / "demo.mp4", tmp_path / "masks"
-    proc = subprocess.Popen([*SEGRT, "demo", str(BIKES), "--model", str(b0_onnx), "--headless", "--output", str(out),
-                             "--save-masks", str(masks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            # a shell's background job (`make test &`, nohup) starts with SIGINT ignored, and
-                            # Python then never raises KeyboardInterrupt: give the child a terminal's default
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            *SEGRT,
+            "demo",
+            str(BIKES),
+            "--model",
+            str(b0_onnx),
+            "--headless",
+            "--output",
+            str(out),
+            "--save-masks",
+            str(masks),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        # a shell's background job (`make test &`, nohup) starts with SIGINT ignored, and
+        # Python then never raises KeyboardInterrupt: give the child a terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         while len(list(masks.glob("*.png"))) < 3 and proc.poll() is None and time.monotonic() < deadline:

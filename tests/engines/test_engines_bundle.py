@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
-from segrt.engines.bundle import trtexec_command, verify_bundle_file, write_bundle
+from segrt.engines.bundle import fp32_layer_names, trtexec_command, verify_bundle_file, write_bundle
 from segrt.engines.plan import BuildRequest, PlanFile
 from segrt.engines.targets import get_target
 from segrt.engines.versions import TrtVersion
@@ -42,7 +42,24 @@ def test_orin_bundle_is_complete_and_clean(orin_bundle, b0_onnx):
     script = (out / "build_engine.sh").read_text()
     assert "segrt build --from-plan plan.json" in script and (out / "build_engine.sh").stat().st_mode & 0o111
     trtexec = (out / "build_engine_trtexec.sh").read_text()
-    assert trtexec_command(plan).removeprefix("trtexec ") in trtexec and "--adopt b0.jetson-orin.fp16.engine" in trtexec
+    names, _ = fp32_layer_names(onnx.load(str(out / "b0.onnx")), plan.fp32_layer_types)
+    assert trtexec_command(plan, names).removeprefix("trtexec ") in trtexec
+    assert "--adopt b0.jetson-orin.fp16.engine" in trtexec
+
+
+def test_trtexec_pins_the_same_layers_to_fp32(orin_bundle):
+    """Issue 17 defect 9: the trtexec script dropped the FP32 pins of a TensorRT 10 FP16 build."""
+    out = orin_bundle.directory
+    plan = orin_bundle.plan_file.plans[0]
+    model = onnx.load(str(out / "b0.onnx"))
+    names, unpinned = fp32_layer_names(model, plan.fp32_layer_types)
+    pinned_ops = {n.op_type for n in model.graph.node if n.name in names}
+    assert {"LayerNormalization", "Softmax"} <= pinned_ops and unpinned == 0
+    script = (out / "build_engine_trtexec.sh").read_text()
+    assert "--precisionConstraints=prefer" in script
+    assert all(f"{name}:fp32" in script for name in names)
+    fp32_plan = type(plan)(**{**plan.__dict__, "fp32_layer_types": [], "builder_flags": []})
+    assert "--layerPrecisions" not in trtexec_command(fp32_plan, names)  # FP32 builds need no pins
 
 
 def test_trtexec_lines_follow_the_plan(orin_bundle):
@@ -94,7 +111,8 @@ def _broken_model(path):
     node = helper.make_node("Resize", ["pixel_values", "", "scales"], ["output"], name="cubic_upsample", mode="cubic")
     graph = helper.make_graph([node], "broken",
                               [helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 3, 64, 64])], [scales])
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [scales])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
     onnx.save(model, str(path))
@@ -116,7 +134,8 @@ def test_cli_build_writes_a_bundle_and_refuses_broken_graphs(b0_onnx, tmp_path):
     assert result.exit_code == 2 and "cubic_upsample" in result.output and "[resize]" in result.output
     assert "cubic_upsample" in (tmp_path / "bad" / "compatibility.txt").read_text()
 
-    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--check-only"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--check-only"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "FAILS" in result.output
 
 

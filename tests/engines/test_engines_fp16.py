@@ -33,7 +33,8 @@ def test_fp16_matches_fp32_on_camvid(fp16_onnx):
 
 def test_fragile_ops_and_io_stay_fp32(fp16_onnx, b0_onnx):
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_onnx.path)), strict_mode=True)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input,
+                                                            *model.graph.output]}
     types.update({i.name: i.data_type for i in model.graph.initializer})
     kept = [n for n in model.graph.node if n.op_type in FP32_OPS]
     assert kept, "the SegFormer has LayerNormalization and Softmax nodes"

@@ -46,7 +46,8 @@ def test_cuda_graph_replay_gives_the_same_output(desktop_engine, camvid_frame):
     assert graphed.cuda_graph_error is None and graphed.use_cuda_graph
     np.testing.assert_allclose(graphed.run(x), first, rtol=0, atol=0)  # replay is deterministic
     np.testing.assert_allclose(plain.run(x), first, rtol=1e-3, atol=1e-3)
-    x2 = frames_to_input([camvid_frame[::-1].copy()], plain.metadata.input_size, plain.metadata.mean, plain.metadata.std)
+    x2 = frames_to_input([camvid_frame[::-1].copy()], plain.metadata.input_size, plain.metadata.mean,
+                         plain.metadata.std)
     assert not np.allclose(graphed.run(x2), first)  # the graph reads the new input, not a captured copy
     plain.close(), graphed.close()
 

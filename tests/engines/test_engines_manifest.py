@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from segrt.engines.manifest import (Manifest, TensorSpec, load_checked_engine, manifest_path, read_manifest,
-                                    sha256_bytes, write_manifest)
+from segrt.engines.manifest import (
+    Manifest,
+    TensorSpec,
+    load_checked_engine,
+    manifest_path,
+    read_manifest,
+    sha256_bytes,
+    write_manifest,
+)
 from segrt.runtime.errors import EngineCompatibilityError, SegrtError
 
 # Stand-in engine bytes: the checks are about the file and its manifest, never about TensorRT's content.

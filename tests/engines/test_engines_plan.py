@@ -26,7 +26,9 @@ def tiny_model(dynamic=False, qdq=False, fp16=False):
         nodes.append(helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16))
         x = "x16"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "zp")]
+        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0,
+                                                                                                             np.int8),
+                                                                                                             "zp")]
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
                   helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"])]
         x = "dq"
@@ -53,9 +55,9 @@ def test_tensorrt_10_fp16_is_the_builder_flag_on_the_fp32_onnx(version):
     assert plan.fp32_layer_types == list(FP32_LAYER_TYPES)
 
 
-@pytest.mark.parametrize("version", ["11.0", "11.4.1"])
-def test_tensorrt_11_fp16_is_a_strongly_typed_fp16_onnx(version):
-    plan = make_plan(JP7, tiny_model(), version, BuildRequest("jetson-orin-jp7", precision="fp16"))
+@pytest.mark.parametrize(("target", "version"), [(DESKTOP, "11.0"), (JP7, "11.4.1")])
+def test_tensorrt_11_fp16_is_a_strongly_typed_fp16_onnx(target, version):
+    plan = make_plan(target, tiny_model(), version, BuildRequest(target.name, precision="fp16"))
     assert plan.strongly_typed
     assert not {"FP16", "INT8"} & set(plan.builder_flags)  # the flags no longer exist in 11
     assert plan.onnx == "model.fp16.onnx" and plan.onnx_variant == "fp16"
@@ -64,7 +66,7 @@ def test_tensorrt_11_fp16_is_a_strongly_typed_fp16_onnx(version):
 
 def test_fp32_plans():
     p10 = make_plan(ORIN, tiny_model(), "10.3", BuildRequest("jetson-orin", precision="fp32"))
-    p11 = make_plan(JP7, tiny_model(), "11.4", BuildRequest("jetson-orin-jp7", precision="fp32"))
+    p11 = make_plan(JP7, tiny_model(), "11.4.1", BuildRequest("jetson-orin-jp7", precision="fp32"))
     assert p10.builder_flags == [] and not p10.strongly_typed
     assert p11.strongly_typed and p11.onnx_variant == "fp32"
 
@@ -74,8 +76,9 @@ def test_int8_needs_qdq_and_is_explicit():
         make_plan(ORIN, tiny_model(), "10.3", BuildRequest("jetson-orin", precision="int8"))
     p10 = make_plan(ORIN, tiny_model(qdq=True), "10.3", BuildRequest("jetson-orin"))
     assert p10.precision == "int8" and {"INT8", "FP16"} <= set(p10.builder_flags) and p10.onnx_variant == "qdq"
-    p11 = make_plan(JP7, tiny_model(qdq=True), "11.4", BuildRequest("jetson-orin-jp7", precision="int8"))
+    p11 = make_plan(JP7, tiny_model(qdq=True), "11.4.1", BuildRequest("jetson-orin-jp7", precision="int8"))
     assert p11.strongly_typed and "INT8" not in p11.builder_flags and p11.onnx == "model.onnx"
+    assert any("AutoCast" in n for n in p11.notes)  # unquantized layers stay FP32 in TensorRT 11
     with pytest.raises(ConfigError, match="quantized"):
         make_plan(ORIN, tiny_model(qdq=True), "10.3", BuildRequest("jetson-orin", precision="fp16"))
 
@@ -92,14 +95,16 @@ def test_dynamic_inputs_become_an_optimization_profile():
     (p,) = plan.profiles
     assert p.input == "x" and p.min == [1, 3, 256, 256] and p.opt == [1, 3, 512, 512] and p.max == [4, 3, 1024, 1024]
     custom = make_plan(ORIN, tiny_model(dynamic=True), "10.3",
-                       BuildRequest("jetson-orin", shapes={"x": ([1, 3, 128, 128], [1, 3, 360, 480], [2, 3, 720, 960])}))
+                       BuildRequest("jetson-orin", shapes={"x": ([1, 3, 128, 128], [1, 3, 360, 480], [2, 3, 720,
+                                                                                                      960])}))
     assert custom.profiles[0].opt == [1, 3, 360, 480]
     assert make_plan(ORIN, tiny_model(), "10.3", BuildRequest("jetson-orin")).profiles == []
     with pytest.raises(ConfigError, match="min <= opt <= max"):
         make_plan(ORIN, tiny_model(dynamic=True), "10.3",
                   BuildRequest("jetson-orin", shapes={"x": ([1, 3, 512, 512], [1, 3, 256, 256], [1, 3, 512, 512])}))
     with pytest.raises(ConfigError, match="fixed"):
-        make_plan(ORIN, tiny_model(), "10.3", BuildRequest("jetson-orin", shapes={"x": ([1, 3, 32, 32], [1, 3, 64, 64], [1, 3, 64, 64])}))
+        make_plan(ORIN, tiny_model(), "10.3", BuildRequest("jetson-orin", shapes={"x": ([1, 3, 32, 32], [1, 3, 64, 64],
+                                                                                        [1, 3, 64, 64])}))
 
 
 def test_dla_rules():
@@ -130,8 +135,16 @@ def test_hardware_and_version_compatibility():
 
 def test_plan_versions_one_per_major():
     assert plan_versions(ORIN, BuildRequest("jetson-orin")) == [TrtVersion(10, 3)]
-    assert plan_versions(JP7, BuildRequest("jetson-orin-jp7")) == [TrtVersion(10, 16), TrtVersion(11)]
-    assert plan_versions(THOR, BuildRequest("jetson-thor", tensorrt="11.4")) == [TrtVersion(11, 4)]
+    # TensorRT 11.0-11.4.0 do not support JetPack: a Jetson target's "11" plans for 11.4.1.
+    assert plan_versions(JP7, BuildRequest("jetson-orin-jp7")) == [TrtVersion(10, 16), TrtVersion(11, 4, 1)]
+    assert plan_versions(DESKTOP, BuildRequest("desktop")) == [TrtVersion(10), TrtVersion(11)]
+    assert plan_versions(THOR, BuildRequest("jetson-thor", tensorrt="11.4.1")) == [TrtVersion(11, 4, 1)]
+
+
+@pytest.mark.parametrize("version", ["11.0", "11.4"])
+def test_tensorrt_11_before_11_4_1_is_refused_for_jetson(version):
+    with pytest.raises(ConfigError, match="does not support JetPack"):
+        make_plan(THOR, tiny_model(), version, BuildRequest("jetson-thor", precision="fp16"))
 
 
 def test_plan_file_round_trip_and_version_choice(tmp_path):

@@ -6,12 +6,14 @@ import pytest
 from typer.testing import CliRunner
 
 from segrt.engines.targets import TARGETS, get_target
+from segrt.engines.trt_table import api_available
 from segrt.engines.versions import GpuInfo, TrtVersion, detect_gpu, detect_tensorrt, matches
 from segrt.runtime.errors import ConfigError
 
 
 def test_registry_has_the_issue_targets_with_their_differences():
-    orin, nano, jp7, thor = (get_target(n) for n in ("jetson-orin", "jetson-orin-nano", "jetson-orin-jp7", "jetson-thor"))
+    orin, nano, jp7, thor = (get_target(n) for n in ("jetson-orin", "jetson-orin-nano", "jetson-orin-jp7",
+                                                     "jetson-thor"))
     assert orin.compute_capability == nano.compute_capability == jp7.compute_capability == (8, 7)
     assert thor.compute_capability == (11, 0) and thor.sm == "sm_110"
     assert orin.dla_cores == 2 and nano.dla_cores == 0 and thor.dla_cores == 0
@@ -33,7 +35,8 @@ def test_version_parsing_and_matching():
     assert str(TrtVersion.parse("10.16")) == "10.16"
     assert matches("10.3", TrtVersion(10, 3, 2)) and not matches("10.3", TrtVersion(10, 4))
     assert matches("11", TrtVersion(11, 9))
-    assert TrtVersion(10, 16).has_precision_flags and not TrtVersion(11, 0).has_precision_flags
+    assert api_available("BuilderFlag.FP16", TrtVersion(10, 16)) and not api_available("BuilderFlag.FP16",
+                                                                                       TrtVersion(11, 0))
     with pytest.raises(ConfigError):
         TrtVersion.parse("ten")
 
@@ -45,7 +48,8 @@ def test_gpu_acceptance():
     assert get_target("jetson-orin").accepts_gpu(orin_gpu) and not get_target("jetson-orin").accepts_gpu(rtx)
     assert not get_target("jetson-thor").accepts_gpu(orin_gpu)
     assert get_target("desktop").accepts_gpu(turing)
-    assert get_target("desktop-ampere-plus").accepts_gpu(rtx) and not get_target("desktop-ampere-plus").accepts_gpu(turing)
+    ampere_plus = get_target("desktop-ampere-plus")
+    assert ampere_plus.accepts_gpu(rtx) and not ampere_plus.accepts_gpu(turing)
 
 
 def test_detection_without_tensorrt_or_gpu_is_none_not_an_error():

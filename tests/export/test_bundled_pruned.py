@@ -26,8 +26,8 @@ def test_bundled_name_resolves_to_both_files():
 
 
 def test_checkpoint_alone_gives_a_smaller_dense_model(pruned):
-    from segrt.export.passes.macs import count_macs
     from segrt.export.loading import load_model
+    from segrt.export.passes.macs import count_macs
 
     full = load_model(REFERENCE).model
     assert sum(p.numel() for p in pruned.model.parameters()) < sum(p.numel() for p in full.parameters())

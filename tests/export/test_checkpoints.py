@@ -1,15 +1,25 @@
-"""Checkpoint formats: segrt safetensors, mmsegmentation, NVlabs; and clear errors on mismatch."""
+"""Checkpoint formats: segrt safetensors, mmsegmentation, NVlabs; clear errors on mismatch; method-specific extras
+restored through registered checkpoint extensions, and refused by name when their extension is missing."""
 
 from __future__ import annotations
+
+import copy
+import json
 
 import pytest
 import torch
 
+from segrt.export.model import extensions
 from segrt.export.model.checkpoints import (
-    detect_format, from_mmseg, from_nvlabs, load_checkpoint, random_model, save_checkpoint,
+    detect_format,
+    from_mmseg,
+    from_nvlabs,
+    load_checkpoint,
+    random_model,
+    save_checkpoint,
 )
 from segrt.export.model.segformer import SegFormer, SegFormerConfig
-from segrt.runtime.errors import CheckpointError, ModelLoadError, SegrtError, UnsafeModelError
+from segrt.runtime.errors import CheckpointError, ConfigError, ModelLoadError, SegrtError, UnsafeModelError
 
 
 def to_nvlabs(state):
@@ -65,7 +75,8 @@ def to_mmseg(state):
         if k.startswith("encoder.stages."):
             s, rest = parts[2], ".".join(parts[3:])
             if rest.startswith("patch_embeddings."):
-                out[f"backbone.layers.{s}.0.{rest.split('.', 1)[1].replace('proj.', 'projection.').replace('layer_norm.', 'norm.')}"] = v
+                sub = rest.split('.', 1)[1].replace('proj.', 'projection.').replace('layer_norm.', 'norm.')
+                out[f"backbone.layers.{s}.0.{sub}"] = v
             elif rest.startswith("layer_norm."):
                 out[f"backbone.layers.{s}.2.{parts[-1]}"] = v
             else:
@@ -82,7 +93,8 @@ def to_mmseg(state):
                              ("attention.o_proj.", "attn.attn.out_proj."),
                              ("attention.sequence_reduction.sequence_reduction.", "attn.sr."),
                              ("attention.sequence_reduction.layer_norm.", "attn.norm."),
-                             ("mlp.fc1.", "ffn.layers.0."), ("mlp.dwconv.", "ffn.layers.1."), ("mlp.fc2.", "ffn.layers.4.")]:
+                             ("mlp.fc1.", "ffn.layers.0."), ("mlp.dwconv.", "ffn.layers.1."),
+                             ("mlp.fc2.", "ffn.layers.4.")]:
                     if sub.startswith(a):
                         sub = n + sub[len(a):]
                 if sub.startswith(("ffn.layers.0.weight", "ffn.layers.4.weight")):
@@ -112,7 +124,8 @@ def test_foreign_formats_load_to_the_same_function(fmt, tmp_path):
     torch.manual_seed(3)
     head = "mmseg" if fmt == "mmseg" else "hf"
     eps = 1e-6
-    cfg = SegFormerConfig.from_variant("b0", 5, head_style=head, block_eps=eps, embed_eps=eps if fmt == "mmseg" else 1e-5)
+    cfg = SegFormerConfig.from_variant("b0", 5, head_style=head, block_eps=eps,
+                                       embed_eps=eps if fmt == "mmseg" else 1e-5)
     ref = SegFormer(cfg).eval()
     _randomise_bn(ref)
     state = (to_mmseg if fmt == "mmseg" else to_nvlabs)(ref.state_dict())
@@ -190,3 +203,88 @@ def test_unrecognised_layout_is_a_checkpoint_error(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="unrecognised checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+# ----------------------------------------------------------------------------- checkpoint extensions
+
+
+def _probe_restore(calls: list[str]):
+    """A method-like extension: the checkpoint's weights include a module only it knows how to build."""
+
+    def restore(model: SegFormer, extra_json: str) -> SegFormer:
+        calls.append(extra_json)
+        extended = copy.deepcopy(model)
+        extended.probe = torch.nn.Linear(2, 3)
+        return extended
+
+    return restore
+
+
+def _extended_checkpoint(tmp_path, key: str = "probe"):
+    loaded = random_model("random:b0:4")
+    model = _probe_restore([])(loaded.model, "")
+    with torch.no_grad():
+        model.probe.weight.fill_(0.25)
+    loaded.metadata.extra = {**loaded.metadata.extra, key: '{"width": 3}', "notes": "not an extension"}
+    path = tmp_path / "extended.safetensors"
+    save_checkpoint(model, loaded.metadata, path)
+    return path
+
+
+def test_registered_extension_is_named_in_the_file_and_restores_its_modules(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    calls: list[str] = []
+    monkeypatch.setitem(extensions._RESTORERS, "probe", _probe_restore(calls))
+    path = _extended_checkpoint(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()[extensions.EXTENSIONS_KEY]) == ["probe"]  # "notes" is not registered
+    loaded = load_checkpoint(path)
+    assert calls == ['{"width": 3}']
+    assert torch.equal(loaded.model.probe.weight, torch.full((3, 2), 0.25))
+
+
+def test_unregistered_extension_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setitem(extensions._RESTORERS, "probe", _probe_restore([]))
+    path = _extended_checkpoint(tmp_path)
+    monkeypatch.delitem(extensions._RESTORERS, "probe")
+    with pytest.raises(CheckpointError, match="'probe' extension, which is not registered"):
+        load_checkpoint(path)
+
+
+def test_extension_named_without_its_metadata_is_refused(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setitem(extensions._RESTORERS, "probe", _probe_restore([]))
+    loaded = random_model("random:b0:4")
+    header = {"segrt_config": loaded.model.config.to_json(), "segrt_metadata": loaded.metadata.to_json(),
+              extensions.EXTENSIONS_KEY: json.dumps(["probe"])}
+    save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()}, str(tmp_path / "m.safetensors"),
+              metadata=header)
+    with pytest.raises(CheckpointError, match="names the 'probe' extension but its metadata has no 'probe' entry"):
+        load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_a_taken_extension_key_is_not_silently_replaced(monkeypatch):
+    monkeypatch.setattr(extensions, "_RESTORERS", {})
+    first = _probe_restore([])
+    extensions.register_checkpoint_extension("probe", first)
+    extensions.register_checkpoint_extension("probe", first)  # the same function again: a module imported twice
+    with pytest.raises(ConfigError, match="already registered"):
+        extensions.register_checkpoint_extension("probe", lambda model, text: model)
+
+
+def test_checkpoint_io_imports_no_method():
+    """The generic loader dispatches through the registry; only the composition root imports the methods."""
+    import ast
+    from pathlib import Path
+
+    import segrt.export.model as model_package
+
+    for source in sorted(Path(model_package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("segrt.export.methods", "segrt.export.training", "segrt.export.loading",
+                                            "segrt.export.onnx_export")), f"{source.name} imports {name}"

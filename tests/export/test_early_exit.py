@@ -8,9 +8,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from segrt.export.methods.early_exit.model import ExitConfig, attach_exit, kept_token_counts, load_heads, make_heads, save_heads, uncertainty
-from segrt.export.passes.macs import count_macs
+
+from segrt.export.methods.early_exit.model import (
+    ExitConfig,
+    attach_exit,
+    kept_token_counts,
+    load_heads,
+    make_heads,
+    save_heads,
+    uncertainty,
+)
 from segrt.export.onnx_export import export_onnx
+from segrt.export.passes.macs import count_macs
 from segrt.runtime.engine import Engine
 from segrt.runtime.errors import CheckpointError, ConfigError
 from segrt.runtime.preprocess import frames_to_input
@@ -44,7 +53,8 @@ def _aux_confidence(random_b0, heads, x: np.ndarray) -> np.ndarray:
 def test_threshold_one_equals_unmodified_model(random_b0, heads, frame_input, point, dwconv):
     x = torch.from_numpy(frame_input)
     exit_model = attach_exit(random_b0.model, heads, ExitConfig(point=point, threshold=1.0, dwconv=dwconv))
-    budget_all = attach_exit(random_b0.model, heads, ExitConfig(point=point, mode="budget", keep_ratio=1.0, dwconv=dwconv))
+    budget_all = attach_exit(random_b0.model, heads,
+                             ExitConfig(point=point, mode="budget", keep_ratio=1.0, dwconv=dwconv))
     with torch.no_grad():
         ref = random_b0.model(x)
         out = exit_model(x)
@@ -125,7 +135,8 @@ def test_fixed_budget_export_is_static_and_smaller(random_b0, heads, frame_input
 def test_uncertainty_is_log_odds_and_never_ties_at_saturation():
     logits = torch.tensor([[[30.0, 0.0, 0.0], [40.0, 0.0, 0.0], [1.0, 1.0, 0.0]]])
     u, pred = uncertainty(logits)
-    assert torch.softmax(logits, -1).max(-1).values[0, 0] == torch.softmax(logits, -1).max(-1).values[0, 1]  # fp32 saturates
+    top = torch.softmax(logits, -1).max(-1).values
+    assert top[0, 0] == top[0, 1]  # fp32 saturates
     assert u[0, 0] > u[0, 1]  # log-odds still order them
     # log((1 - p) / p) = log(sum of the other classes' exp(logit)) - top logit
     expected = torch.tensor([[np.log(2.0) - 30.0, np.log(2.0) - 40.0, np.log(np.e + 1.0) - 1.0]])

@@ -10,9 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+
 from segrt.export.methods.folding import FoldedHead, fold_decoder
-from segrt.export.onnx_export import export_onnx, relative_error
 from segrt.export.model.segformer import AllMLPHead, SegFormer, SegFormerConfig
+from segrt.export.onnx_export import export_onnx, relative_error
 from segrt.runtime.preprocess import frames_to_input
 
 SIZE = (256, 320)

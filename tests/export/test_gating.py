@@ -12,9 +12,26 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from segrt.export.model.checkpoints import LoadedModel, load_checkpoint, save_checkpoint
-from segrt.export.methods.gating.model import GATING_KEY, GatedMixFFN, GatingConfig, attach_gates, calibrate_gates, frames_to_batches, freeze_gates, frozen_plan, gated_blocks, kept_count, kept_per_block, mlp_savings, set_mode, sparsity_loss
+
+from segrt.export.methods.gating.model import (
+    GATING_KEY,
+    GatedMixFFN,
+    GatingConfig,
+    attach_gates,
+    calibrate_gates,
+    frames_to_batches,
+    freeze_gates,
+    frozen_plan,
+    gated_blocks,
+    kept_count,
+    kept_per_block,
+    mlp_savings,
+    set_mode,
+    sparsity_loss,
+)
 from segrt.export.methods.gating.recipe import export_gated
+from segrt.export.model.checkpoints import LoadedModel, load_checkpoint, save_checkpoint
+from segrt.export.model.extensions import EXTENSIONS_KEY
 from segrt.export.model.segformer import SegFormer, SegFormerConfig
 from segrt.runtime.engine import Engine
 from segrt.runtime.errors import ConfigError
@@ -46,7 +63,7 @@ def gated(unpruned, camvid_root):
     """The unpruned model with gates calibrated on real CamVid frames to keep half the neurons."""
     import cv2
 
-    model = attach_gates(copy.deepcopy(unpruned.model).eval(), GatingConfig(keep_ratio=0.5))
+    model = attach_gates(unpruned.model, GatingConfig(keep_ratio=0.5))  # a copy: unpruned stays as it is
     frames = [cv2.imread(str(p)) for p in sorted((camvid_root / "train").glob("*.png"))[:4]]
     calibrate_gates(model, frames_to_batches(frames, SIZE, unpruned.metadata.mean, unpruned.metadata.std), 0.5)
     meta = copy.deepcopy(unpruned.metadata)
@@ -128,8 +145,12 @@ def test_sparsity_loss_measures_the_distance_to_the_target(gated, camvid_frame):
 
 
 def test_gated_checkpoint_reloads_from_the_file_alone(gated, camvid_frame, tmp_path):
+    from safetensors import safe_open
+
     path = tmp_path / "gated.safetensors"
     save_checkpoint(gated.model, gated.metadata, path)
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()[EXTENSIONS_KEY]) == [GATING_KEY]  # a loader without gating refuses it
     loaded = load_checkpoint(path)
     assert len(gated_blocks(loaded.model)) == 4
     assert all(isinstance(b, GatedMixFFN) for b in gated_blocks(loaded.model))
@@ -195,11 +216,12 @@ def _assert_k_neurons(proto: onnx.ModelProto, ks: list[int]) -> None:
 def test_gate_training_hooks_move_the_gates(random_b0, camvid_root, tmp_path):
     """Two iterations of the distillation trainer with the gating hooks: the gates learn and the checkpoint
     it writes reloads as a gated model."""
-    from segrt.export.training.distill import DistillConfig, distill
     from segrt.export.methods.gating.recipe import gating_hooks
+    from segrt.export.training.distill import DistillConfig, distill
 
-    teacher = LoadedModel(copy.deepcopy(random_b0.model), copy.deepcopy(random_b0.metadata), "teacher", random_b0.sha256)
-    student_model = attach_gates(copy.deepcopy(random_b0.model), GatingConfig(keep_ratio=0.5))
+    teacher = LoadedModel(copy.deepcopy(random_b0.model), copy.deepcopy(random_b0.metadata), "teacher",
+                          random_b0.sha256)
+    student_model = attach_gates(random_b0.model, GatingConfig(keep_ratio=0.5))
     meta = copy.deepcopy(random_b0.metadata)
     meta.extra = {**meta.extra, GATING_KEY: GatingConfig(keep_ratio=0.5).to_json()}
     student = LoadedModel(student_model, meta, "gated", "1" * 64)
@@ -257,6 +279,21 @@ def test_static_export_is_a_smaller_dense_graph(gated, unpruned, camvid_frame, t
     assert json.loads(meta["extra"]["gating_export"])["kept"] == hidden
     with Engine(result.path) as engine:
         assert engine.infer(camvid_frame).shape == camvid_frame.shape[:2]
+
+
+def test_load_model_registers_the_gating_extension_in_a_fresh_process():
+    """The composition root alone (no gating import by the caller) rebuilds the bundled gated model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "models" / "camvid-b0-gate30.safetensors"
+    code = ("import sys; from segrt.export.loading import load_model; m = load_model(sys.argv[1]).model; "
+            "print(sum(type(x).__name__ == 'GatedMixFFN' for x in m.modules()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8"]
 
 
 def test_bundled_gates_load_from_the_file_alone():

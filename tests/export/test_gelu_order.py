@@ -54,7 +54,9 @@ def test_exporter_order_is_not_fused_but_reordered_is(tmp_path):
 
 def test_reordered_gelu_computes_the_same_function():
     x = np.random.default_rng(0).normal(0.0, 3.0, (1, 64, 32)).astype(np.float32)
-    np.testing.assert_allclose(run(reorder_gelu(exporter_order_gelu()), x), run(exporter_order_gelu(), x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run(reorder_gelu(exporter_order_gelu()), x), run(exporter_order_gelu(), x), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_other_constants_are_left_alone():

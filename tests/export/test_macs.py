@@ -59,12 +59,22 @@ def test_gemm_with_transposes(trans_a):
 def test_integer_kernels_count_like_their_float_forms():
     qconv = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
     mmi = helper.make_node("MatMulInteger", ["a", "b"], ["z"])
-    inits = [_w("w", (8, 3, 3, 3), np.int8), numpy_helper.from_array(np.array(0.1, np.float32), "xs"),
-             numpy_helper.from_array(np.array(0, np.uint8), "xz"), numpy_helper.from_array(np.full(8, 0.1, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(8, np.int8), "wz"), numpy_helper.from_array(np.array(0.2, np.float32), "ys"),
-             numpy_helper.from_array(np.array(0, np.uint8), "yz"), _w("b", (16, 6), np.int8)]
-    m = _model([qconv, mmi], [_vi("x", [1, 3, 8, 8], TensorProto.UINT8), _vi("a", [1, 10, 16], TensorProto.UINT8)],
-               [_vi("y", None, TensorProto.UINT8), _vi("z", None, TensorProto.INT32)], inits)
+    inits = [
+        _w("w", (8, 3, 3, 3), np.int8),
+        numpy_helper.from_array(np.array(0.1, np.float32), "xs"),
+        numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+        numpy_helper.from_array(np.full(8, 0.1, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+        numpy_helper.from_array(np.array(0.2, np.float32), "ys"),
+        numpy_helper.from_array(np.array(0, np.uint8), "yz"),
+        _w("b", (16, 6), np.int8),
+    ]
+    m = _model(
+        [qconv, mmi],
+        [_vi("x", [1, 3, 8, 8], TensorProto.UINT8), _vi("a", [1, 10, 16], TensorProto.UINT8)],
+        [_vi("y", None, TensorProto.UINT8), _vi("z", None, TensorProto.INT32)],
+        inits,
+    )
     m.graph.input.pop()  # count_macs wants one image input: feed "a" from a constant instead
     m.graph.initializer.append(numpy_helper.from_array(np.ones((1, 10, 16), np.uint8), "a"))
     count = count_macs(m)
@@ -72,8 +82,12 @@ def test_integer_kernels_count_like_their_float_forms():
 
 
 def test_dynamic_input_needs_a_shape_and_uses_it():
-    m = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [_vi("x", [1, 3, "H", "W"])], [_vi("y", None)],
-               [_w("w", (4, 3, 1, 1))])
+    m = _model(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [_vi("x", [1, 3, "H", "W"])],
+        [_vi("y", None)],
+        [_w("w", (4, 3, 1, 1))],
+    )
     with pytest.raises(ConfigError):
         count_macs(m)
     assert count_macs(m, (1, 3, 20, 30)).total == 20 * 30 * 4 * 3
@@ -82,7 +96,10 @@ def test_dynamic_input_needs_a_shape_and_uses_it():
 def test_data_dependent_shapes_are_read_by_running_the_graph():
     # Compress keeps the rows where the condition holds: static inference cannot know how many.
     keep = numpy_helper.from_array(np.array([1, 0, 1, 1, 0, 1], dtype=bool), "keep")
-    nodes = [helper.make_node("Compress", ["x", "keep"], ["rows"], axis=0), helper.make_node("MatMul", ["rows", "w"], ["y"])]
+    nodes = [
+        helper.make_node("Compress", ["x", "keep"], ["rows"], axis=0),
+        helper.make_node("MatMul", ["rows", "w"], ["y"]),
+    ]
     m = _model(nodes, [_vi("x", [6, 4])], [_vi("y", None)], [keep, _w("w", (4, 3))])
     count = count_macs(m)
     assert count.total == 4 * 3 * 4
@@ -100,12 +117,16 @@ def analytic_segformer_macs(cfg, h: int, w: int) -> int:
         sr = cfg.sr_ratios[s]
         m = (h // sr) * (w // sr) if sr > 1 else n
         hidden = c * cfg.mlp_ratios[s]
-        per_block = (n * c * c  # q
-                     + (m * c * c * sr * sr if sr > 1 else 0)  # sequence-reduction conv
-                     + 2 * m * c * c  # k, v
-                     + 2 * n * m * c  # q @ k^T and attention @ v, summed over heads
-                     + n * c * c  # output projection
-                     + n * c * hidden + n * hidden * 9 + n * hidden * c)  # fc1, 3x3 depth-wise, fc2
+        per_block = (
+            n * c * c  # q
+            + (m * c * c * sr * sr if sr > 1 else 0)  # sequence-reduction conv
+            + 2 * m * c * c  # k, v
+            + 2 * n * m * c  # q @ k^T and attention @ v, summed over heads
+            + n * c * c  # output projection
+            + n * c * hidden
+            + n * hidden * 9
+            + n * hidden * c
+        )  # fc1, 3x3 depth-wise, fc2
         total += cfg.depths[s] * per_block
         grids.append(n)
         c_in = c

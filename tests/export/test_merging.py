@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
 from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.methods.merging.model import (
     PRESETS,

@@ -23,13 +23,19 @@ def to_hf4(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for s in range(4):
             for new, old in HF4_NAMES:
                 k = k.replace(new.format(s=s), old.format(s=s))
-        for new, old in [("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
-                         ("attention.v_proj", "attention.self.value"),
-                         ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
-                         ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
-                         ("attention.o_proj", "attention.output.dense"), ("mlp.fc1", "mlp.dense1"),
-                         ("mlp.fc2", "mlp.dense2"), ("layernorm_before", "layer_norm_1"),
-                         ("layernorm_after", "layer_norm_2"), ("decode_head.linear_projections", "decode_head.linear_c")]:
+        for new, old in [
+            ("attention.q_proj", "attention.self.query"),
+            ("attention.k_proj", "attention.self.key"),
+            ("attention.v_proj", "attention.self.value"),
+            ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
+            ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("mlp.fc1", "mlp.dense1"),
+            ("mlp.fc2", "mlp.dense2"),
+            ("layernorm_before", "layer_norm_1"),
+            ("layernorm_after", "layer_norm_2"),
+            ("decode_head.linear_projections", "decode_head.linear_c"),
+        ]:
             k = k.replace(new, old)
         out[k] = v
     return out
@@ -39,8 +45,13 @@ def hf_model(variant: str, num_labels: int, seed: int):
     torch.manual_seed(seed)
     sizes = {"b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256), "b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768)}
     hidden, depths, dec = sizes[variant]
-    cfg = transformers.SegformerConfig(num_labels=num_labels, hidden_sizes=hidden, depths=depths, decoder_hidden_size=dec,
-                                       num_attention_heads=[1, 2, 5, 8])
+    cfg = transformers.SegformerConfig(
+        num_labels=num_labels,
+        hidden_sizes=hidden,
+        depths=depths,
+        decoder_hidden_size=dec,
+        num_attention_heads=[1, 2, 5, 8],
+    )
     model = transformers.SegformerForSemanticSegmentation(cfg).eval()
     # Non-trivial BatchNorm statistics so the decoder's normalisation is really exercised.
     bn = model.decode_head.batch_norm

@@ -3,15 +3,17 @@ multi-task scoring loop on real CamVid batches."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segrt.export.model.checkpoints import load_checkpoint, save_checkpoint
 from segrt.export.methods.pruning.groups import Gates, PrunePlan, apply_plan, config_macs
 from segrt.export.methods.pruning.recipe import PruneConfig, _Scorer, presence_targets, prune, select
+from segrt.export.model.checkpoints import load_checkpoint, save_checkpoint
 from segrt.runtime.errors import ConfigError
 
 SIZE = (128, 160)
@@ -106,8 +108,8 @@ def test_pruned_checkpoint_reloads_from_the_file_alone(pruned_pair, random_b0, t
 
 @pytest.mark.parametrize("fold", [True, False])
 def test_pruned_model_exports_and_mac_count_matches_the_graph(pruned_pair, random_b0, tmp_path, fold):
-    from segrt.export.passes.macs import count_macs as onnx_macs
     from segrt.export.onnx_export import export_onnx
+    from segrt.export.passes.macs import count_macs as onnx_macs
 
     _, _, _, pruned = pruned_pair
     result = export_onnx(pruned, random_b0.metadata, tmp_path / "pruned.onnx", size=SIZE, fold=fold)
@@ -161,6 +163,11 @@ def test_prune_on_camvid_meets_the_budget_and_resumes(random_b0, camvid_root, tm
     out = tmp_path / "pruned.safetensors"
     first = prune(random_model("random:b0:11"), cfg, out, log=lambda *_: None)
     assert not first["finished"] and not out.exists()  # stopped for the budget, state saved
+    state = json.loads(Path(first["state"]).read_text())
+    assert state["iteration"] == 1 and state["config"]["flops"] == 0.6  # models/bundle_pruned.py reads the config
+    other = PruneConfig(**{**cfg.__dict__, "flops": 0.5})
+    with pytest.raises(ConfigError, match="different model or settings"):
+        prune(random_model("random:b0:11"), other, out, log=lambda *_: None)
     cfg.time_budget = None
     result = prune(random_model("random:b0:11"), cfg, out, log=lambda *_: None)
     assert result["finished"] and result["fraction"] <= 0.6
@@ -175,7 +182,8 @@ def test_cli_rejects_a_bad_budget_with_a_typed_error(camvid_root, tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "segrt", "prune", "random:b0:11", "--flops", "1.5", "--data", str(camvid_root),
-                        "-o", str(tmp_path / "p.safetensors")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "segrt", "prune", "random:b0:11", "--flops", "1.5",
+                        "--data", str(camvid_root), "-o", str(tmp_path / "p.safetensors")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "ConfigError" in r.stderr and "--flops" in r.stderr
     assert not (tmp_path / "p.safetensors").exists()

@@ -168,8 +168,8 @@ def test_each_activation_pair_has_one_consumer(int8_model):
 
 
 def test_profiler_reports_the_integer_kernels(int8_model, camvid_frame):
-    from segrt.runtime.preprocess import frames_to_input
     from segrt.measure.profile import profile_kernels
+    from segrt.runtime.preprocess import frames_to_input
 
     result, proto = int8_model
     meta = read_metadata(proto, result.path)

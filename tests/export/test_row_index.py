@@ -5,6 +5,7 @@ import io
 import onnx
 import pytest
 import torch
+
 from segrt.export.model.row_index import gather_rows, overwrite_rows, scatter_rows
 
 

@@ -12,9 +12,9 @@ from segrt.export.training.train import TrainConfig, TrainSamples, lr_at, train
 
 
 def tiny(camvid_root, out, iterations, time_budget=None):
-    return TrainConfig(time_budget=time_budget, data=str(camvid_root), out=str(out), iterations=iterations, batch_size=2, crop=(64, 64),
-                       base_size=(96, 128), warmup=2, val_every=2, val_limit=2, workers=0, loss="balanced",
-                       amp="off", seed=7)
+    return TrainConfig(time_budget=time_budget, data=str(camvid_root), out=str(out), iterations=iterations,
+                       batch_size=2, crop=(64, 64), base_size=(96, 128), warmup=2, val_every=2, val_limit=2,
+                       workers=0, loss="balanced", amp="off", seed=7)
 
 
 def test_resume_is_exact(camvid_root, tmp_path):
@@ -22,6 +22,9 @@ def test_resume_is_exact(camvid_root, tmp_path):
     # Interrupted: a zero time budget stops after the first iteration, as a session limit would.
     first = train(tiny(camvid_root, tmp_path / "b", 4, time_budget=0.0), log=lambda *_: None)
     assert first["iteration"] == 1 and not first["finished"]
+    assert first["history"] == []  # a stop for the budget saves state but does not validate (distill does)
+    stopped_at = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    assert stopped_at["iteration"] == 1 and (tmp_path / "b" / "config.json").exists()
     resumed = train(tiny(camvid_root, tmp_path / "b", 4), log=lambda *_: None)
     assert straight["iteration"] == resumed["iteration"] == 4
     a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)["model"]
@@ -34,9 +37,8 @@ def test_resume_is_exact(camvid_root, tmp_path):
 
 
 def test_samples_are_deterministic_and_cover_each_epoch(camvid_root):
-    from segrt.runtime.datasets import camvid
-
     from segrt.export.training.augment import AugmentConfig
+    from segrt.runtime.datasets import camvid
 
     ds = camvid(camvid_root, "train")
     s = TrainSamples(ds, AugmentConfig(base_size=(96, 128), crop=(64, 64)), seed=1, mean=(0.5,) * 3, std=(0.5,) * 3)

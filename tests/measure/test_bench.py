@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from segrt.measure.bench import Candidate, Runner, Schedule, benchmark_size, markdown_table, segrt_candidate, summarize
+from segrt.measure.bench import Candidate, Runner, Schedule, benchmark_size, segrt_candidate, summarize
+from segrt.measure.report import markdown_table
 from segrt.runtime.errors import BackendUnavailableError
 
 
@@ -36,21 +37,26 @@ def test_runs_are_interleaved_after_warmup(frame):
     calls: list[str] = []
     schedule = Schedule()
     cands = [_fake(n, calls) for n in "ABC"]
-    group = benchmark_size(cands, (32, 48), frame, runs=4, warmup=2, pause_s=0, schedule=schedule)
+    group = benchmark_size(cands, (32, 48), frame, runs=4, warmup=2, schedule=schedule)
     assert calls[:6] == ["A", "A", "B", "B", "C", "C"]  # warm-up right after each load
     assert schedule.order == ["A", "B", "C"] * 4
-    assert calls[6:] == [name for name in schedule.order for _ in range(2)]  # an untimed re-warm run before each timed one
+    # an untimed re-warm run before each timed one
+    assert calls[6:] == [name for name in schedule.order for _ in range(2)]
     assert [r["name"] for r in group["results"]] == ["A", "B", "C"]
     assert all(len(r["latency_ms"]) and r["runs"] == 4 for r in group["results"])
+    conditions = group["conditions"]  # the harness's record of how the numbers were measured
+    assert conditions["rounds"] == 4 and conditions["rewarm"] == 1 and "interleaved" in conditions["order"]
+    assert conditions["load_average_start"] is not None and conditions["load_average_end"] is not None
 
 
 def test_ratios_are_against_the_first_candidate(frame):
     calls: list[str] = []
-    group = benchmark_size([_fake("base", calls, 8), _fake("big", calls, 160)], (32, 48), frame, runs=3, warmup=1, pause_s=0)
+    group = benchmark_size([_fake("base", calls, 8), _fake("big", calls, 160)], (32, 48), frame, runs=3, warmup=1)
     first, second = group["results"]
     assert first["speedup_vs_first"] == 1.0
     assert second["speedup_vs_first"] == pytest.approx(first["latency_ms"]["p50"] / second["latency_ms"]["p50"])
-    assert second["end_to_end_speedup_vs_first"] == pytest.approx(first["end_to_end_ms"]["p50"] / second["end_to_end_ms"]["p50"])
+    e2e = first["end_to_end_ms"]["p50"] / second["end_to_end_ms"]["p50"]
+    assert second["end_to_end_speedup_vs_first"] == pytest.approx(e2e)
     for r in group["results"]:
         lat = r["latency_ms"]
         assert lat["min"] <= lat["p50"] <= lat["p95"] <= lat["max"]
@@ -66,7 +72,7 @@ def test_skips_are_reported_not_raised(frame):
         raise BackendUnavailableError("TensorRT is not installed")
 
     cands = [_fake("fixed", calls, fixed=(64, 64)), Candidate("trt", "tensorrt", unavailable), _fake("ok", calls)]
-    group = benchmark_size(cands, (32, 48), frame, runs=2, warmup=0, pause_s=0)
+    group = benchmark_size(cands, (32, 48), frame, runs=2, warmup=0)
     assert [r["name"] for r in group["results"]] == ["ok"]
     reasons = {s["name"]: s["reason"] for s in group["skipped"]}
     assert "64x64" in reasons["fixed"] and "TensorRT is not installed" in reasons["trt"]
@@ -86,7 +92,7 @@ def test_onnx_model_reports_macs_memory_and_peak_share(b0_onnx, frame):
     from segrt.measure.peak import numpy_probe
 
     cand = segrt_candidate(b0_onnx, threads=1, macs=lambda size: count_macs(b0_onnx, (1, 3, *size)).total)
-    group = benchmark_size([cand], (256, 320), frame, runs=2, warmup=1, probes=[numpy_probe(256)], pause_s=0)
+    group = benchmark_size([cand], (256, 320), frame, runs=2, warmup=1, probes=[numpy_probe(256)])
     (r,) = group["results"]
     assert r["info"]["threads"] == 1 and r["info"]["backend"].startswith("onnxruntime")
     assert r["macs"] == count_macs(b0_onnx).total
@@ -158,7 +164,7 @@ def test_peer_candidates_run_in_one_benchmark(tmp_path, camvid_frame):
 
     cands = build_candidates(["random:b0:11"], "auto", 1, True, tmp_path, [camvid_frame])
     assert [c.kind for c in cands] == ["transformers", "onnxruntime", "pytorch"]
-    group = benchmark_size(cands, (64, 96), camvid_frame, runs=1, warmup=1, pause_s=0)
+    group = benchmark_size(cands, (64, 96), camvid_frame, runs=1, warmup=1)
     assert len(group["results"]) == 3, group["skipped"]
     hf, plain, ours = group["results"]
     assert hf["info"]["max_rel_error_vs_segrt"] < 1e-4

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
+
 from segrt.runtime.engine import Engine
 
 THREADS = 6
@@ -18,12 +19,12 @@ def frames(camvid_root) -> list[np.ndarray]:
     """Real CamVid frames at several sizes, so threads push different shapes through one session at once."""
     paths = sorted((camvid_root / "val").glob("*.png"))[:4]
     sizes = [(160, 120), (96, 72), (200, 150), (64, 48)]
-    return [cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), size) for p, size in zip(paths, sizes)]
+    return [cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), size) for p, size in zip(paths, sizes, strict=True)]
 
 
 @pytest.fixture(scope="module")
-def engine(b0_onnx) -> Engine:
-    return Engine(b0_onnx, threads=1)
+def engine(tiny_onnx) -> Engine:
+    return Engine(tiny_onnx, threads=1)
 
 
 def run_concurrently(tasks):
@@ -44,7 +45,7 @@ def test_many_threads_infer_on_one_engine_like_one_thread(engine, frames):
     expected = [engine.infer(f) for f in frames]
     order = [n % len(frames) for n in range(THREADS * 4)]
     results = run_concurrently([lambda i=i: engine.infer(frames[i]) for i in order])
-    for n, (i, mask) in enumerate(zip(order, results)):
+    for n, (i, mask) in enumerate(zip(order, results, strict=True)):
         assert np.array_equal(mask, expected[i]), f"call {n} (frame {i}) differs from the single-thread mask"
 
 
@@ -59,10 +60,11 @@ def test_infer_and_infer_batch_mixed_across_threads(engine, frames):
     tasks = [task(n) for n in range(THREADS * 3)]
     for n, out in enumerate(run_concurrently(tasks)):
         if n % 2:
-            assert all(np.array_equal(a, b) for a, b in zip(out, batch))
+            assert all(np.array_equal(a, b) for a, b in zip(out, batch, strict=True))
         else:
             assert np.array_equal(out, single[n % len(frames)])
-    assert all(np.array_equal(a, b) for a, b in zip(batch, single[::-1]))  # batching changes nothing either
+    # batching changes nothing either
+    assert all(np.array_equal(a, b) for a, b in zip(batch, single[::-1], strict=True))
 
 
 def test_streams_sharing_one_engine_match_single_frame_inference(engine, frames):
@@ -91,3 +93,16 @@ def test_streams_sharing_one_engine_match_single_frame_inference(engine, frames)
     for out in outputs:
         assert [i for i, _ in out] == list(range(len(frames) * 3))
         assert all(np.array_equal(mask, expected[i % len(frames)]) for i, mask in out)
+
+
+def test_many_threads_call_logits_on_one_engine_like_one_thread(frames):
+    """``logits`` shares the engine across threads like ``infer`` does (bundled model: no torch)."""
+    from segrt.runtime.models import models_dir
+
+    with Engine(models_dir() / "camvid-b0.onnx", threads=1) as engine:
+        expected = [engine.logits(f) for f in frames]
+        order = [n % len(frames) for n in range(THREADS * 2)]
+        results = run_concurrently([lambda i=i: engine.logits(frames[i]) for i in order])
+    for n, (i, logits) in enumerate(zip(order, results, strict=True)):
+        assert logits.shape == expected[i].shape and np.array_equal(logits, expected[i]), f"call {n} (frame {i})"
+    assert not np.array_equal(expected[0], expected[1])  # different frames: the comparison can tell them apart

@@ -13,8 +13,8 @@ from segrt.runtime.errors import BackendUnavailableError, InputError, ModelLoadE
 
 
 @pytest.fixture(scope="module")
-def engine(b0_onnx):
-    return Engine(b0_onnx)
+def engine(tiny_onnx):
+    return Engine(tiny_onnx)
 
 
 def test_infer_returns_mask_at_frame_resolution(engine, camvid_frame):
@@ -86,14 +86,37 @@ def test_bad_model_files(tmp_path):
         Engine(tmp_path / "corrupt.onnx", backend="warp-drive")
 
 
-def test_every_error_is_a_segrt_error():
-    from segrt.runtime import errors
+def test_every_entry_point_raises_a_typed_error_naming_the_argument(tmp_path):
+    """One hostile call per public entry point: the exact SegrtError subclass, the argument in the message
+    (tests/runtime/test_arguments.py has the full tables). Uses the bundled model: no torch."""
+    from segrt.runtime.errors import ConfigError, SourceError
+    from segrt.runtime.models import models_dir
+    from segrt.runtime.sources import open_source
+    from segrt.runtime.stream import Stream
 
-    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
-    assert len(classes) > 10 and all(issubclass(c, SegrtError) for c in classes)
+    engine = Engine(models_dir() / "camvid-b0.onnx", threads=1)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    calls = [
+        (lambda: Engine(None), ModelLoadError, "model"),
+        (lambda: Engine(tmp_path), ModelLoadError, "is a directory"),
+        (lambda: Engine(models_dir() / "camvid-b0.onnx", threads="2"), ConfigError, "threads"),
+        (lambda: Engine(models_dir() / "camvid-b0.onnx", device=1.5), ConfigError, "device"),
+        (lambda: engine.infer(frame.astype(np.float64)), InputError, "frame dtype"),
+        (lambda: engine.logits(frame[:, :, :2]), InputError, "frame has 2 channels"),
+        (lambda: engine.infer_batch(None), InputError, "frames"),
+        (lambda: engine.infer_batch(frame), InputError, "single array"),
+        (lambda: engine.infer_batch([frame, "x"]), InputError, "frames[1]"),
+        (lambda: engine.stream(frame), SourceError, "source"),
+        (lambda: Stream(engine, str(tmp_path), queue_size="2"), ConfigError, "queue_size"),
+        (lambda: open_source(str(tmp_path), fps=-1), ConfigError, "fps"),
+    ]
+    for call, error, name in calls:
+        with pytest.raises(SegrtError) as info:
+            call()
+        assert type(info.value) is error and name in str(info.value), f"{type(info.value).__name__}: {info.value}"
 
 
-def test_runtime_runs_without_torch(b0_onnx, camvid_root):
+def test_runtime_runs_without_torch(tiny_onnx, camvid_root):
     """The robot-side runtime must import and run with torch absent."""
     code = f"""
 import sys
@@ -101,7 +124,7 @@ sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 import glob, cv2
 from segrt import Engine
 from segrt.runtime import overlay, datasets, metrics, evaluate
-e = Engine({str(b0_onnx)!r})
+e = Engine({str(tiny_onnx)!r})
 f = cv2.imread(sorted(glob.glob({str(camvid_root / 'val' / '*.png')!r}))[0])
 m = e.infer(f)
 assert m.shape == f.shape[:2]

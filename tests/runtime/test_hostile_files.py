@@ -1,22 +1,20 @@
-"""Hostile and broken model files: refused with a typed segrt error that names the problem, before
-anything unsafe happens (no external file read, no pickle code run, no engine deserialised)."""
+"""Hostile and broken ONNX files: refused with a typed segrt error that names the problem, before anything
+unsafe happens (no external file read). No torch: the models are built with the onnx package or committed.
+Hostile checkpoints: tests/export/test_hostile_checkpoints.py; engines: tests/engines/test_hostile_engines.py."""
 
 from __future__ import annotations
 
 import os
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
-from segrt.export.model.checkpoints import load_checkpoint
+
 from segrt.runtime.engine import Engine
-from segrt.runtime.errors import EngineCompatibilityError, ModelLoadError, SegrtError, UnsafeModelError
-from test_engines_manifest import ENGINE_BYTES, _fake_cudart, make_engine
+from segrt.runtime.errors import ModelLoadError, UnsafeModelError
 
 # ------------------------------------------------------------------------------------------ ONNX
 
@@ -97,8 +95,8 @@ def test_external_data_in_a_constant_of_a_subgraph_is_checked(tmp_path, ort_must
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "empty", "text"])
-def test_broken_onnx_files_are_model_load_errors(tmp_path, b0_onnx, damage):
-    data = b0_onnx.read_bytes()
+def test_broken_onnx_files_are_model_load_errors(tmp_path, tiny_onnx, damage):
+    data = tiny_onnx.read_bytes()
     broken = {"truncated": data[: len(data) // 3], "empty": b"",
               "flipped": data[:200] + bytes(b ^ 0x5A for b in data[200:4000]) + data[4000:],
               "text": b"this is not a model\n" * 50}[damage]
@@ -115,101 +113,3 @@ def test_onnx_check_is_skipped_without_the_onnx_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with Engine(path) as engine:
         assert engine.infer(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-class _Touch:
-    """Pickles to a call of Path.touch: what a malicious checkpoint would do with os.system."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def test_pickle_with_code_is_refused_unless_trusted(tmp_path, random_b0):
-    marker = tmp_path / "code-ran"
-    path = tmp_path / "model.pth"
-    torch.save({"state_dict": random_b0.model.state_dict(), "hook": _Touch(marker)}, path)
-    with pytest.raises(UnsafeModelError, match="--trust-pickle"):
-        load_checkpoint(path)
-    assert not marker.exists(), "refusing must not unpickle the payload"
-    loaded = load_checkpoint(path, trust_pickle=True)
-    assert marker.exists()  # trusting really unpickles, payload and all: that is why it is opt-in
-    for key, value in random_b0.model.state_dict().items():
-        assert torch.equal(loaded.model.state_dict()[key], value)
-
-
-def test_tensor_only_pickle_loads_without_trust(tmp_path, random_b0):
-    path = tmp_path / "weights.pth"
-    torch.save({"model": random_b0.model.state_dict(), "epoch": 12, "note": "plain containers"}, path)
-    loaded = load_checkpoint(path)
-    key = "decode_head.classifier.weight"
-    assert torch.equal(loaded.model.state_dict()[key], random_b0.model.state_dict()[key])
-
-
-def test_cli_export_has_the_trust_flag(tmp_path, random_b0):
-    from typer.testing import CliRunner
-
-    from segrt.cli import app
-
-    path = tmp_path / "model.pth"
-    torch.save({"state_dict": random_b0.model.state_dict(), "hook": _Touch(tmp_path / "x")}, path)
-    result = CliRunner().invoke(app, ["export", str(path), "-o", str(tmp_path / "m.onnx"), "--size", "64x64"])
-    assert result.exit_code != 0 and not (tmp_path / "x").exists()
-    assert isinstance(result.exception, UnsafeModelError) or "trust-pickle" in result.output
-    help_text = CliRunner().invoke(app, ["export", "--help"]).output
-    assert "--trust-pickle" in help_text
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_truncated_checkpoints_are_model_load_errors(tmp_path, random_b0, suffix):
-    from segrt.export.model.checkpoints import save_checkpoint
-
-    whole = tmp_path / f"whole{suffix}"
-    if suffix == ".safetensors":
-        save_checkpoint(random_b0.model, random_b0.metadata, whole)
-    else:
-        torch.save(random_b0.model.state_dict(), whole)
-    cut = tmp_path / f"cut{suffix}"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    with pytest.raises(ModelLoadError) as info:
-        load_checkpoint(cut)
-    assert str(cut) in str(info.value)
-
-
-# ------------------------------------------------------------------------------------------ engines
-def _must_not_deserialise(*args, **kwargs):
-    raise AssertionError("TensorRT was asked to deserialise an engine that failed its manifest check")
-
-
-@pytest.mark.parametrize("damage", ["truncated", "empty", "appended", "manifest-hash", "manifest-fields",
-                                    "manifest-missing"])
-def test_damaged_engines_are_refused_before_deserialising(tmp_path, monkeypatch, damage):
-    from segrt.engines.manifest import manifest_path
-    from segrt.runtime.backends import tensorrt as backend
-
-    fake_trt = types.ModuleType("tensorrt")
-    fake_trt.__version__ = "10.3.0.30"
-    fake_trt.Runtime = fake_trt.Logger = _must_not_deserialise
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    monkeypatch.setattr(backend, "_cudart", lambda: _fake_cudart(8, 7))
-    engine = make_engine(tmp_path)
-    manifest = manifest_path(engine)
-    if damage == "truncated":
-        engine.write_bytes(ENGINE_BYTES[: len(ENGINE_BYTES) // 2])
-    elif damage == "empty":
-        engine.write_bytes(b"")
-    elif damage == "appended":
-        engine.write_bytes(ENGINE_BYTES + b"\x00payload")
-    elif damage == "manifest-hash":
-        text = manifest.read_text()
-        manifest.write_text(text.replace(text.split('"engine_sha256": "')[1][:8], "deadbeef"))
-    elif damage == "manifest-fields":
-        manifest.write_text('{"kind": "segrt-tensorrt-engine", "schema": 1, "inputs": []}')
-    else:
-        manifest.unlink()
-    with pytest.raises(EngineCompatibilityError) as info:
-        backend.TensorRTBackend(engine)
-    assert isinstance(info.value, SegrtError) and str(info.value)

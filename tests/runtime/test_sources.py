@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import BIKES
 from mjpeg_camera import MjpegCamera
+
 from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
 from segrt.runtime.sources import (
     FrameSource,
@@ -109,13 +110,15 @@ def test_unreadable_image_in_a_folder_raises(tmp_path, camvid_root):
 @pytest.mark.parametrize("spec, kind, target, options", [
     ("0", "camera", 0, {}),
     (2, "camera", 2, {}),
-    ("/dev/video1?width=1280&height=720&fps=30", "camera", "/dev/video1", {"width": "1280", "height": "720", "fps": "30"}),
+    ("/dev/video1?width=1280&height=720&fps=30", "camera", "/dev/video1",
+     {"width": "1280", "height": "720", "fps": "30"}),
     ("csi://1?width=1920&flip=2", "csi", 1, {"width": "1920", "flip": "2"}),
     ("csi://", "csi", 0, {}),
     ("rtsp://10.0.0.5:554/live?channel=1", "url", "rtsp://10.0.0.5:554/live?channel=1", {}),
     ("https://cam.local/stream.mjpg", "url", "https://cam.local/stream.mjpg", {}),
     ("gst:videotestsrc ! appsink", "gstreamer", "videotestsrc ! appsink", {}),
-    ("v4l2src device=/dev/video0 ! videoconvert ! appsink", "gstreamer", "v4l2src device=/dev/video0 ! videoconvert ! appsink", {}),
+    ("v4l2src device=/dev/video0 ! videoconvert ! appsink", "gstreamer",
+     "v4l2src device=/dev/video0 ! videoconvert ! appsink", {}),
 ])  # fmt: skip
 def test_source_strings_are_understood(spec, kind, target, options):
     parsed = parse_source(spec)

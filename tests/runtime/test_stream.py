@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import BIKES
 from mjpeg_camera import MjpegCamera
+
 from segrt.runtime.engine import Engine
 from segrt.runtime.errors import ConfigError, InputError, SegrtError, SourceError
 from segrt.runtime.hud import OverlayRenderer
@@ -92,8 +93,8 @@ def bikes_frames() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def engine(b0_onnx) -> Engine:
-    return Engine(b0_onnx)
+def engine(tiny_onnx) -> Engine:
+    return Engine(tiny_onnx)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -125,7 +126,7 @@ def test_masks_and_overlays_match_engine_infer(engine, bikes_frames):
 
 def test_camvid_sequence_streams_in_file_order(engine, camvid_root, tmp_path):
     paths = sorted((camvid_root / "val").glob("*.png"))[:5]
-    for i, p in enumerate(reversed(paths)):  # creation order opposite to frame order
+    for p in reversed(paths):  # creation order opposite to frame order
         shutil.copy(p, tmp_path / p.name)
     results, error = consume(engine.stream(str(tmp_path / "*.png")))
     assert error is None and len(results) == 5

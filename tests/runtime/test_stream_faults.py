@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import BIKES
+from test_stream import ThresholdEngine, consume, stream_threads_alive
+
 from segrt.runtime.sinks import MaskSink, VideoSink
 from segrt.runtime.sources import FrameSource, VideoCaptureSource, open_source
 from segrt.runtime.stream import Reconnect, Stream
-from test_stream import ThresholdEngine, consume, stream_threads_alive
 
 
 def count_frames(path) -> int:

@@ -34,23 +34,24 @@ round to 0 for confident tokens, so TopK has no ties for the exporter and PyTorc
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from segrt.runtime.errors import CheckpointError, ConfigError
 from torch import nn
 
 from segrt.export.model.row_index import gather_rows, overwrite_rows, scatter_rows
 from segrt.export.model.segformer import Block, SegFormer, tokens_to_grid
+from segrt.runtime.errors import CheckpointError, ConfigError
+from segrt.trt_limits import TOPK_LIMIT  # TensorRT: TopK needs K < 3840
 
 MODES = ("threshold", "budget")
 DWCONV = ("zeros", "grid")
 CONTEXT_BONUS = 1e4  # added to a context token's uncertainty so a fixed budget always keeps it
-TOPK_LIMIT = 3839  # TensorRT: TopK needs K < 3840
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -129,9 +130,11 @@ def make_heads(model: SegFormer, points: list[str], hidden: int | dict[str, int]
     for name in points:
         stage, block = parse_exit_name(name)
         if not 0 <= stage < len(cfg.depths) or not 0 <= block < cfg.depths[stage]:
-            raise ConfigError(f"exit point {name}: the model has stages 0..{len(cfg.depths) - 1} with depths {cfg.depths}; "
+            raise ConfigError(f"exit point {name}: the model has stages 0..{len(cfg.depths) - 1} "
+                              f"with depths {cfg.depths}; "
                               "the block index must leave at least one block to prune")
-        heads[name] = AuxHead(cfg.widths[stage], cfg.num_classes, hidden.get(name, 0) if isinstance(hidden, dict) else hidden)
+        width = hidden.get(name, 0) if isinstance(hidden, dict) else hidden
+        heads[name] = AuxHead(cfg.widths[stage], cfg.num_classes, width)
     return heads
 
 
@@ -156,7 +159,8 @@ def load_heads(path: str | Path, model: SegFormer) -> tuple[nn.ModuleDict, dict]
         raise CheckpointError(f"{path} is not an exit-heads file (no segrt_exit_heads metadata)")
     info = json.loads(raw)
     width = info.get("hidden", 0)
-    heads = make_heads(model, info["points"], {k: int(v) for k, v in width.items()} if isinstance(width, dict) else int(width))
+    widths = {k: int(v) for k, v in width.items()} if isinstance(width, dict) else int(width)
+    heads = make_heads(model, info["points"], widths)
     try:
         heads.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:
@@ -242,7 +246,8 @@ class ExitStats:
     aux_logits: torch.Tensor | None = None  # (B, K, h, w) the head's logits at the logits' resolution
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "grids": self.grids, "computed": self.computed, "exited_fraction": self.exited_fraction}
+        return {"tokens": self.tokens, "grids": self.grids, "computed": self.computed,
+                "exited_fraction": self.exited_fraction}
 
 
 class EarlyExitSegFormer(nn.Module):
@@ -309,16 +314,19 @@ class EarlyExitSegFormer(nn.Module):
         logits = self.model.decode_head(features)
         gh, gw = exit_grid = (features[cfg.stage].shape[2], features[cfg.stage].shape[3])
         exited = F.interpolate((1.0 - keep).view(-1, 1, gh, gw), size=logits.shape[2:], mode="nearest")
-        aux_map = F.interpolate(tokens_to_grid(aux, *exit_grid), size=logits.shape[2:], mode="bilinear", align_corners=False)
+        aux_map = F.interpolate(tokens_to_grid(aux, *exit_grid), size=logits.shape[2:], mode="bilinear",
+                                align_corners=False)
         if not torch.compiler.is_compiling():
             self.last_stats = ExitStats(tokens, grids, computed, float(1.0 - keep.mean()), exited > 0.5, aux_map)
         return torch.where(exited > 0.5, aux_map.to(logits.dtype), logits)
 
 
 def attach_exit(model: SegFormer, heads: nn.ModuleDict, config: ExitConfig) -> EarlyExitSegFormer:
+    """A new early-exit model on copies of ``model`` and the head at ``config.point``, in eval mode; the arguments
+    are untouched (the wrapper's ``eval()`` and later changes never reach them)."""
     if config.point not in heads:
         raise ConfigError(f"no trained head for exit point {config.point}; the heads file has {list(heads.keys())}")
-    return EarlyExitSegFormer(model, heads[config.point], config).eval()
+    return EarlyExitSegFormer(copy.deepcopy(model), copy.deepcopy(heads[config.point]), config).eval()
 
 
 def sparse_stage_macs(exit_model: EarlyExitSegFormer, stage: int, grid: tuple[int, int], n: int) -> float:

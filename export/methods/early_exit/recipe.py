@@ -9,8 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from segrt.export.loading import load_model
 from segrt.export.methods.early_exit.model import AuxHead, make_heads, parse_exit_name, save_heads
+from segrt.export.model.checkpoints import save_checkpoint
 from segrt.export.model.segformer import SegFormer, tokens_to_grid
+from segrt.export.training.distill import DistillHooks, distill, logit_kd_loss
 from segrt.runtime.errors import ConfigError
 
 # ----------------------------------------------------------------------------- training
@@ -39,8 +42,6 @@ def _record_aux(stage_module: nn.Module, block: int, head: AuxHead, store: dict,
 
 def exit_hooks(teacher: SegFormer, student: SegFormer, heads: nn.ModuleDict, temperature: float = 1.0):
     """(DistillHooks, handles): the heads' KL losses against the teacher's logits, recorded by forward hooks."""
-    from segrt.export.training.distill import DistillHooks, logit_kd_loss
-
     store: dict[str, torch.Tensor] = {}
     handles = [teacher.decode_head.register_forward_hook(lambda _m, _a, out: store.__setitem__("teacher", out))]
     for name, head in heads.items():
@@ -71,9 +72,6 @@ def student_grid(n: int, logit_size, strides, stage: int) -> tuple[int, int]:
 
 def train_exit_heads(model_spec: str, distill_cfg, train_cfg: ExitTrainConfig, log=print) -> dict:
     """Train aux heads for ``model_spec`` with the distillation loop; writes ``<out>/exit_heads.safetensors``."""
-    from segrt.export.training.distill import distill
-    from segrt.export.loading import load_model
-
     teacher, student = load_model(model_spec), load_model(model_spec)
     heads = make_heads(student.model, train_cfg.points, train_cfg.hidden)
     student.model.exit_heads = heads  # a submodule: the loop's optimiser and resumable state include the heads
@@ -91,8 +89,6 @@ def train_exit_heads(model_spec: str, distill_cfg, train_cfg: ExitTrainConfig, l
                             "hidden": train_cfg.hidden,
                             "iterations": result["iteration"]})
     if train_cfg.finetune:
-        from segrt.export.model.checkpoints import save_checkpoint
-
         del student.model.exit_heads
         save_checkpoint(student.model, student.metadata, Path(distill_cfg.out) / "backbone.safetensors")
     return {**result, "heads": str(out)}

@@ -24,23 +24,28 @@ Modes of :class:`GatedMixFFN` (``set_mode``):
   Not input-adaptive; it is the yardstick that shows what choosing neurons per image costs and gains.
 
 Gated checkpoints are ordinary segrt safetensors plus the gate weights; the gating config rides in the
-model metadata (``extra["gating"]``), so :func:`segrt.export.model.checkpoints.load_checkpoint` rebuilds the
+model metadata (``extra["gating"]``); this module registers the ``gating`` checkpoint extension
+(:mod:`segrt.export.model.extensions`), so :func:`segrt.export.model.checkpoints.load_checkpoint` rebuilds the
 gates from the file alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segrt.runtime.errors import ConfigError
 from torch import nn
 
+from segrt.export.methods.pruning.groups import PrunePlan, apply_plan
+from segrt.export.model.extensions import register_checkpoint_extension
 from segrt.export.model.row_index import scatter_rows
 from segrt.export.model.segformer import Block, MixFFN, SegFormer, tokens_to_grid
+from segrt.runtime.errors import ConfigError
+from segrt.runtime.preprocess import frames_to_input
 
 GATING_KEY = "gating"
 MODES = ("open", "mask", "topk", "threshold")
@@ -197,15 +202,24 @@ def gating_config(model: nn.Module) -> GatingConfig | None:
 
 
 def attach_gates(model: SegFormer, cfg: GatingConfig) -> SegFormer:
-    """Replace every Mix-FFN of ``model`` (in place) by a gated one holding the same weights."""
-    for block in [m for m in model.modules() if isinstance(m, Block)]:
+    """A copy of ``model`` whose every Mix-FFN is a gated one holding the same weights (``model`` is untouched)."""
+    if gated_blocks(model):
+        raise ConfigError("model is already gated")
+    gated = copy.deepcopy(model)
+    for block in [m for m in gated.modules() if isinstance(m, Block)]:
         old = block.mlp
-        if isinstance(old, GatedMixFFN):
-            raise ConfigError("model is already gated")
         new = GatedMixFFN(old.fc1.in_features, old.fc1.out_features, cfg)
         new.load_state_dict(old.state_dict(), strict=False)
-        block.mlp = new.to(old.fc1.weight.device)
-    return model
+        block.mlp = new.to(old.fc1.weight.device).train(old.training)
+    return gated
+
+
+def _restore_gates(model: SegFormer, extra_json: str) -> SegFormer:
+    """Checkpoint extension: the gated model a checkpoint's ``extra["gating"]`` describes (gate weights load after)."""
+    return attach_gates(model, GatingConfig.from_json(extra_json))
+
+
+register_checkpoint_extension(GATING_KEY, _restore_gates)
 
 
 def set_mode(model: nn.Module, mode: str, threshold: float | None = None, keep_ratio: float | None = None,
@@ -237,7 +251,8 @@ def sparsity_loss(model: nn.Module, keep_ratio: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _sum_per_block(model: SegFormer, batches: list[torch.Tensor], mode: str, module, reduce) -> tuple[list[torch.Tensor], int]:
+def _sum_per_block(model: SegFormer, batches: list[torch.Tensor], mode: str, module,
+                   reduce) -> tuple[list[torch.Tensor], int]:
     """Run ``batches`` with every gate in ``mode`` and sum ``reduce(output)`` of ``module(block)`` per gated block
     (gate modes and train/eval restored after). -> (sums, images seen)."""
     blocks = gated_blocks(model)
@@ -288,9 +303,8 @@ def calibrate_gates(model: SegFormer, batches: list[torch.Tensor], keep_ratio: f
 @torch.no_grad()
 def frozen_plan(model: SegFormer, batches: list[torch.Tensor]):
     """The neurons each gate keeps on average: per block, the top ``k`` of the gate scores averaged over
-    ``batches`` (training images). -> :class:`~.prune_groups.PrunePlan` of the Mix-FFN neurons."""
-    from segrt.export.methods.pruning.groups import PrunePlan
-
+    ``batches`` (training images). -> :class:`~segrt.export.methods.pruning.groups.PrunePlan` of the Mix-FFN
+    neurons."""
     blocks = gated_blocks(model)
     # the gated model as trained: later gates see earlier gates' output
     sums, count = _sum_per_block(model, batches, "mask", lambda blk: blk.gate, lambda out: out.sum(dim=0))
@@ -308,8 +322,6 @@ def freeze_gates(model: SegFormer, batches: list[torch.Tensor]) -> SegFormer:
     block's ``k`` neurons of highest mean gate score on ``batches``. When the gates barely change with the
     image (measure it: ``benchmarks/gating.py`` reports the kept neurons outside the static core), this is
     the same model without the cost of choosing per image: constant weights that runtimes pre-pack."""
-    from segrt.export.methods.pruning.groups import apply_plan
-
     plan = frozen_plan(model, batches)
     plain = SegFormer(model.config)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".mlp.gate." not in k}, strict=True)
@@ -347,7 +359,7 @@ def kept_per_block(model: nn.Module) -> list[int]:
     return [int(kept[0]) if kept is not None else hidden for kept, hidden in counts]
 
 
-def frames_to_batches(frames: list[np.ndarray], size: tuple[int, int], mean, std, batch: int = 4) -> list[torch.Tensor]:
-    from segrt.runtime.preprocess import frames_to_input
-
-    return [torch.from_numpy(frames_to_input(frames[i : i + batch], size, mean, std)) for i in range(0, len(frames), batch)]
+def frames_to_batches(frames: list[np.ndarray], size: tuple[int, int], mean, std,
+                      batch: int = 4) -> list[torch.Tensor]:
+    return [torch.from_numpy(frames_to_input(frames[i : i + batch], size, mean, std))
+            for i in range(0, len(frames), batch)]

@@ -26,15 +26,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segrt.runtime.errors import ConfigError
 from torch import nn
 
 from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.model.segformer import EfficientAttention, SegFormer, SegFormerConfig, tokens_to_grid
+from segrt.runtime.errors import ConfigError
 
 STRATEGIES = ("none", "2x2", "hq", "fast", "downsample")
 
@@ -129,36 +130,101 @@ class MergeConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> MergeConfig:
-        unknown = set(raw) - {"name", "stages", "downsample"}
-        if unknown:
-            raise ConfigError(f"unknown merge config fields {sorted(unknown)}; expected name, stages, downsample")
+    def from_dict(cls, raw: object) -> MergeConfig:
+        """A JSON-shaped config, checked against :data:`MERGE_SCHEMA`; errors name the bad key path."""
+        if not isinstance(raw, dict):
+            _bad("", f"must be an object with {_keys(MERGE_SCHEMA)}, got {_shown(raw)}")
+        _only(raw, MERGE_SCHEMA, "")
+        name = raw.get("name", "custom")
+        if not isinstance(name, str):
+            _bad("name", f"must be a string, got {_shown(name)}")
+        entries = raw.get("stages", [])
+        if not isinstance(entries, list):
+            _bad("stages", f"must be a list of per-stage objects ({_keys(STAGE_SCHEMA)}), got {_shown(entries)}")
         stages = []
-        for i, entry in enumerate(raw.get("stages", [])):
-            entry = entry or {}
-            bad = set(entry) - {"q", "kv"}
-            if bad:
-                raise ConfigError(f"merge config stage {i + 1}: unknown keys {sorted(bad)}; expected 'q' and/or 'kv'")
-            stages.append(StageMerge(*(_reduction(entry.get(k), f"stage {i + 1} {k}") for k in ("q", "kv"))))
-        return cls(raw.get("name", "custom"), tuple(stages), int(raw.get("downsample", 1)))
+        for i, entry in enumerate(entries):
+            where = f"stages[{i}]"
+            if entry is None:  # a stage left as it is
+                entry = {}
+            if not isinstance(entry, dict):
+                _bad(where, f"must be an object with {_keys(STAGE_SCHEMA)} (or null), got {_shown(entry)}")
+            _only(entry, STAGE_SCHEMA, where)
+            stages.append(StageMerge(*(_reduction(entry.get(k), f"{where}.{k}") for k in ("q", "kv"))))
+        downsample = raw.get("downsample", 1)
+        if not _is_number(downsample) or downsample != int(downsample) or downsample < 1:
+            _bad("downsample", f"must be a whole number >= 1 (the input is scaled down by it), "
+                               f"got {_shown(downsample)}")
+        return cls(name, tuple(stages), int(downsample))
 
 
-def _cell(value) -> tuple[int, int]:
-    cell = (value, value) if isinstance(value, int) else tuple(value)
-    if len(cell) != 2 or not all(isinstance(c, int) and c >= 1 for c in cell):
-        raise ConfigError(f"cell must be two positive integers (rows, cols), got {value!r}")
+# The JSON form of a merge config (all keys optional). Hand-checked by MergeConfig.from_dict / _reduction:
+# every value's type and range, unknown keys refused, each error naming its key path (stages[0].kv.ratio).
+MERGE_SCHEMA = {"name": "string", "stages": "list of stage objects", "downsample": "whole number >= 1"}
+STAGE_SCHEMA = {"q": "reduction of the queries", "kv": "reduction of the keys/values"}
+REDUCTION_SCHEMA = {"method": "'bsm' (default) or 'pool' (queries only)",
+                    "ratio": "bsm: fraction of tokens merged away, > 0 and < 1 (required)",
+                    "cell": "positive integer or [rows, cols]"}
+
+
+def _bad(path: str, message: str) -> NoReturn:
+    raise ConfigError(f"merge config {path + ' ' if path else ''}{message}")
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _keys(schema: dict) -> str:
+    return ", ".join(f"'{k}'" for k in schema)
+
+
+def _only(raw: dict, schema: dict, path: str) -> None:
+    for key in raw:
+        if key not in schema:
+            where = f"{path}.{key}" if path else str(key)
+            _bad(where, f"is not a known key; expected {_keys(schema)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _cell(value, where: str = "cell") -> tuple[int, int]:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    cell = (value, value) if whole else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(cell) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cell):
+        raise ConfigError(f"merge config {where} must be a positive integer or two (rows, cols), got {_shown(value)}")
     return cell  # type: ignore[return-value]
 
 
-def _reduction(raw: dict | None, where: str) -> Reduction | None:
+def _reduction(raw: object, where: str) -> Reduction | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise ConfigError(f"merge config {where}: expected an object such as {{\"ratio\": 0.8, \"cell\": [4, 4]}}")
-    bad = set(raw) - {"method", "ratio", "cell"}
-    if bad:
-        raise ConfigError(f"merge config {where}: unknown keys {sorted(bad)}")
-    return Reduction(raw.get("method", "bsm"), float(raw.get("ratio", 0.0)), raw.get("cell", (2, 2)))
+        _bad(where, f"must be an object such as {{\"ratio\": 0.8, \"cell\": [4, 4]}}, got {_shown(raw)}")
+    _only(raw, REDUCTION_SCHEMA, where)
+    method = raw.get("method", "bsm")
+    if method not in ("bsm", "pool"):
+        _bad(f"{where}.method", f"must be 'bsm' or 'pool', got {_shown(method)}")
+    if where.endswith(".kv") and method != "bsm":
+        _bad(f"{where}.method", "keys/values are already spatially reduced; only 'bsm' merging applies to them")
+    cell = _cell(raw.get("cell", (2, 2)), f"{where}.cell")
+    if method == "pool":
+        if "ratio" in raw:
+            _bad(f"{where}.ratio", "does not apply to 'pool' (it keeps one token per cell); leave it out")
+        return Reduction("pool", 0.0, cell)
+    if "ratio" not in raw:
+        _bad(f"{where}.ratio", "is required for 'bsm': the fraction of tokens merged away, > 0 and < 1")
+    ratio = raw["ratio"]
+    if not _is_number(ratio) or not 0.0 < ratio < 1.0:
+        _bad(f"{where}.ratio", f"must be a number > 0 and < 1 (the fraction of tokens merged away), "
+                               f"got {_shown(ratio)}")
+    most = 1.0 - 1.0 / (cell[0] * cell[1])  # one destination stays in every cell
+    if ratio > most:
+        _bad(f"{where}.ratio", f"{ratio} is more than {cell[0]}x{cell[1]} cells can merge (at most {most:.4g}: "
+                               f"one token of each cell stays); use a larger cell")
+    return Reduction("bsm", float(ratio), cell)
 
 
 def _bsm(ratio: float, cell: int) -> Reduction:
@@ -191,16 +257,17 @@ def merge_config(spec: str | MergeConfig | dict | None) -> MergeConfig:
         return PRESETS[text.lower()]
     if text.endswith(".json") and not text.startswith("{"):
         path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"merge config file {path} does not exist")
-        text = path.read_text()
+        if not path.is_file():  # also a FIFO or device, whose reading would block or never end
+            raise ConfigError(f"merge config file {path} does not exist or is not a regular file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read merge config file {path}: {exc}") from exc
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"merge strategy {spec!r} is neither a preset ({', '.join(STRATEGIES)}) "
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ConfigError(f"merge strategy {_shown(str(spec))} is neither a preset ({', '.join(STRATEGIES)}) "
                           f"nor a JSON config: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError("a merge config must be a JSON object with 'stages' and/or 'downsample'")
     return MergeConfig.from_dict(raw)
 
 
@@ -378,7 +445,8 @@ def plan_tokens(cfg: SegFormerConfig, config: MergeConfig | str, size: tuple[int
         kv = (kh * kw, merged_size(kh, kw, setting.keys_values) if setting.keys_values else kh * kw)
         q = (h * w, merged_size(h, w, setting.queries) if setting.queries else h * w)
         plan = StagePlan(i + 1, (h, w), q, kv)
-        for name, red, (gh, gw) in (("queries", setting.queries, (h, w)), ("keys/values", setting.keys_values, (kh, kw))):
+        reductions = (("queries", setting.queries, (h, w)), ("keys/values", setting.keys_values, (kh, kw)))
+        for name, red, (gh, gw) in reductions:
             if red is not None and red.method == "bsm":
                 dst, src = cell_partition(gh, gw, red.cell)
                 r = merge_count(gh * gw, len(src), red.ratio)

@@ -15,7 +15,8 @@ Two ops, in PyTorch (``torch.ops.segrt``) and in ONNX (domain ``segrt``, version
 
 In the exported graph both are single custom-domain nodes whose definitions are attached as ONNX
 model-local functions with standard-op bodies: ONNX Runtime runs them as they are, TensorRT's parser
-inlines them (9.0+) or takes a registered plugin of the same name (10.7+).
+inlines them (9.0+). No TensorRT plugin implements them; only from 10.7 on would a plugin creator that an
+application registers under the same op name take precedence (segrt registers none).
 :func:`inline_merge_ops` turns them into plain standard ops.
 
 Export constraints honoured by the bodies: the mean is sum/count with ScatterElements reduction
@@ -31,11 +32,12 @@ import functools
 import onnx
 import torch
 from onnx import TensorProto, defs, helper
+
 from segrt.runtime.errors import ConfigError, ExportError
+from segrt.trt_limits import TOPK_LIMIT  # TensorRT: TopK needs K < 3840
 
 DOMAIN = "segrt"
 DOMAIN_VERSION = 1
-TOPK_LIMIT = 3839  # TensorRT: TopK needs K < 3840
 SELECT_ROUNDS = 2  # masked TopK rounds in the bodies: any selection of up to 2 * TOPK_LIMIT tokens
 _NORM_EPS = 1e-12
 
@@ -52,7 +54,8 @@ def check_merge_size(num_sources: int, r: int) -> None:
     if k > SELECT_ROUNDS * TOPK_LIMIT:
         raise ConfigError(
             f"merging {r} of {num_sources} source tokens needs a {k}-token selection, more than "
-            f"{SELECT_ROUNDS} TopK rounds of {TOPK_LIMIT} (TensorRT's limit) allow: use larger cells or a smaller input")
+            f"{SELECT_ROUNDS} TopK rounds of {TOPK_LIMIT} (TensorRT's limit) allow: "
+            "use larger cells or a smaller input")
 
 
 # ----------------------------------------------------------------------------- PyTorch reference
@@ -254,7 +257,8 @@ def _merge_function(opset: int) -> onnx.FunctionProto:
     b.nodes.append(helper.make_node("Div", [sums, counts], ["merged"]))
     return helper.make_function(DOMAIN, "TokenMerge", ["x", "metric", "dst_index", "src_index"], ["merged", "slot"],
                                 b.nodes, [helper.make_opsetid("", opset)], attributes=["r"],
-                                doc_string="Bipartite soft matching: mean-merge the r sources most similar to a destination.")
+                                doc_string="Bipartite soft matching: mean-merge the r sources most similar to a "
+                                           "destination.")
 
 
 def _unmerge_function(opset: int) -> onnx.FunctionProto:

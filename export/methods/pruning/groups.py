@@ -31,9 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segrt.runtime.errors import ConfigError
-
 from segrt.export.model.segformer import ConvBNReLU, LinearProjection, SegFormer, SegFormerConfig
+from segrt.runtime.errors import ConfigError
 
 KINDS = ("mlp", "head", "chan", "decoder")
 
@@ -63,7 +62,8 @@ class PrunePlan:
         return dataclasses.replace(
             cfg,
             mlp_hidden=[[len(self.mlp[s][b]) for b in range(cfg.depths[s])] for s in stages],
-            attn_dims=[[len(self.heads[s][b]) * len(self.channels[s][b]) for b in range(cfg.depths[s])] for s in stages],
+            attn_dims=[[len(self.heads[s][b]) * len(self.channels[s][b]) for b in range(cfg.depths[s])]
+                       for s in stages],
             block_heads=[[len(self.heads[s][b]) for b in range(cfg.depths[s])] for s in stages],
             decoder_dim=len(self.decoder))
 
@@ -208,7 +208,9 @@ class Gates(nn.Module):
         head = model.decode_head
         g_dec = self.get("decoder")
         n_stages = len(head.linear_projections)
-        fuse_gate = (lambda g=g_dec, k=n_stages: g.repeat(k)[None, :, None, None])
+        def fuse_gate(g=g_dec, k=n_stages):
+            return g.repeat(k)[None, :, None, None]
+
         handles.append(head.linear_fuse.register_forward_pre_hook(pre(fuse_gate)))
         handles.append(head.classifier.register_forward_pre_hook(pre(lambda g=g_dec: g[None, :, None, None])))
         return handles

@@ -10,22 +10,22 @@ segmentation labels, predicted by a small head (global average pool + Linear) on
 Procedure (kept simple, close to the paper's scheme):
 1. Warm up the classification head on the frozen network.
 2. In each of ``rounds`` rounds: alternate segmentation and classification batches; on each, take the
-   gradient of that task's loss w.r.t. every group gate (:class:`.prune_groups.Gates`, all at 1, so a
+   gradient of that task's loss w.r.t. every group gate (:class:`.groups.Gates`, all at 1, so a
    first-order Taylor estimate of the loss change when the group is removed), accumulate its square per
    task, keep training the classification head on its turns. Each task's scores are normalised by
    their mean, then combined; a group's priority is its combined importance per MAC it costs.
 3. Remove the lowest-priority groups until the round's MAC target (geometric steps to the budget),
    rebuild the smaller dense model from the original weights, and score again.
 
-The result is a plain smaller SegFormer (:func:`.prune_groups.apply_plan`) that exports and runs like
-any other; accuracy is recovered afterwards by :mod:`.distill`. The state after every round and every
+The result is a plain smaller SegFormer (:func:`.groups.apply_plan`) that exports and runs like any
+other; accuracy is recovered afterwards by :mod:`segrt.export.training.distill`. The scoring runs in the
+shared training loop (:mod:`segrt.export.training.loop`): the state after every round and every
 ``save_every`` steps is saved, so an interrupted run resumes exactly.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,15 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segrt.export.methods.pruning.groups import Gates, PrunePlan, apply_plan, config_macs, group_costs, shrunk
+from segrt.export.model.checkpoints import LoadedModel, save_checkpoint
+from segrt.export.model.segformer import SegFormer
+from segrt.export.training.augment import AugmentConfig
+from segrt.export.training.loop import Job, LoopConfig, run_loop, write_atomic
+from segrt.export.training.train import TrainSamples, class_weights, seg_loss
 from segrt.runtime.datasets import IGNORE, open_dataset
 from segrt.runtime.errors import ConfigError
-from segrt.runtime.progress import make_progress
-
-from segrt.export.training.augment import AugmentConfig
-from segrt.export.model.checkpoints import LoadedModel
-from segrt.export.methods.pruning.groups import Gates, PrunePlan, apply_plan, config_macs, group_costs, shrunk
-from segrt.export.model.segformer import SegFormer
-from segrt.export.training.train import TrainSamples, class_weights, seg_loss
 
 
 @dataclass
@@ -165,10 +164,170 @@ class _Scorer:
             h.remove()
 
 
-def prune(source: LoadedModel, cfg: PruneConfig, out: str | Path, state_path: str | Path | None = None, log=print) -> dict:
-    """Prune ``source`` to ``cfg.flops`` of its MACs; writes the smaller model to ``out`` (safetensors)."""
-    from segrt.export.model.checkpoints import save_checkpoint
+class PruneStateFiles:
+    """Pruning state in two files, each written atomically: a JSON file anyone can read (settings, plan,
+    rounds so far; models/bundle_pruned.py reads its config) and the presence head with its optimiser
+    beside it (``.head.pt``). The head file is written first and names its iteration, so a crash between
+    the two writes is detected instead of resuming with a head from a later step. A state of another
+    model or other settings is refused."""
 
+    def __init__(self, path: Path, cfg: PruneConfig, source_sha256: str):
+        self.path, self.head_path, self.cfg, self.source_sha256 = path, path.with_suffix(".head.pt"), cfg, source_sha256
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        st = json.loads(self.path.read_text())
+        if st["source_sha256"] != self.source_sha256 or _settings(st["config"]) != _settings(asdict(self.cfg)):
+            raise ConfigError(f"{self.path} belongs to a different model or settings; delete it to start over")
+        head = torch.load(self.head_path, weights_only=True)
+        iteration = st.get("iteration", self._legacy_iteration(st["round"], st["step"]))
+        if head.get("iteration", iteration) != iteration:
+            raise ConfigError(f"{self.head_path} does not match {self.path} (interrupted while saving); "
+                              "delete both to start over")
+        return {**st, **head, "iteration": iteration, "rounds": st["history"], "history": "[]"}
+
+    def save(self, state: dict) -> None:
+        it = state["iteration"]
+        head = {"head": state["head"], "opt": state["opt"], "torch_rng": state["torch_rng"], "iteration": it}
+        write_atomic(self.head_path, lambda tmp: torch.save(head, tmp))
+        round_, step = divmod(max(it - self.cfg.cls_warmup, 0), self.cfg.steps)
+        record = {"source_sha256": self.source_sha256, "config": json.loads(json.dumps(asdict(self.cfg))),
+                  "plan": state["plan"],
+                  "round": round_, "step": step, "iteration": it, "history": state["rounds"],
+                  "acc": state["acc"], "elapsed": state["elapsed"]}
+        write_atomic(self.path, lambda tmp: tmp.write_text(json.dumps(record)))
+
+    def _legacy_iteration(self, round_: int, step: int) -> int:
+        # states written before the loop was shared name (round, step); (0, 0) meant "nothing done yet"
+        return 0 if (round_, step) == (0, 0) else self.cfg.cls_warmup + round_ * self.cfg.steps + step
+
+
+class PruneRun:
+    """What pruning supplies to the training loop. Iterations 0 .. cls_warmup - 1 train the presence head;
+    then each round scores ``steps`` batches (alternating tasks) and, on its last one, removes groups."""
+
+    def __init__(self, source: LoadedModel, cfg: PruneConfig, size: tuple[int, int], log=print):
+        self.source, self.cfg, self.size, self.log = source, cfg, size, log
+        self.base = source.model.eval()
+        self.model_cfg = self.base.config
+        self.folded = cfg.count == "folded"
+        self.macs0 = config_macs(self.model_cfg, size, self.folded)
+        train_set = open_dataset(cfg.data, cfg.format, "train")
+        if len(train_set.classes) != self.model_cfg.num_classes:
+            raise ConfigError(f"dataset has {len(train_set.classes)} classes, model {self.model_cfg.num_classes}")
+        base_size = tuple(source.metadata.input_size or (384, 512))
+        self.samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale)),
+                                    cfg.seed, source.metadata.mean, source.metadata.std)
+        self.weights = class_weights(train_set, len(train_set)) if cfg.loss == "balanced" else None
+        self.head = PresenceHead(self.model_cfg.widths[-1], self.model_cfg.num_classes)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.cls_lr)
+        self.plan = PrunePlan.full(self.model_cfg)
+        self.rounds: list[dict] = []
+        self.current: tuple[int, SegFormer, _Scorer] | None = None  # the round being scored
+        self.resumed_acc: dict | None = None  # accumulators of a round interrupted half-way
+
+    @property
+    def iterations(self) -> int:
+        return self.cfg.cls_warmup + self.cfg.rounds * self.cfg.steps
+
+    def batches(self, start: int):
+        for it in range(start, self.iterations):
+            # warm-up batches come from far beyond the scoring ones, so they never repeat them
+            k = 10_000_000 + it if it < self.cfg.cls_warmup else it - self.cfg.cls_warmup
+            items = [self.samples[k * self.cfg.batch_size + i] for i in range(self.cfg.batch_size)]
+            yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+    def step(self, it: int, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        x, y = batch
+        if it < self.cfg.cls_warmup:  # the presence head must mean something before it scores channels
+            _, model, _ = self.round(0)
+            with torch.no_grad():
+                feats = model.encoder(x)
+            return {"presence head bce": self.train_head(feats[-1], y).item()}
+        rnd, step = divmod(it - self.cfg.cls_warmup, self.cfg.steps)
+        _, model, scorer = self.round(rnd)
+        feats = model.encoder(x)
+        if step % 2 == 0:  # segmentation turn
+            loss = seg_loss(model.decode_head(feats), y, self.cfg.loss, self.weights)
+            loss.backward()
+            scorer.add("seg")
+            values = {"round": rnd + 1, "seg loss": loss.item()}
+        else:  # classification turn: scores and the presence head both learn from it
+            values = {"round": rnd + 1, "presence bce": self.train_head(feats[-1], y).item()}
+            scorer.add("cls")
+        if step == self.cfg.steps - 1:
+            self.finish_round(rnd)
+        return values
+
+    def train_head(self, deepest: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = presence_targets(labels, self.model_cfg.num_classes)
+        loss = F.binary_cross_entropy_with_logits(self.head(deepest), targets)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def round(self, rnd: int) -> tuple[int, SegFormer, _Scorer]:
+        """The model of round ``rnd`` (the plan so far applied, frozen) with gates to score it."""
+        if self.current is None or self.current[0] != rnd:
+            model = apply_plan(self.base, self.plan).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            scorer = _Scorer(model)
+            if self.resumed_acc is not None:
+                for t in ("seg", "cls"):
+                    for k, v in self.resumed_acc[t].items():
+                        scorer.acc[t][k] = torch.tensor(v)
+                self.resumed_acc = None
+            self.current = (rnd, model, scorer)
+        return self.current
+
+    def finish_round(self, rnd: int) -> None:
+        """Remove the lowest-priority groups down to this round's MAC target (geometric steps to the budget)."""
+        _, _, scorer = self.round(rnd)
+        scores = scorer.combined(self.cfg.cls_weight)
+        scorer.close()
+        self.current = None
+        round_target = int(self.macs0 * self.cfg.flops ** ((rnd + 1) / self.cfg.rounds))
+        self.plan = select(self.model_cfg, self.plan, scores, round_target, self.size, self.folded, self.cfg.min_keep)
+        macs = config_macs(self.plan.config(self.model_cfg), self.size, self.folded)
+        self.rounds.append({"round": rnd + 1, "gmacs": macs / 1e9, "fraction": macs / self.macs0})
+        self.log(f"round {rnd + 1}/{self.cfg.rounds}: {macs / 1e9:.3f} GMACs ({macs / self.macs0:.1%} of "
+                 f"{self.macs0 / 1e9:.3f})")
+
+    def save_after(self, it: int) -> bool:
+        """Every ``save_every`` scoring steps of a round, and after every round."""
+        if it <= self.cfg.cls_warmup:
+            return False
+        done_in_round = (it - self.cfg.cls_warmup - 1) % self.cfg.steps + 1
+        return done_in_round % self.cfg.save_every == 0 or done_in_round == self.cfg.steps
+
+    def state(self) -> dict:
+        scorer = self.current[2] if self.current is not None else None
+        acc = None if scorer is None else {t: {k: v.tolist() for k, v in d.items()} for t, d in scorer.acc.items()}
+        return {"plan": self.plan.to_json(), "rounds": self.rounds, "acc": acc,
+                "head": self.head.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.plan = PrunePlan.from_json(state["plan"])
+        self.rounds = state["rounds"]
+        self.resumed_acc = state.get("acc")
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["opt"])
+        if state["step"] == self.cfg.steps:
+            # a state of the loop before it was shared, saved between a round's last batch and its selection
+            self.finish_round(state["round"])
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[2].close()
+            self.current = None
+
+
+def prune(source: LoadedModel, cfg: PruneConfig, out: str | Path, state_path: str | Path | None = None,
+          log=print) -> dict:
+    """Prune ``source`` to ``cfg.flops`` of its MACs; writes the smaller model to ``out`` (safetensors)."""
     if not 0.0 < cfg.flops <= 1.0:
         raise ConfigError(f"--flops must be in (0, 1], got {cfg.flops}")
     if cfg.count not in ("folded", "unfolded"):
@@ -178,132 +337,32 @@ def prune(source: LoadedModel, cfg: PruneConfig, out: str | Path, state_path: st
     out = Path(out)
     state_path = Path(state_path) if state_path else out.with_name(out.name + ".prune_state.json")
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    base = source.model.eval()
-    model_cfg = base.config
     size = tuple(cfg.size or source.metadata.input_size or (512, 512))
-    folded = cfg.count == "folded"
-    macs0 = config_macs(model_cfg, size, folded)
-    target = int(macs0 * cfg.flops)
-    train_set = open_dataset(cfg.data, cfg.format, "train")
-    if len(train_set.classes) != model_cfg.num_classes:
-        raise ConfigError(f"dataset has {len(train_set.classes)} classes, model {model_cfg.num_classes}")
-    base_size = tuple(source.metadata.input_size or (384, 512))
-    samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale)), cfg.seed,
-                           source.metadata.mean, source.metadata.std)
-    weights = class_weights(train_set, len(train_set)) if cfg.loss == "balanced" else None
-    deepest = model_cfg.widths[-1]
-    head = PresenceHead(deepest, model_cfg.num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.cls_lr)
+    run = PruneRun(source, cfg, size, log)
+    job = Job("prune", PruneStateFiles(state_path, cfg, source.sha256), state=run.state, load_state=run.load_state,
+              batches=run.batches, step=run.step, save_after=run.save_after)
+    try:
+        result = run_loop(LoopConfig(run.iterations, time_budget=cfg.time_budget), job, log)
+    finally:
+        run.close()
+    if not result["finished"]:
+        log(f"state in {state_path}")
+        return {"finished": False, "state": str(state_path), "history": run.rounds}
+    return write_pruned(run, out)
 
-    plan = PrunePlan.full(model_cfg)
-    start_round, start_step, history = 0, 0, []
-    acc_saved = None
-    elapsed_before = 0.0
-    if state_path.exists():
-        st = json.loads(state_path.read_text())
-        if st["source_sha256"] != source.sha256 or _settings(st["config"]) != _settings(asdict(cfg)):
-            raise ConfigError(f"{state_path} belongs to a different model or settings; delete it to start over")
-        plan = PrunePlan.from_json(st["plan"])
-        start_round, start_step, history = st["round"], st["step"], st["history"]
-        elapsed_before = st["elapsed"]
-        acc_saved = st.get("acc")
-        head_state = torch.load(state_path.with_suffix(".head.pt"), weights_only=True)
-        head.load_state_dict(head_state["head"])
-        opt.load_state_dict(head_state["opt"])
-        log(f"resumed pruning at round {start_round} step {start_step}")
-    t0 = time.time()
 
-    def batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [samples[k * cfg.batch_size + i] for i in range(cfg.batch_size)]
-        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
-
-    def save(round_: int, step: int, scorer: _Scorer | None) -> None:
-        acc = None
-        if scorer is not None:
-            acc = {t: {k: v.tolist() for k, v in d.items()} for t, d in scorer.acc.items()}
-        torch.save({"head": head.state_dict(), "opt": opt.state_dict()}, state_path.with_suffix(".head.pt"))
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"source_sha256": source.sha256, "config": json.loads(json.dumps(asdict(cfg))),
-                                   "plan": plan.to_json(), "round": round_, "step": step, "history": history,
-                                   "acc": acc, "elapsed": elapsed_before + time.time() - t0}))
-        tmp.replace(state_path)
-
-    def over_budget() -> bool:
-        return cfg.time_budget is not None and time.time() - t0 > cfg.time_budget
-
-    total_steps = cfg.cls_warmup + cfg.rounds * cfg.steps
-    done = 0 if start_round == 0 and start_step == 0 else cfg.cls_warmup + start_round * cfg.steps + start_step
-    stopped = False
-    with make_progress() as progress:
-        task = progress.add_task("prune", total=total_steps, completed=done, info="")
-        for rnd in range(start_round, cfg.rounds):
-            model = apply_plan(base, plan).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            scorer = _Scorer(model)
-            if acc_saved is not None and rnd == start_round:
-                for t in ("seg", "cls"):
-                    for k, v in acc_saved[t].items():
-                        scorer.acc[t][k] = torch.tensor(v)
-            first = start_step if rnd == start_round else 0
-            warm = cfg.cls_warmup if rnd == 0 and first == 0 else 0
-            for w in range(warm):  # the presence head must mean something before it scores channels
-                x, y = batch(10_000_000 + w)
-                with torch.no_grad():
-                    feats = model.encoder(x)
-                loss = F.binary_cross_entropy_with_logits(head(feats[-1]), presence_targets(y, model_cfg.num_classes))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                progress.update(task, advance=1, info=f"presence head bce {loss.item():.3f}")
-            for step in range(first, cfg.steps):
-                x, y = batch(rnd * cfg.steps + step)
-                feats = model.encoder(x)
-                if step % 2 == 0:  # segmentation turn
-                    loss = seg_loss(model.decode_head(feats), y, cfg.loss, weights)
-                    loss.backward()
-                    scorer.add("seg")
-                    info = f"round {rnd + 1}: seg loss {loss.item():.3f}"
-                else:  # classification turn: scores and the presence head both learn from it
-                    loss = F.binary_cross_entropy_with_logits(head(feats[-1]), presence_targets(y, model_cfg.num_classes))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    scorer.add("cls")
-                    info = f"round {rnd + 1}: presence bce {loss.item():.3f}"
-                progress.update(task, advance=1, info=info)
-                if (step + 1) % cfg.save_every == 0 or over_budget():
-                    save(rnd, step + 1, scorer)
-                if over_budget():
-                    stopped = True
-                    break
-            if stopped:
-                scorer.close()
-                break
-            scores = scorer.combined(cfg.cls_weight)
-            scorer.close()
-            round_target = int(macs0 * cfg.flops ** ((rnd + 1) / cfg.rounds))
-            plan = select(model_cfg, plan, scores, round_target, size, folded, cfg.min_keep)
-            macs = config_macs(plan.config(model_cfg), size, folded)
-            history.append({"round": rnd + 1, "gmacs": macs / 1e9, "fraction": macs / macs0})
-            log(f"round {rnd + 1}/{cfg.rounds}: {macs / 1e9:.3f} GMACs ({macs / macs0:.1%} of {macs0 / 1e9:.3f})")
-            acc_saved = None
-            save(rnd + 1, 0, None)
-    if stopped:
-        log(f"time budget reached; resume with the same command (state in {state_path})")
-        return {"finished": False, "state": str(state_path), "history": history}
-    pruned = apply_plan(base, plan).eval()
-    meta = source.metadata
-    meta.extra = {**meta.extra, "pruning": json.dumps({"method": "multi-task channel pruning", "flops": cfg.flops,
-                                                        "count": cfg.count, "size": list(size),
-                                                        "source_sha256": source.sha256, "source_gmacs": macs0 / 1e9,
-                                                        "gmacs": config_macs(pruned.config, size, folded) / 1e9,
-                                                        "plan": json.loads(plan.to_json())})}
+def write_pruned(run: PruneRun, out: Path) -> dict:
+    """The smaller dense model, its pruning recorded in its metadata so it reloads from the file alone."""
+    pruned = apply_plan(run.base, run.plan).eval()
+    gmacs = config_macs(pruned.config, run.size, run.folded) / 1e9
+    meta = run.source.metadata
+    record = {"method": "multi-task channel pruning", "flops": run.cfg.flops, "count": run.cfg.count,
+              "size": list(run.size), "source_sha256": run.source.sha256, "source_gmacs": run.macs0 / 1e9,
+              "gmacs": gmacs, "plan": json.loads(run.plan.to_json())}
+    meta.extra = {**meta.extra, "pruning": json.dumps(record)}
     save_checkpoint(pruned, meta, out)
-    result = {"finished": True, "out": str(out), "source_gmacs": macs0 / 1e9,
-              "gmacs": config_macs(pruned.config, size, folded) / 1e9, "history": history}
-    result["fraction"] = result["gmacs"] / result["source_gmacs"]
-    return result
+    return {"finished": True, "out": str(out), "source_gmacs": run.macs0 / 1e9, "gmacs": gmacs,
+            "history": run.rounds, "fraction": gmacs / (run.macs0 / 1e9)}
 
 
 def _settings(raw: dict) -> dict:

@@ -1,0 +1,143 @@
+"""Every script in benchmarks/ runs end to end at a tiny setting (a few rows, 2 rounds, 2 CamVid val images, a
+small input) and writes the report it promises. Numbers are checked for sanity, never for speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def script(name: str):
+    """Import benchmarks/NAME.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script is being imported
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(folder: Path, stem: str) -> tuple[dict, str]:
+    data = json.loads((folder / f"{stem}.json").read_text())
+    return data, (folder / f"{stem}.md").read_text()
+
+
+def method_report(folder: Path, stem: str, names: list[str], rounds: int = 4) -> tuple[dict, str]:
+    """A method benchmark's report: the expected rows, timed by the harness with 1 thread, evaluated on CamVid."""
+    data, md = report(folder, stem)
+    rows = data["rows"]
+    assert [r["name"] for r in rows] == names
+    assert data["rounds"] == rounds  # --quick's setting
+    assert_timed(rows, rounds)
+    assert_accuracy(rows)
+    assert_conditions(data["conditions"], rounds, 1)
+    assert all(f"| {n} |" in md or f"| {n.split(' [')[0]} |" in md for n in names)
+    return data, md
+
+
+def assert_timed(rows: list[dict], rounds: int) -> None:
+    """Latencies from the harness: one per round, positive, p50 their median, speed-up against the first row."""
+    for r in rows:
+        assert len(r["latencies_ms"]) == rounds and all(v > 0 for v in r["latencies_ms"])
+        assert min(r["latencies_ms"]) - 0.01 <= r["p50_ms"] <= max(r["latencies_ms"]) + 0.01
+        assert r["speedup"] == pytest.approx(rows[0]["p50_ms"] / r["p50_ms"])
+
+
+def assert_conditions(conditions: dict, rounds: int, threads: int) -> None:
+    assert conditions["rounds"] == rounds and conditions["threads"] == threads and conditions["rewarm"] == 1
+    assert conditions["load_average_start"] and conditions["load_average_end"]
+
+
+def assert_accuracy(rows: list[dict]) -> None:
+    for r in rows:
+        assert 0.0 <= r["miou"] <= 1.0 and 0.0 < r["pixel_accuracy"] <= 1.0  # NaN fails both
+
+
+def test_merging(camvid_root, tmp_path):
+    res = script("merging").main(["--quick", "--sizes", "64", "--strategies", "fast", "--limit", "2", "--rounds",
+                                  "2", "--threads", "1", "--data", str(camvid_root), "--out", str(tmp_path)])
+    data, md = report(tmp_path, "merging")
+    assert data == json.loads(json.dumps(res, default=str))
+    rows = data["sizes"]["64x64"]
+    assert [r["name"] for r in rows] == ["plain", "fast"]
+    assert_timed(rows, 2)
+    assert_accuracy(rows)
+    assert_conditions(data["conditions"]["64x64"], 2, 1)
+    assert rows[0]["agreement"] == 1.0 and 0.0 < rows[1]["agreement"] <= 1.0
+    assert rows[0]["export_rel_error"] < 1e-4 and rows[1]["path"] == "fast-64x64.onnx"
+    assert "| 64x64 | plain |" in md and "| 64x64 | fast |" in md
+    assert (tmp_path / "merging.png").stat().st_size > 0
+
+
+def test_pruning(camvid_root, tmp_path):
+    script("pruning").main(["--quick", "--variants", "fold", "--size", "64x96", "--limit", "2", "--rounds", "2",
+                            "--threads", "1", "--data", str(camvid_root), "--out", str(tmp_path)])
+    data, md = method_report(tmp_path, "pruning-quick", ["bundled [fold]", "pruned-50 [fold]", "pruned-30 [fold]"])
+    rows = data["rows"]
+    assert rows[0]["gmacs"] > rows[1]["gmacs"] > rows[2]["gmacs"] > 0  # pruning removes MACs from the graph
+    assert rows[0]["speedup_vs_fold"] == 1.0
+    assert "| pruned-30 | fold |" in md
+    assert (tmp_path / "pruning-quick.png").exists()
+
+
+def test_gating(camvid_root, tmp_path):
+    script("gating").main(["--quick", "--modes", "threshold", "--align", "1", "--limit", "2", "--threads", "1",
+                           "--data", str(camvid_root), "--out", str(tmp_path)])
+    data, _ = method_report(tmp_path, "gating-quick", ["bundled", "gated threshold"])
+    rows = data["rows"]
+    assert all(r["mean_ms"] > 0 for r in rows)
+    assert data["compute"]["images"] == 2 and 0.0 < data["compute"]["kept_fraction"]["median"] < 1.0
+    assert 0 < rows[1]["gmacs"] < rows[0]["gmacs"]  # gates skip Mix-FFN neurons
+
+
+def test_early_exit(camvid_root, tmp_path):
+    script("early_exit").main(["--quick", "--budgets", "--thresholds", "0.9", "--no-ceiling", "--limit", "2",
+                               "--threads", "1", "--data", str(camvid_root), "--out", str(tmp_path)])
+    data, md = method_report(tmp_path, "early_exit-quick", ["bundled (folded)", "threshold 0.9"])
+    rows = data["rows"]
+    exited = rows[1]["exited"]
+    assert len(exited) == 2 and all(0.0 <= e <= 1.0 for e in exited)
+    assert 0 < rows[1]["gmacs"] <= rows[0]["gmacs"] * 1.05  # the aux head costs a little, exits save
+    assert "Where the MACs are" in md
+
+
+def test_run_all(camvid_root, tmp_path):
+    script("run_all").main(["--quick", "--merges", "--eval-limit", "2", "--runs", "2", "--calib-count", "2",
+                            "--size", "64x96", "--threads", "1", "--data", str(camvid_root),
+                            "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    data, md = report(tmp_path / "out", "headline")
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["transformers (eager PyTorch)", "transformers -> ONNX Runtime", "segrt FP32", "segrt INT8"]
+    assert data["group"]["conditions"]["rounds"] == 2 and data["group"]["conditions"]["threads"] == 1
+    for r in data["rows"]:
+        assert r["p50_ms"] > 0 and 0.0 <= r["miou"] <= 1.0
+    assert data["rows"][0]["vs_eager"] == 1.0
+    assert abs(data["rows"][2]["delta_miou_points"]) < 5  # same weights as eager, exported
+    assert set(data["kernels"]) == {"transformers -> ONNX Runtime", "segrt FP32", "segrt INT8"}
+    assert data["kernels"]["segrt INT8"]["integer_kernels"]  # the INT8 tier really runs integer kernels
+    assert "| segrt INT8 |" in md
+
+
+def test_stream_bench(b0_onnx, tmp_path):
+    res = script("stream_bench").main(["--model", str(b0_onnx), "--frames", "4", "--rounds", "2", "--threads", "1",
+                                       "--out", str(tmp_path / "stream")])
+    data = json.loads((tmp_path / "stream.json").read_text())
+    assert data["ratio"] == pytest.approx(res["ratio"]) and data["ratio"] > 0
+    assert len(data["per_round"]) == 2 and data["frames_per_pass"] == 4
+    assert all(x["stream"]["frames"] == 4 and x["bare"]["frames"] == 4 for x in data["per_round"])
+    assert data["conditions"]["rounds"] == 2 and data["conditions"]["rewarm"] == 0
+    assert "| **median** |" in (tmp_path / "stream.md").read_text()
+
+
+def test_soak(b0_onnx, tmp_path):
+    script("soak").main(["--model", str(b0_onnx), "--frames", "30", "--warmup", "10", "--sample-every", "10",
+                         "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "soak.json").read_text())
+    assert data["frames_delivered"] == 30 and data["lost"] == [] and data["dropped"] == 0
+    assert len(data["rss_mb_samples"]) == 3
+    assert "| lost or out-of-order frames | 0 | 0 |" in (tmp_path / "soak.md").read_text()

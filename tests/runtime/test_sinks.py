@@ -1,0 +1,226 @@
+"""Sinks: every write is checked (a failure is an OutputError naming the file), files appear only when
+complete, and what a sink reports as written is on disk. Failures are simulated in ways that work as
+root (tests run as root, so a chmod'ed folder would still be writable): a path through a regular
+file, and OpenCV / the file system made to fail by monkeypatching."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import BIKES
+
+from segrt.runtime import sinks
+from segrt.runtime.errors import ConfigError, InputError, OutputError
+from segrt.runtime.overlay import colorize, overlay, palette_lut
+from segrt.runtime.sinks import MaskSink, VideoSink, write_image, write_text
+
+
+def bikes(n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(BIKES))
+    frames: list[np.ndarray] = []
+    while len(frames) < n:
+        ok, frame = cap.read()
+        assert ok, f"{BIKES} has fewer than {n} frames"
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def frames_in(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "partial" in p.name)
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# ---------------------------------------------------------------------------------------------- images
+def test_write_image_round_trips_a_real_mask_and_leaves_no_temporary(tmp_path, camvid_root):
+    label = cv2.imread(str(sorted((camvid_root / "valannot").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
+    assert label is not None and label.ndim == 2
+    path = write_image(tmp_path / "deep" / "er" / "mask.png", label, "mask")
+    assert path == tmp_path / "deep" / "er" / "mask.png"
+    assert np.array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), label)
+    assert leftovers(path.parent) == []
+
+
+def test_uint16_masks_keep_labels_past_255(tmp_path):
+    mask = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 7) % 700  # labels up to 699
+    path = write_image(tmp_path / "m.png", mask, "mask")
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.max() > 255 and np.array_equal(back, mask)
+
+
+def test_an_encoder_that_fails_is_an_output_error_and_nothing_is_written(tmp_path, camvid_frame, monkeypatch):
+    monkeypatch.setattr(sinks.cv2, "imencode", lambda *a, **k: (False, None))
+    with pytest.raises(OutputError, match="overlay.jpg"):
+        write_image(tmp_path / "overlay.jpg", camvid_frame, "overlay")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_an_output_error_and_the_old_file_survives_whole(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text('{"miou": 0.5}')
+    monkeypatch.setattr(sinks.os, "replace", no_space)
+    with pytest.raises(OutputError, match=r"metrics\.json.*No space left"):
+        write_text(target, '{"miou": 0.7, "images": 101}')
+    assert target.read_text() == '{"miou": 0.5}'  # never a half-written mix of old and new
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_folder", "folder_is_a_fifo"])
+def test_impossible_targets_are_output_errors_naming_the_path(tmp_path, camvid_frame, where):
+    blocker = tmp_path / "blocker"
+    if where == "under_a_file":
+        blocker.write_text("a regular file where a folder should be")
+        target = blocker / "sub" / "overlay.jpg"
+    elif where == "is_a_folder":
+        blocker.mkdir()
+        target = blocker
+    else:
+        os.mkfifo(blocker)
+        target = blocker / "overlay.jpg"
+    with pytest.raises(OutputError, match="blocker"):
+        write_image(target, camvid_frame, "overlay")
+
+
+def test_write_image_refuses_what_is_not_an_image(tmp_path):
+    with pytest.raises(InputError, match="numpy array"):
+        write_image(tmp_path / "x.png", "not an image")  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match=r"x\.png"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 7), np.uint8))  # 7 channels: no PNG encoder takes it
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- video
+def test_video_appears_only_when_complete_and_holds_every_frame(tmp_path):
+    frames = bikes(6)
+    target = tmp_path / "out.mp4"
+    with VideoSink(target, fps=25) as video:
+        for frame in frames:
+            video.write(frame)
+        assert not target.exists() and video.completed is None  # still being written, under another name
+    assert video.completed == target and video.frames == 6 and frames_in(target) == 6
+    assert leftovers(tmp_path) == []
+
+
+def test_a_writer_that_cannot_open_is_an_output_error_and_nothing_is_claimed(tmp_path, monkeypatch):
+    class Refusing:  # what cv2.VideoWriter does for an unwritable path or a codec it lacks
+        fourcc = staticmethod(cv2.VideoWriter.fourcc)
+
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+    monkeypatch.setattr(sinks.cv2, "VideoWriter", Refusing)
+    video = VideoSink(tmp_path / "out.mp4")
+    with pytest.raises(OutputError, match=r"out\.mp4"):
+        video.write(bikes(1)[0])
+    assert video.close() is None and video.completed is None and video.frames == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_lost_by_the_writer_are_an_output_error_not_a_shorter_video(tmp_path, monkeypatch):
+    """A writer that silently drops frames (as OpenCV does on a full disk): close() reads the file
+    back, finds it short, and refuses to give it the final name."""
+    real = cv2.VideoWriter
+
+    class Dropping:
+        def __init__(self, *args):
+            self.inner, self.calls = real(*args), 0
+
+        def isOpened(self):
+            return self.inner.isOpened()
+
+        def write(self, image):
+            self.calls += 1
+            if self.calls <= 2:
+                self.inner.write(image)
+
+        def release(self):
+            self.inner.release()
+
+    Dropping.fourcc = staticmethod(real.fourcc)  # type: ignore[attr-defined]
+    monkeypatch.setattr(sinks.cv2, "VideoWriter", Dropping)
+    target = tmp_path / "out.mp4"
+    video = VideoSink(target)
+    for frame in bikes(5):
+        video.write(frame)
+    with pytest.raises(OutputError, match=r"out\.mp4 is incomplete.*2 of the 5"):
+        video.close()
+    assert not target.exists() and video.completed is None and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["out.txt", "out", "folder_name/"])
+def test_a_video_name_without_a_container_suffix_is_refused_up_front(tmp_path, name):
+    with pytest.raises(OutputError, match="suffix"):
+        VideoSink(tmp_path / name)
+
+
+def test_video_frames_follow_the_runtime_frame_rule(tmp_path):
+    frame = bikes(1)[0]
+    with VideoSink(tmp_path / "v.mp4") as video:
+        video.write(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))  # gray is replicated, as Engine.infer does
+        with pytest.raises(InputError, match="dtype"):
+            video.write(frame.astype(np.float32))
+    assert video.frames == 1 and frames_in(tmp_path / "v.mp4") == 1
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def test_mask_sink_counts_only_masks_on_disk(tmp_path, monkeypatch):
+    sink = MaskSink(tmp_path / "masks")
+    mask = np.random.default_rng(0).integers(0, 11, (36, 48), dtype=np.uint8)
+    sink.write(0, mask)
+    monkeypatch.setattr(sinks.os, "replace", no_space)
+    with pytest.raises(OutputError, match=r"000001\.png"):
+        sink.write(1, mask)
+    assert sink.frames == 1 and sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["000000.png"]
+
+
+def test_mask_sink_refuses_a_file_in_place_of_its_folder_and_bad_masks(tmp_path):
+    (tmp_path / "masks").write_text("not a folder")
+    with pytest.raises(OutputError, match="masks.*not a folder"):
+        MaskSink(tmp_path / "masks")
+    sink = MaskSink(tmp_path / "ok")
+    with pytest.raises(InputError, match="HxW"):
+        sink.write(0, np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(InputError, match="index"):
+        sink.write(-1, np.zeros((4, 4), np.uint8))
+    assert sink.frames == 0 and list((tmp_path / "ok").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- overlay
+@pytest.mark.parametrize("entry", [(999, 0, 0), (-1, 0, 0), (1, 2), ("a", 1, 2), (1.5, 2, 3), None])
+def test_out_of_range_or_malformed_palette_entries_are_config_errors(entry):
+    with pytest.raises(ConfigError, match="palette entry 1"):
+        palette_lut([(0, 0, 0), entry])  # type: ignore[list-item]
+
+
+def test_colours_are_looked_up_for_uint16_labels():
+    palette = [(i % 256, (i * 3) % 256, (i * 7) % 256) for i in range(300)]
+    mask = np.array([[0, 255, 256, 299]], np.uint16)
+    rgb = [palette[i] for i in (0, 255, 256, 299)]
+    expected = np.array([[[b, g, r] for r, g, b in rgb]], np.uint8)
+    assert np.array_equal(colorize(mask, palette), expected)
+
+
+def test_overlay_refuses_an_opacity_outside_0_1(camvid_frame):
+    mask = np.zeros(camvid_frame.shape[:2], np.uint8)
+    with pytest.raises(ConfigError, match="alpha"):
+        overlay(camvid_frame, mask, [(255, 0, 0)], float("nan"))
