@@ -21,7 +21,7 @@ from pathlib import Path
 
 from segrt.engines.model_info import ModelInfo, TensorInfo
 from segrt.engines.targets import PRECISIONS, Target
-from segrt.engines.trt_table import JETSON_MIN_BY_MAJOR, api_available, jetson_supported
+from segrt.engines.trt_table import JETSON_RANGES_BY_MAJOR, api_available, jetson_supported
 from segrt.engines.versions import TrtVersion
 from segrt.runtime.errors import ConfigError
 
@@ -259,7 +259,8 @@ def plan_versions(target: Target, request: BuildRequest) -> list[TrtVersion]:
     for text in target.tensorrt:
         v = TrtVersion.parse(text)
         if target.jetson:  # e.g. "11" on a Jetson means the first 11.x that supports JetPack
-            v = max(v, JETSON_MIN_BY_MAJOR.get(v.major, v))
+            first = JETSON_RANGES_BY_MAJOR.get(v.major, ((v, v),))[0][0]
+            v = max(v, first)
         seen.setdefault(v.major, v)
     return list(seen.values())
 

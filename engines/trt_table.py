@@ -101,14 +101,17 @@ def max_opset(version: TrtVersion | str) -> int:
 
 
 # TensorRT 11 on Jetson: 11.0-11.4.0 do not support JetPack; 11.4.1 supports JetPack 7.2.2+ on AGX Orin and
-# Thor (TensorRT 11.4.1 release notes / support matrix). Orin on JetPack 6 stays on 10.3.
-JETSON_MIN_BY_MAJOR = {11: TrtVersion(11, 4, 1)}
+# Thor (TensorRT 11.4.1 release notes / support matrix); 11.5.0 does not support JetPack again ("Jetson
+# deployments remain on TensorRT 11.4.1", TensorRT 11.5.0 Jetson migration notes). Orin on JetPack 6 stays
+# on 10.3. Per major: the [first, end) ranges that run on Jetson; a release after the last known one is not
+# assumed to.
+JETSON_RANGES_BY_MAJOR = {11: ((TrtVersion(11, 4, 1), TrtVersion(11, 5, 0)),)}
 
 
 def jetson_supported(version: TrtVersion | str) -> bool:
     v = TrtVersion.parse(version)
-    minimum = JETSON_MIN_BY_MAJOR.get(v.major)
-    return minimum is None or v >= minimum
+    ranges = JETSON_RANGES_BY_MAJOR.get(v.major)
+    return ranges is None or any(first <= v < end for first, end in ranges)
 
 
 def api_available(member: str, version: TrtVersion | str) -> bool:

@@ -76,3 +76,15 @@ def b0_onnx(tmp_path_factory, random_b0) -> Path:
     path = tmp_path_factory.mktemp("models") / "b0.onnx"
     export_onnx(random_b0.model, random_b0.metadata, path, size=(256, 320))
     return path
+
+
+def count_frames(path) -> int:
+    """Frames OpenCV can decode from a video file: what a sink claims to have written must be there."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n

@@ -205,8 +205,10 @@ class TensorRTBackend:
         if any(d < 0 for d in out_shape):
             raise BackendError(f"output shape {out_shape} is still dynamic after setting the input shape")
         buffers = _Buffers(shape, self.input_dtype, out_shape, self.output_dtype)
-        self._context.set_tensor_address(self.input_name, buffers.dev_in)
-        self._context.set_tensor_address(self.output_name, buffers.dev_out)
+        for name, address in ((self.input_name, buffers.dev_in), (self.output_name, buffers.dev_out)):
+            if not self._context.set_tensor_address(name, address):
+                buffers.free()
+                raise BackendError(f"{self.path}: TensorRT refused the device address for tensor {name!r}")
         self._buffers = buffers
         if self.use_cuda_graph:
             self._capture(buffers)

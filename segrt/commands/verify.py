@@ -58,6 +58,8 @@ def verify_command(
         table.add_row(o.name, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel_l2:.3g}")
     console.print(table)
     console.print(f"label agreement: worst image {report.label_agreement:.4%}, mean {report.mean_label_agreement:.4%}")
+    console.print(f"every output element within atol {atol:g} / rtol {rtol:g}: "
+                  f"{'yes' if report.within_tolerance else 'no (reported, not deciding)'}")
     if json_out:
         console.print(f"wrote {write_text(json_out, json.dumps(asdict(report), indent=2) + chr(10), 'report JSON')}")
     if report.passed:

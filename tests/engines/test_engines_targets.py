@@ -66,3 +66,12 @@ def test_targets_command_lists_every_target():
     assert result.exit_code == 0, result.output
     for name in TARGETS:
         assert name in result.output
+
+
+def test_tensorrt_11_runs_on_jetson_only_in_its_supported_range():
+    """11.0-11.4.0 do not support JetPack, 11.4.1 does, 11.5.0 does not again (NVIDIA's 11.5 Jetson notes):
+    a pip-installed 11.5 on a Jetson must not get a plan."""
+    from segrt.engines.trt_table import jetson_supported
+
+    assert [jetson_supported(v) for v in ("10.3", "11.0", "11.4.0", "11.4.1", "11.4.9", "11.5.0", "11.6")] == [
+        True, False, False, True, True, False, False]

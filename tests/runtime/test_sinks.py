@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import BIKES
+from conftest import BIKES, count_frames
 
 from segrt.runtime import sinks
 from segrt.runtime.errors import ConfigError, InputError, OutputError
@@ -29,15 +29,6 @@ def bikes(n: int) -> list[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
-
-
-def frames_in(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -114,7 +105,7 @@ def test_video_appears_only_when_complete_and_holds_every_frame(tmp_path):
         for frame in frames:
             video.write(frame)
         assert not target.exists() and video.completed is None  # still being written, under another name
-    assert video.completed == target and video.frames == 6 and frames_in(target) == 6
+    assert video.completed == target and video.frames == 6 and count_frames(target) == 6
     assert leftovers(tmp_path) == []
 
 
@@ -179,7 +170,7 @@ def test_video_frames_follow_the_runtime_frame_rule(tmp_path):
         video.write(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))  # gray is replicated, as Engine.infer does
         with pytest.raises(InputError, match="dtype"):
             video.write(frame.astype(np.float32))
-    assert video.frames == 1 and frames_in(tmp_path / "v.mp4") == 1
+    assert video.frames == 1 and count_frames(tmp_path / "v.mp4") == 1
 
 
 # ---------------------------------------------------------------------------------------------- masks

@@ -11,21 +11,12 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from conftest import BIKES
+from conftest import BIKES, count_frames
 from test_stream import ThresholdEngine, consume, stream_threads_alive
 
 from segrt.runtime.sinks import MaskSink, VideoSink
 from segrt.runtime.sources import FrameSource, VideoCaptureSource, open_source
 from segrt.runtime.stream import Reconnect, Stream
-
-
-def count_frames(path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 @pytest.fixture(scope="module")
