@@ -25,6 +25,7 @@ from segrt.runtime.errors import (
     MissingPluginError,
     ModelLoadError,
 )
+from segrt.runtime.sinks import write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -241,11 +242,10 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
         raise BackendError(f"TensorRT failed to build {onnx_path.name}:\n{logger.tail()}")
     data = bytes(memoryview(serialized))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     engine_path = out_dir / plan.engine
-    engine_path.write_bytes(data)
+    write_bytes(engine_path, data, "engine")
     if cache_path is not None:
-        cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())), "timing cache")
 
     import onnx
 

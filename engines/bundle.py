@@ -26,6 +26,7 @@ from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
 from segrt.engines.plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
 from segrt.runtime.errors import ConfigError
+from segrt.runtime.sinks import prepare_folder, write_text, writing
 
 PLAN_FILE = "plan.json"
 
@@ -142,11 +143,12 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         stem = stem.removesuffix(suffix)
     plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
 
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out, "bundle folder")
     files: list[Path] = []
     plain = out / variant_file(stem, info.variant)
     if source.resolve() != plain.resolve():
-        shutil.copyfile(source, plain)
+        with writing(plain, "model copy"):
+            shutil.copyfile(source, plain)
     files.append(plain)
     fp16_error = None
     if any(p.onnx_variant == "fp16" and not info.float16 for p in plans):
@@ -167,14 +169,15 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         "files": {f.name: sha256_file(f) for f in files},
     })
     plan_file.save(out / PLAN_FILE)
-    (out / "compatibility.txt").write_text("".join(r.to_text() for r in reports))
-    (out / "compatibility.json").write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+    write_text(out / "compatibility.txt", "".join(r.to_text() for r in reports), "compatibility report")
+    write_text(out / "compatibility.json", json.dumps([r.to_dict() for r in reports], indent=2) + "\n",
+               "compatibility report")
     pins = {plan.onnx: fp32_layer_names(model if plan.onnx == plain.name else load_onnx(out / plan.onnx),
                                         plan.fp32_layer_types) for plan in plans if plan.fp32_layer_types}
     for name, text in (("build_engine.sh", _segrt_script()), ("build_engine_trtexec.sh", _trtexec_script(plans, pins))):
-        script = out / name
-        script.write_text(text)
-        script.chmod(0o755)
+        script = write_text(out / name, text, "build script")
+        with writing(script, "build script"):
+            script.chmod(0o755)
     files += [out / n for n in (PLAN_FILE, "compatibility.txt", "compatibility.json", "build_engine.sh",
                                 "build_engine_trtexec.sh")]
     return Bundle(out, plan_file, reports, files, fp16_error)

@@ -17,6 +17,7 @@ from segrt.runtime.backends.engine_manifest import (
     read_manifest,
     sha256_bytes,
 )
+from segrt.runtime.sinks import write_text
 
 __all__ = ["MANIFEST_KIND", "MANIFEST_SCHEMA", "Manifest", "TensorSpec", "check_gpu", "check_versions",
            "load_checked_engine", "manifest_path", "read_manifest", "sha256_bytes", "write_manifest"]
@@ -24,5 +25,5 @@ __all__ = ["MANIFEST_KIND", "MANIFEST_SCHEMA", "Manifest", "TensorSpec", "check_
 
 def write_manifest(manifest: Manifest, engine: str | Path) -> Path:
     path = manifest_path(engine)
-    path.write_text(manifest.to_json())
+    write_text(path, manifest.to_json(), "engine manifest")
     return path

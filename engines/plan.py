@@ -24,6 +24,7 @@ from segrt.engines.targets import PRECISIONS, Target
 from segrt.engines.trt_table import JETSON_RANGES_BY_MAJOR, api_available, jetson_supported
 from segrt.engines.versions import TrtVersion
 from segrt.runtime.errors import ConfigError
+from segrt.runtime.sinks import write_text
 
 PLAN_SCHEMA = 1
 # TensorRT LayerType names kept in FP32 in weakly typed FP16/INT8 builds (TensorRT 10).
@@ -287,7 +288,7 @@ class PlanFile:
     def save(self, path: str | Path) -> None:
         data = {"schema": self.schema, "model": self.model, "request": dataclasses.asdict(self.request),
                 "plans": [p.to_dict() for p in self.plans]}
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        write_text(path, json.dumps(data, indent=2) + "\n", "build plan")
 
     @classmethod
     def load(cls, path: str | Path) -> PlanFile:

@@ -7,14 +7,14 @@ INT8 graph of a bundle) it runs anywhere, which is how the comparison code is te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from segrt.engines.model_info import inspect_model
-from segrt.runtime.errors import ConfigError
+from segrt.engines.model_info import TensorInfo, inspect_model
+from segrt.runtime.errors import BackendError, ConfigError, SegrtError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
@@ -87,34 +87,152 @@ def _runner(path: Path, onnx_bytes_for: str):
     return TrtRunner(EngineFromBytes(data, runtime=runtime), name=onnx_bytes_for)
 
 
+def _fixed(dim: object) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+
+
+def _shown(shape: Sequence[object]) -> str:
+    return "x".join(str(d) if _fixed(d) else "?" for d in shape)
+
+
+def _image_input(path: Path, inputs: Sequence[TensorInfo]) -> TensorInfo:
+    """The model's one image input, N x 3 x H x W; a ConfigError names what differs."""
+    if len(inputs) != 1:
+        raise ConfigError(f"{path.name}: expected one image input, found {len(inputs)}")
+    image = inputs[0]
+    if len(image.shape) != 4 or (_fixed(image.shape[1]) and image.shape[1] != 3):
+        raise ConfigError(f"{path.name}: input {image.name!r} has shape {_shown(image.shape)}; "
+                          "expected N x 3 x H x W (one image)")
+    return image
+
+
+def _input_size(ref: TensorInfo, cand: TensorInfo | None, meta: ModelMetadata, reference: Path,
+                candidate: Path) -> tuple[int, int]:
+    """One (H, W) both models accept: a fixed size of either (equal when both are fixed), else the
+    reference's metadata size. Both models see the same tensor, so outputs compare element by element."""
+    ref_hw = tuple(ref.shape[2:])
+    cand_hw = tuple(cand.shape[2:]) if cand is not None else (None, None)
+    size: list[int | None] = [None, None]
+    for axis, (r, c) in enumerate(zip(ref_hw, cand_hw)):
+        if _fixed(r) and _fixed(c) and r != c:
+            raise ConfigError(f"{candidate.name} takes {_shown(cand_hw)} images but {reference.name} takes "
+                              f"{_shown(ref_hw)} (H x W): their outputs cannot be compared")
+        size[axis] = r if _fixed(r) else c if _fixed(c) else None
+    if size[0] is None or size[1] is None:
+        default = meta.input_size or (512, 512)
+        size = [size[0] or default[0], size[1] or default[1]]
+    return int(size[0]), int(size[1])  # type: ignore[arg-type]
+
+
+def _check_outputs(reference: Path, candidate: Path, ref_outputs: Sequence[tuple[str, Sequence[object]]],
+                   cand_outputs: Sequence[tuple[str, Sequence[object]]]) -> None:
+    """Outputs are matched by position (names may differ); counts, ranks and fixed dimensions must agree."""
+    if len(ref_outputs) != len(cand_outputs):
+        raise ConfigError(f"{candidate.name} has {len(cand_outputs)} output(s) but {reference.name} has "
+                          f"{len(ref_outputs)}: outputs are compared by position")
+    for i, ((ref_name, ref_shape), (cand_name, cand_shape)) in enumerate(zip(ref_outputs, cand_outputs)):
+        differ = len(ref_shape) != len(cand_shape) or any(
+            _fixed(r) and _fixed(c) and r != c for r, c in zip(ref_shape, cand_shape))
+        if differ:
+            what = " (class count)" if len(ref_shape) == len(cand_shape) == 4 and ref_shape[1] != cand_shape[1] else ""
+            raise ConfigError(f"output {i} differs in shape{what}: {candidate.name} {cand_name!r} is "
+                              f"{_shown(cand_shape)}, {reference.name} {ref_name!r} is {_shown(ref_shape)}")
+
+
+def _check_classes(reference: Path, candidate: Path, ref: ModelMetadata | None, cand: ModelMetadata | None) -> None:
+    if ref is not None and cand is not None and len(ref.classes) != len(cand.classes):
+        raise ConfigError(f"{candidate.name} has {len(cand.classes)} classes but {reference.name} has "
+                          f"{len(ref.classes)}")
+
+
+def _numpy_dtype(dtype: object) -> np.dtype | None:
+    """A runner's input dtype as numpy's (Polygraphy reports numpy types or its own DataType)."""
+    try:
+        from polygraphy.datatype import DataType
+
+        if isinstance(dtype, DataType):
+            return np.dtype(DataType.to_dtype(dtype, "numpy"))
+        return np.dtype(dtype) if dtype is not None else None  # type: ignore[call-overload]
+    except (ImportError, TypeError, AttributeError):
+        return None
+
+
+def _run(runner, path: Path, tensor_for: Callable[[str, Sequence[object]], list[np.ndarray]]
+         ) -> list[dict[str, np.ndarray]]:
+    """Every image through one runner, outputs copied out of its buffers in the model's output order.
+    ``tensor_for(input name, input shape)`` gives the inputs once the runner shows its own input."""
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        with runner:
+            try:  # Polygraphy's own types where it has them (numpy types are deprecated from 0.50)
+                inputs = runner.get_input_metadata(use_numpy_dtypes=False)
+            except TypeError:  # 0.49.x
+                inputs = runner.get_input_metadata()
+            if len(inputs) != 1:
+                raise ConfigError(f"{path.name}: expected one image input, found {len(inputs)}")
+            name, meta = next(iter(inputs.items()))
+            dtype = _numpy_dtype(meta.dtype)
+            # Cast like Polygraphy's data loader would: an FP16 graph may take float16 pixels.
+            return [{k: np.array(v) for k, v in runner.infer({name: x if dtype is None else x.astype(dtype)}).items()}
+                    for x in tensor_for(name, tuple(meta.shape or ()))]
+    except SegrtError:
+        raise
+    except PolygraphyException as exc:  # a model that loads but cannot run on these inputs
+        raise BackendError(f"running {path.name} failed: {exc}") from exc
+    except Exception as exc:  # ONNX Runtime / TensorRT errors reach here unwrapped by Polygraphy
+        raise BackendError(f"running {path.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
            atol: float = 1e-2, rtol: float = 1e-2, min_agreement: float = 0.99, quiet: bool = True) -> VerifyReport:
-    """Run both models on ``frames`` (BGR uint8) and compare every output."""
-    from polygraphy.comparator import Comparator
+    """Run both models on ``frames`` (BGR uint8) and compare every output, matched by position.
+
+    Before anything runs, the models must be comparable: one N x 3 x H x W input each, fixed input
+    sizes equal, the same number of outputs with equal ranks and fixed dimensions, and (when both
+    carry segrt metadata) the same class count; otherwise a ConfigError names the mismatch. A
+    Polygraphy failure while running is a BackendError carrying its message."""
+    from polygraphy.comparator import Comparator, IterationResult, RunResults
     from polygraphy.logger import G_LOGGER
 
     if quiet:
         G_LOGGER.module_severity = G_LOGGER.WARNING
     reference, candidate = Path(reference), Path(candidate)
     _model, info = inspect_model(reference)
-    if len(info.inputs) != 1:
-        raise ConfigError(f"{reference.name}: expected one image input, found {len(info.inputs)}")
+    ref_input = _image_input(reference, info.inputs)
+    cand_info = inspect_model(candidate)[1] if candidate.suffix.lower() == ".onnx" else None
+    cand_input = _image_input(candidate, cand_info.inputs) if cand_info is not None else None
     meta = info.metadata or ModelMetadata(classes=["class_0"], input_size=None)
-    shape = info.inputs[0].shape
-    fixed = all(isinstance(d, int) for d in shape[2:])
-    size = (int(shape[2]), int(shape[3])) if fixed else (meta.input_size or (512, 512))  # type: ignore[arg-type]
-    feeds = [{info.inputs[0].name: frames_to_input([f], size, meta.mean, meta.std)} for f in frames]
-    if not feeds:
+    size = _input_size(ref_input, cand_input, meta, reference, candidate)
+    if cand_info is not None:
+        _check_outputs(reference, candidate, [(o.name, o.shape) for o in info.outputs],
+                       [(o.name, o.shape) for o in cand_info.outputs])
+        _check_classes(reference, candidate, info.metadata, cand_info.metadata)
+    tensors = [frames_to_input([f], size, meta.mean, meta.std) for f in frames]
+    if not tensors:
         raise ConfigError("no images to verify on")
 
-    runners = [_runner(candidate, "candidate"), _runner(reference, "reference")]
-    results = Comparator.run(runners, data_loader=feeds)
+    def engine_input(name: str, shape: Sequence[object]) -> list[np.ndarray]:
+        """An engine's input is known only once it is loaded: check it as the ONNX one was checked."""
+        if cand_input is None:
+            engine = TensorInfo(name, tuple(d if isinstance(d, int) and _fixed(d) else None for d in shape), "")
+            _input_size(ref_input, _image_input(candidate, [engine]), meta, reference, candidate)
+        return tensors
+
+    cand_runs = _run(_runner(candidate, "candidate"), candidate, engine_input)
+    ref_runs = _run(_runner(reference, "reference"), reference, lambda _name, _shape: tensors)
+    ref_names = list(ref_runs[0])
+    _check_outputs(reference, candidate, [(k, v.shape) for k, v in ref_runs[0].items()],
+                   [(k, v.shape) for k, v in cand_runs[0].items()])
+    # The candidate's outputs under the reference's names (matched by position) for Polygraphy's comparison.
+    cand_runs = [dict(zip(ref_names, run.values())) for run in cand_runs]
+    results = RunResults([("candidate", [IterationResult(r, runner_name="candidate") for r in cand_runs]),
+                          ("reference", [IterationResult(r, runner_name="reference") for r in ref_runs])])
     accuracy = Comparator.compare_accuracy(results, compare_func=simple_compare_func(atol, rtol))
 
-    cand_iters, ref_iters = results[0][1], results[1][1]
     outputs: dict[str, OutputComparison] = {}
     agreements = []
-    for cand, ref in zip(cand_iters, ref_iters):
+    for cand, ref in zip(cand_runs, ref_runs):
         for name, expected in ref.items():
             actual = np.asarray(cand[name])
             expected = np.asarray(expected)
@@ -131,7 +249,7 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
         else:
             agreements.append(float((actual == expected).mean()))
     worst = min(agreements)
-    return VerifyReport(reference=str(reference), candidate=str(candidate), images=len(feeds),
+    return VerifyReport(reference=str(reference), candidate=str(candidate), images=len(tensors),
                         passed=worst >= min_agreement, within_tolerance=bool(accuracy), label_agreement=worst,
                         mean_label_agreement=float(np.mean(agreements)), outputs=list(outputs.values()),
                         atol=atol, rtol=rtol)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.model.segformer import SegFormer
 from segrt.export.passes.compare import relative_error
 from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
@@ -207,7 +207,7 @@ def export_onnx(
     except Exception as exc:
         raise ExportError(f"exported graph fails onnx.checker: {exc}") from exc
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    sinks.prepare_folder(out.parent, f"folder of {out.name}")  # before the verification: fail early
     buf = io.BytesIO()
     onnx.save_model(proto, buf)
     data = buf.getvalue()
@@ -217,7 +217,5 @@ def export_onnx(
         other = (size[0] + 64, size[1] - 32)
         e2, a2 = verify_onnx(data, module, frames[:1], meta, other, tolerance)
         err, agree = max(err, e2), min(agree, a2)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".onnx.tmp", delete=False) as tmp:
-        tmp.write(data)
-    Path(tmp.name).replace(out)  # never leave a half-written model under the final name
+    sinks.write_bytes(out, data, "ONNX model")  # atomic: never a half-written model under the final name
     return ExportResult(out, err, agree, len(frames))

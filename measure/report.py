@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from segrt.runtime import sinks
+
 
 def fmt(value, spec: str = ".1f", none: str = "-") -> str:
     """``value`` formatted with ``spec``; ``none`` for a missing number (a skipped row, an unmeasured column)."""
@@ -21,15 +23,12 @@ def table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> l
 
 
 def write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
+    """Atomically, creating its folder; a failure is an OutputError naming the file."""
+    return sinks.write_text(path, json.dumps(data, indent=2, default=str) + "\n", "report")
 
 
 def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text if text.endswith("\n") else text + "\n")
-    return path
+    return sinks.write_text(path, text if text.endswith("\n") else text + "\n", "report")
 
 
 def pyplot():
@@ -51,7 +50,8 @@ def write_report(out: Path, stem: str, data: dict, markdown: str,
     written = [write_json(out / f"{stem}.json", data), write_text(out / f"{stem}.md", markdown)]
     if plot is not None and pyplot() is not None:
         png = out / f"{stem}.png"
-        plot(data, png)
+        with sinks.writing(png, "plot"):  # matplotlib writes the file itself
+            plot(data, png)
         written.append(png)
     return written
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from segrt.runtime.errors import DatasetError
+from segrt.runtime.image_header import check_image_file
 from segrt.runtime.metadata import default_palette
 
 IGNORE = 255
@@ -61,12 +62,14 @@ class SegDataset:
 
     def read_image(self, i: int) -> np.ndarray:
         """BGR uint8, as OpenCV and cameras deliver frames."""
+        check_image_file(self.images[i])  # the header's size, before OpenCV allocates the pixels
         img = cv2.imread(str(self.images[i]), cv2.IMREAD_COLOR)
         if img is None:
             raise DatasetError(f"cannot read image {self.images[i]}")
         return img
 
     def read_label(self, i: int) -> np.ndarray:
+        check_image_file(self.labels[i], f"label {self.labels[i]}")
         raw = cv2.imread(str(self.labels[i]), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise DatasetError(f"cannot read label {self.labels[i]}")
@@ -88,7 +91,8 @@ class SegDataset:
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(f"expected a folder at {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # Regular files only: a FIFO or device named like an image would block the first read forever.
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _pair_by_stem(images: list[Path], label_dir: Path, label_name) -> list[Path]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segrt.runtime.arguments import check_choice, check_int, describe
+from segrt.runtime.arguments import check_bool, check_choice, check_int, describe
 from segrt.runtime.backends.base import Backend
-from segrt.runtime.errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
+from segrt.runtime.errors import BackendError, BackendUnavailableError, ConfigError, InputError, ModelLoadError
 from segrt.runtime.frames import as_bgr, frame_size
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.models import resolve
@@ -55,6 +55,12 @@ def open_backend(path: Path, backend: str, threads: int | None = None, device: i
     return OnnxRuntimeBackend(path, device=ort_device, threads=threads)
 
 
+# Keyword options of Engine.stream, those of Stream after (engine, source): checked here so that a misspelt
+# option is a ConfigError naming it, not a TypeError from the call.
+STREAM_OPTIONS = frozenset({"policy", "render", "queue_size", "reconnect", "max_frames", "read_timeout",
+                            "stop_timeout"})
+
+
 class Engine:
     def __init__(self, model: str | Path = "camvid-b0", backend: str = "auto", *, threads: int | None = None,
                  device: int = 0, cuda_graph: bool = False):
@@ -62,9 +68,10 @@ class Engine:
         check_choice(backend, "backend", BACKENDS, error=BackendUnavailableError)
         threads = check_int(threads, "threads", minimum=0, maximum=MAX_THREADS, optional=True)  # 0: ORT default
         device = check_int(device, "device", minimum=0, maximum=MAX_DEVICE)  # type: ignore[assignment]
+        check_bool(cuda_graph, "cuda_graph")
         self.path = resolve(model, "onnx")
         self.backend: Backend = open_backend(self.path, backend, threads=threads, device=device,
-                                             cuda_graph=bool(cuda_graph))
+                                             cuda_graph=cuda_graph)
         self.metadata: ModelMetadata = self.backend.metadata
         self._fixed_batch = self.backend.input_shape[0]
         self._mask_dtype = mask_dtype(len(self.metadata.classes))
@@ -159,6 +166,10 @@ class Engine:
         ``source`` and ``options`` are those of :class:`segrt.runtime.stream.Stream`."""
         from segrt.runtime.stream import Stream  # lazy: threads and sources are not needed for single-frame inference
 
+        unknown = sorted(set(options) - STREAM_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown stream option(s) {', '.join(map(repr, unknown))}; expected some of "
+                              f"{', '.join(sorted(STREAM_OPTIONS))}")
         return Stream(self, source, **options)
 
     # ------------------------------------------------------------------ lifetime

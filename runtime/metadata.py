@@ -138,15 +138,28 @@ def _check_input_size(value: object) -> tuple[int, int] | None:
     return h, w
 
 
+# Pixel statistics for either pixel scale (0..255 or 0..1), far from float32's limits.
+MEAN_LIMIT = 1e4
+STD_RANGE = (1e-4, 1e4)
+
+
 def _check_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
     items = _sequence(name, value)
     if len(items) != 3 or not all(_is_number(v) for v in items):
         raise _bad(name, f"must be three numbers (R, G, B), got {_short(value)}")
-    triple = tuple(float(v) for v in items)
+    try:
+        triple = tuple(float(v) for v in items)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise _bad(name, f"must be finite, got {_short(value)}") from None
     if not all(math.isfinite(v) for v in triple):
         raise _bad(name, f"must be finite, got {triple}")
     if positive and not all(v > 0 for v in triple):
         raise _bad(name, f"must be greater than 0 (it divides the pixels), got {triple}")
+    # Frames are normalised in float32: values that are finite here can still overflow or vanish there
+    # (std 1e-300 -> 0, std 1e39 -> inf) and give one class everywhere without any error.
+    low, high = (STD_RANGE if positive else (-MEAN_LIMIT, MEAN_LIMIT))
+    if not all(low <= v <= high for v in triple):
+        raise _bad(name, f"must lie in [{low:g}, {high:g}] (pixel statistics, normalised in float32), got {triple}")
     return triple  # type: ignore[return-value]
 
 

@@ -13,15 +13,21 @@ complete, playable file (MP4 writes its index when the writer is released).
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from segrt.runtime.errors import InputError, OutputError
+from segrt.runtime.arguments import check_instance, describe
+from segrt.runtime.errors import ConfigError, InputError, OutputError
 from segrt.runtime.frames import as_bgr
 
 # Containers OpenCV's FFmpeg writes with the mp4v codec (checked: each opens and re-reads exactly).
@@ -47,27 +53,91 @@ def gui_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- files
+MAX_NAME_BYTES = 255  # one path component on ext4, XFS, btrfs, NTFS, FAT (larger names fail only at open time)
+WRITABLE_DTYPES = {np.dtype(np.uint8): None, np.dtype(np.uint16): (".png", ".tif", ".tiff", ".jp2")}
+
+
 def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def output_path(path: object, what: str = "file") -> Path:
+    """``path`` as a Path that can name a file, or an :class:`OutputError` saying why not: not a str or
+    PathLike, a NUL character, characters the file system encoding cannot hold, a component too long."""
+    try:
+        result = Path(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise OutputError(f"the {what} path must be a str or pathlib.Path, got {describe(path)}") from None
+    text = str(result)
+    if text in ("", "."):
+        raise OutputError(f"the {what} path is empty")
+    if "\0" in text:
+        raise OutputError(f"cannot write {what} {text!r}: the path contains a NUL character")
+    try:
+        encoded = [os.fsencode(part) for part in result.parts]
+    except UnicodeEncodeError:
+        raise OutputError(f"cannot write {what} {text!r}: the path has characters the file system "
+                          f"encoding ({sys.getfilesystemencoding()}) cannot store") from None
+    if any(len(part) > MAX_NAME_BYTES for part in encoded):
+        raise OutputError(f"cannot write {what} {text[:80]}...: a name in the path is longer than "
+                          f"{MAX_NAME_BYTES} bytes")
+    return result
+
+
+@contextmanager
+def writing(path: str | Path, what: str = "file") -> Iterator[None]:
+    """Turn an ``OSError`` of the block (a library's own save: onnx, torch, shutil) into an
+    :class:`OutputError` naming ``path``, so every failed write reads the same way."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from exc
+
+
+def _why_no_folder(path: Path) -> str | None:
+    """Create ``path`` and its parents; None when done, else why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return None
+    except (FileExistsError, NotADirectoryError):  # a file (or a link to one) holds a name on the way
+        for step in reversed([path, *path.parents]):
+            try:
+                if step.exists() and not step.is_dir():
+                    return f"{step} is a file, not a folder"
+            except OSError:
+                break
+        return f"{path} exists and is not a folder"
+    except OSError as exc:
+        return f"cannot create {path}: {_reason(exc)}"
 
 
 def prepare_folder(folder: str | Path, what: str = "output folder") -> Path:
     """Create ``folder`` (and its parents); a file in the way or a folder that cannot be created is an
     :class:`OutputError` naming it."""
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{what} {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {what} {path}: {_reason(exc)}") from exc
+    path = output_path(folder, what)
+    why = _why_no_folder(path)
+    if why is not None:
+        raise OutputError(f"{what} {path}: {why}")
     return path
 
 
 def _check_target(path: Path, what: str) -> None:
-    if path.is_dir():
+    """The name may be new or a regular file (replaced); a folder, device, FIFO or socket is refused: renaming
+    over ``/dev/full`` would replace the device node itself with a regular file. Creates the folder."""
+    try:
+        mode: int | None = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # nothing there (a file in the way of a folder is reported below)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from exc
+    if mode is not None and stat.S_ISDIR(mode):
         raise OutputError(f"cannot write {what} {path}: it is a folder")
-    prepare_folder(path.parent, f"folder of {what} {path.name}")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputError(f"cannot write {what} {path}: it exists and is not a regular file (a device, FIFO "
+                          f"or socket)")
+    why = _why_no_folder(path.parent)
+    if why is not None:
+        raise OutputError(f"cannot write {what} {path}: {why}")
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
@@ -75,36 +145,59 @@ def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
 
     Not fsync'ed (a mask per frame on an SD card would stall the stream): the file is complete for every
     reader and survives a crash of the process, not necessarily a power cut."""
-    path = Path(path)
+    path = output_path(path, what)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"the data for {what} {path} must be bytes, got {describe(data)}")
     _check_target(path, what)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # no image suffix: globs never see it
+    # A short hidden name, whatever the length of the target's (a 255-byte name must stay writable); no image
+    # suffix, so globs never see it; pid and a random part, so concurrent writers never share it.
+    temp = path.with_name(f".segrt-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
+    done = False
     try:
         with open(temp, "wb") as f:
             f.write(data)  # errors of a buffered write (a full disk) surface here or at close, both caught
         os.replace(temp, path)
+        done = True
     except OSError as exc:
         raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from exc
     finally:
-        if temp.exists():  # anything but success (also Ctrl-C) leaves no temporary behind
+        if not done:  # anything but success (also Ctrl-C) leaves no temporary behind
             try:
                 temp.unlink()
-            except OSError:
+            except OSError:  # never created, or the folder went away: nothing to clean, keep the first error
                 pass
     return path
 
 
 def write_text(path: str | Path, text: str, what: str = "file") -> Path:
-    """Write text (a JSON report, ...) atomically; see :func:`write_bytes`."""
-    return write_bytes(path, text.encode("utf-8"), what)
+    """Write text (a JSON report, ...) as UTF-8, atomically; see :func:`write_bytes`."""
+    path = output_path(path, what)
+    check_instance(text, f"the text of {what} {path}", str, error=InputError)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a file name decoded with surrogateescape
+        raise InputError(f"the text of {what} {path} cannot be encoded as UTF-8: {exc.reason} at "
+                         f"character {exc.start}") from None
+    return write_bytes(path, data, what)
 
 
 def write_image(path: str | Path, image: np.ndarray, what: str = "image") -> Path:
     """Encode ``image`` by the path's suffix (.png, .jpg, ...) and write it atomically; returns the path.
 
-    Label masks may be uint8 or uint16 (PNG keeps 16 bits); colour images are HxWx3 uint8 BGR."""
-    path = Path(path)
+    Images are uint8 (colour: HxWx3 BGR); uint16 label masks only to formats that keep 16 bits (.png, .tif,
+    .jp2). Other dtypes (float, int32, bool) and uint16 to .jpg are refused: OpenCV would silently convert
+    them to 8 bits, i.e. write a different image."""
+    path = output_path(path, what)
     if not isinstance(image, np.ndarray) or image.size == 0:
-        raise InputError(f"{what} for {path} must be a non-empty numpy array, got {type(image).__name__}")
+        raise InputError(f"{what} for {path} must be a non-empty numpy array, got {describe(image)}")
+    suffix = path.suffix.lower() or ".png"
+    if image.dtype not in WRITABLE_DTYPES:
+        raise InputError(f"{what} for {path} must be uint8 (or uint16 for a 16-bit format), got {image.dtype}: "
+                         f"convert it explicitly")
+    sixteen_bit = WRITABLE_DTYPES[image.dtype]
+    if sixteen_bit is not None and suffix not in sixteen_bit:
+        raise InputError(f"{what} for {path} is {image.dtype}, which {suffix} cannot store: use one of "
+                         f"{', '.join(sixteen_bit)} or convert it to uint8")
     try:
         ok, encoded = cv2.imencode(path.suffix or ".png", image)
     except cv2.error as exc:
@@ -119,25 +212,31 @@ def write_image(path: str | Path, image: np.ndarray, what: str = "image") -> Pat
 class VideoSink:
     """Writes BGR frames to a video file; the size is taken from the first frame, later ones are scaled to it.
 
-    Frames go to a hidden ``.NAME.partial.SUFFIX`` next to the target; ``close()`` releases the writer,
+    Frames go to a hidden ``.segrt-PID-RANDOM.partial.SUFFIX`` next to the target; ``close()`` releases the writer,
     checks that the file opens and holds every frame written, and renames it into place. ``completed``
     is the final path once that has happened (None before, and when no frame was written)."""
 
     def __init__(self, path: str | Path, fps: float = 25.0, fourcc: str = "mp4v"):
         # mp4v because OpenCV's pip wheels ship FFmpeg without an H.264 encoder; players, OpenCV and FFmpeg all read it.
-        self.path = Path(path)
+        self.path = output_path(path, "video")
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise OutputError(f"cannot write video {self.path}: the suffix must be one of {', '.join(VIDEO_SUFFIXES)}")
         if not isinstance(fourcc, str) or len(fourcc) != 4:
             raise OutputError(f"cannot write video {self.path}: fourcc must be 4 characters (e.g. mp4v), "
                               f"got {fourcc!r}")
-        self.fps = float(fps) if isinstance(fps, (int, float)) and 0 < fps < 1000 else 25.0
+        rate: object = fps  # typed as a float, but callers pass what a source's header says
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"fps of video {self.path} must be a number, got {describe(rate)}")
+        # A number out of range falls back to 25: it usually comes from a source's header (0, NaN, 90000
+        # from a broken stream), and a playable file beats a refused one.
+        self.fps = float(rate) if math.isfinite(rate) and 0 < rate < 1000 else 25.0
         self.fourcc = fourcc
         self.frames = 0
         self.size: tuple[int, int] | None = None  # (width, height)
         self.completed: Path | None = None
         self._writer: cv2.VideoWriter | None = None
-        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        # Short, whatever the target's length (see write_bytes); the container suffix tells FFmpeg the format.
+        self._partial = self.path.with_name(f".segrt-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{self.path.suffix}")
         _check_target(self.path, "video")
 
     def write(self, image: np.ndarray) -> None:

@@ -34,6 +34,7 @@ from segrt.runtime.arguments import check_bool, check_int, check_number, describ
 from segrt.runtime.datasets import IMAGE_SUFFIXES
 from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
 from segrt.runtime.frames import MAX_SIDE, frame_size
+from segrt.runtime.image_header import check_image_file
 
 log = logging.getLogger("segrt.sources")
 MAX_DECODE_GAP = 64  # consecutive failed reads of a file before its remaining part counts as undecodable
@@ -177,6 +178,8 @@ class ImageSequenceSource(FrameSource):
         if self._next >= len(self.paths):
             return None
         path = self.paths[self._next]
+        # The header's size first: an oversized image is refused before OpenCV allocates its pixels.
+        check_image_file(path, f"frame {self._next} of {self.name} (image {path})")
         try:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         except cv2.error as exc:  # e.g. an image larger than OpenCV's own pixel limit
@@ -259,14 +262,14 @@ def parse_source(spec: int | str | Path) -> SourceSpec:
     if "\x00" in text:
         raise SourceError(f"source {_short(text)} contains a NUL character: {SPEC_HELP}")
     base, options = _split_query(text)
-    if base.isdigit():
+    if re.fullmatch(r"[0-9]+", base):  # ASCII only: str.isdigit() takes '²', which int() refuses
         index = check_int(int(base), "camera index", minimum=0, maximum=MAX_CAMERA_INDEX, error=SourceError)
         return SourceSpec("camera", index, options)
     if re.fullmatch(r"/dev/video\d+", base):
         return SourceSpec("camera", base, options)
     if text.lower().startswith("csi://"):
         sensor = urlsplit(text).netloc or "0"
-        if not sensor.isdigit():
+        if not re.fullmatch(r"[0-9]+", sensor):
             raise SourceError(f"source {text!r}: csi:// needs a sensor number, e.g. csi://0")
         return SourceSpec("csi", int(sensor), options)
     if text.lower().startswith("gst:") or " ! " in text:

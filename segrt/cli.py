@@ -51,9 +51,17 @@ def _one_line(err: Console, kind: str, message: str) -> None:
     err.print(Text.assemble(("error", "bold red"), f" ({kind}): {' '.join(message.split())}"), soft_wrap=True)
 
 
+def _os_message(exc: OSError) -> str:
+    """``cannot use /sys/kernel/x: Permission denied``: the file(s) involved and the system's reason."""
+    names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"cannot use {names}: {reason}" if names else reason
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Exit status: 0 done; 1 a check failed (`verify`) or an unexpected error (printed with its
-    traceback: a bug to report); 2 a refused input, option or output (one line naming it); 130 Ctrl-C."""
+    traceback: a bug to report); 2 a refused input, option or output (one line naming it), also an OSError
+    that a command let through (the environment refused: a permission, a full disk); 130 Ctrl-C."""
     err = Console(stderr=True)
     try:
         # standalone_mode=False: click's usage errors come here too, to be printed the same way.
@@ -74,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except OSError as exc:  # a safety net: the environment refused (permissions, full disk), not a bug
+        _one_line(err, type(exc).__name__, _os_message(exc))
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -28,6 +28,7 @@ from segrt.export.model.extensions import EXTENSIONS_KEY, declared_extensions, e
 from segrt.export.model.segformer import VARIANTS, SegFormer, SegFormerConfig
 from segrt.runtime.errors import CheckpointError, ModelLoadError, UnsafeModelError
 from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.sinks import writing
 
 CONFIG_KEY = "segrt_config"
 META_KEY = "segrt_metadata"
@@ -71,7 +72,8 @@ def save_checkpoint(model: SegFormer, metadata: ModelMetadata, path: str | Path,
     if extensions:  # method modules the weights need (gates...): named so a loader without them refuses the file
         header[EXTENSIONS_KEY] = json.dumps(extensions)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=header)
+    with writing(path, "checkpoint"):
+        save_file(state, str(path), metadata=header)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -13,7 +13,6 @@ Needs only onnx and onnxruntime (no torch), so it also runs inside ``segrt build
 from __future__ import annotations
 
 import io
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
+from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
 
@@ -232,10 +232,6 @@ def export_fp16(
                 f"FP16 graph differs from FP32 on {count} real images: relative error {err:.3g} (limit {tolerance:g}), "
                 f"label agreement {agree:.4f} (limit {min_agreement})"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".onnx.tmp", delete=False) as tmp:
-        tmp.write(data)
-    Path(tmp.name).chmod(0o644)
-    Path(tmp.name).replace(out)
+    sinks.write_bytes(out, data, "FP16 model")  # atomic, creating the folder; failures name the file
     kept = sum(1 for n in converted.graph.node if n.op_type in FP32_OPS) + len(fp32_node_names(converted))
     return Fp16Result(out, err, agree, count, kept)

@@ -35,8 +35,10 @@ import cv2
 import numpy as np
 import onnx
 
+from segrt.runtime import sinks
 from segrt.runtime.datasets import IMAGE_SUFFIXES
 from segrt.runtime.errors import ConfigError, DatasetError, ExportError, ModelLoadError
+from segrt.runtime.image_header import check_image_file
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 from segrt.runtime.progress import make_progress
@@ -116,6 +118,7 @@ def _calibration_reader(
                 return None
             path = images[self.index]
             self.index += 1
+            check_image_file(path)  # bounds from the header, before a decompression bomb is decoded
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is None:
                 raise DatasetError(f"cannot read calibration image {path}")
@@ -233,13 +236,15 @@ def quantize_int8(
     }
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    sinks.prepare_folder(onnx_out.parent, f"folder of {onnx_out.name}")
+    with sinks.writing(onnx_out, "INT8 model (its scratch folder)"):  # created here, removed after the with below
+        scratch = tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.")
     quant_logger = logging.getLogger("root")
     saved_level = quant_logger.level
     quant_logger.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
     try:
         with (
-            tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.") as tmp,
+            scratch as tmp,
             make_progress(transient=True) if show_progress else _NoProgress() as progress,
         ):
             raw = Path(tmp) / "quantized.onnx"
@@ -277,10 +282,8 @@ def quantize_int8(
         onnx.checker.check_model(quantized)
     except Exception as exc:
         raise ExportError(f"quantized graph fails onnx.checker: {exc}") from exc
-    with tempfile.NamedTemporaryFile(dir=onnx_out.parent, suffix=".onnx.tmp", delete=False) as tmp_file:
-        tmp_file.write(quantized.SerializeToString())
-    Path(tmp_file.name).chmod(0o644)  # NamedTemporaryFile creates 0600; a model file is for everyone to read
-    Path(tmp_file.name).replace(onnx_out)  # never leave a half-written model under the final name
+    # Atomic (never a half-written model under the final name), readable by everyone (umask), failures named.
+    sinks.write_bytes(onnx_out, quantized.SerializeToString(), "INT8 model")
     q, f = census(quantized)
     return QuantizeResult(onnx_out, len(images), q, f)
 

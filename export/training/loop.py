@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
+from segrt.runtime import sinks
 from segrt.runtime.errors import ConfigError
 from segrt.runtime.metrics import SegMetrics
 from segrt.runtime.progress import make_progress
@@ -63,10 +64,14 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     disk, Ctrl-C) never leaves a half-written file, and the previous version stays intact."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with sinks.writing(path, "training state"):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the folder itself is gone or unwritable: keep the error that says so
+            pass
 
 
 @dataclass
@@ -141,7 +146,7 @@ def run_loop(settings: LoopSettings, job: Job, log: Callable[[str], Any] = print
     run = resume(job, log)
     val, out = job.validation, job.out
     if out and job.config is not None:
-        (out / "config.json").write_text(json.dumps(asdict(job.config), indent=2, default=str))
+        sinks.write_text(out / "config.json", json.dumps(asdict(job.config), indent=2, default=str), "run config")
     stopped = False
     with make_progress() as progress:
         task = progress.add_task(job.name, total=settings.iterations, completed=run.iteration, info="")
@@ -192,10 +197,12 @@ def validate(val: Validation, out: Path, run: RunState, log: Callable[[str], Any
                         "elapsed": run.elapsed()})
     if metrics.miou > run.best:
         run.best = metrics.miou
-        val.save_model(out / "best.safetensors")
-        (out / "best.json").write_text(json.dumps({"iteration": it, **metrics.to_dict()}, indent=2))
+        with sinks.writing(out / "best.safetensors", "checkpoint"):
+            val.save_model(out / "best.safetensors")
+        sinks.write_text(out / "best.json", json.dumps({"iteration": it, **metrics.to_dict()}, indent=2), "metrics")
     if val.keep_last:
-        val.save_model(out / "last.safetensors")
+        with sinks.writing(out / "last.safetensors", "checkpoint"):
+            val.save_model(out / "last.safetensors")
     log(f"iter {it}: val mIoU {metrics.miou:.4f} (best {run.best:.4f}) pixel acc {metrics.pixel_accuracy:.4f}")
 
 
@@ -210,7 +217,7 @@ def finish(job: Job, run: RunState, stopped: bool, log: Callable[[str], Any]) ->
     if stopped:
         log(f"time budget reached at iteration {run.iteration}; resume with the same command")
     if val and out:
-        (out / "history.json").write_text(json.dumps(run.history, indent=2))
+        sinks.write_text(out / "history.json", json.dumps(run.history, indent=2), "training history")
 
 
 def describe(values: dict[str, float]) -> str:

@@ -14,7 +14,9 @@ before anything is allocated; paths take ``existing_path``, ``existing_file``, `
 from __future__ import annotations
 
 import math
+import os
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -168,14 +170,29 @@ def _writable_parent(path: Path, option: str) -> None:
             raise OutputError(f"{option} {path}: {parent}{_is_a(kind)}, not a folder")
 
 
+def _probe_writable(path: Path, option: str, start: Path) -> None:
+    """Create and remove a hidden file in the nearest folder that exists (the path itself for a folder), so
+    a read-only place (/sys, /proc, a read-only mount) is refused before the work, not after it."""
+    folder = next((p for p in [start, *start.parents] if _kind(p) == "folder"), None)
+    if folder is None:
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".segrt-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write in {folder}: {exc.strerror or type(exc).__name__}") from None
+
+
 def output_file(param: typer.CallbackParam, value: Path | None) -> Path | None:
-    """A file to write: not a folder, and no file where one of its folders would have to be."""
+    """A file to write: not a folder, no file where one of its folders would have to be, in a writable place."""
     if value is None:
         return value
     option, kind = option_name(param), _kind(Path(value))
     if kind not in (None, "file"):
         raise OutputError(f"{option} {value}{_is_a(kind)}; give a file name to write")
     _writable_parent(Path(value), option)
+    _probe_writable(Path(value), option, Path(value).parent)
     return value
 
 
@@ -187,6 +204,7 @@ def output_folder(param: typer.CallbackParam, value: Path | None) -> Path | None
     if kind not in (None, "folder"):
         raise OutputError(f"{option} {value}{_is_a(kind)}, not a folder")
     _writable_parent(Path(value), option)
+    _probe_writable(Path(value), option, Path(value))
     return value
 
 

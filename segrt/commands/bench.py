@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segrt.commands._args import parse_size
+from segrt.commands._args import output_file, output_folder, parse_size
 from segrt.measure.report import fmt
 from segrt.runtime.errors import ConfigError, SourceError
 
@@ -138,9 +138,10 @@ def bench(
                               "peak GMAC/s"),
     frame_path: Path = typer.Option(None, "--frame", help="image the pipeline is timed on "
                                     "(default: a bundled street frame)"),
-    json_out: Path = typer.Option(None, "--json", help="write all numbers as JSON"),
-    markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown"),
-    workdir: Path = typer.Option(Path("out/bench"), "--workdir", help="where peer ONNX exports are written"),
+    json_out: Path = typer.Option(None, "--json", help="write all numbers as JSON", callback=output_file),
+    markdown_out: Path = typer.Option(None, "--markdown", help="write the tables as Markdown", callback=output_file),
+    workdir: Path = typer.Option(Path("out/bench"), "--workdir", help="where peer ONNX exports are written",
+                                 callback=output_folder),
     profile: bool = typer.Option(False, "--profile", help="also run ONNX Runtime's profiler on each ONNX model: "
                                  "which kernels ran (QLinearConv, QLinearMatMul ...) and time per operator type"),
 ) -> None:
@@ -158,6 +159,9 @@ def bench(
     console = Console() if sys.stdout.isatty() else Console(width=200)
     threads = threads or default_threads()
     if frame_path is not None:
+        from segrt.runtime.image_header import check_image_file
+
+        check_image_file(frame_path)  # the header's size, before OpenCV allocates the pixels
         frame = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
         if frame is None:
             raise SourceError(f"cannot read image {frame_path}")

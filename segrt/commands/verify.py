@@ -18,12 +18,15 @@ def _frames(images: Path | None, count: int):
 
     from segrt.runtime.datasets import IMAGE_SUFFIXES
     from segrt.runtime.errors import ConfigError
+    from segrt.runtime.image_header import check_image_file
     from segrt.runtime.samples import sample_frames
     from segrt.runtime.sources import sorted_images
 
     if images is None:
         return sample_frames()[:count]
     paths = sorted_images(list(images.rglob("*")))[:count]
+    for path in paths:  # each header's size first: an oversized image is refused before it is decoded
+        check_image_file(path)
     frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths) if f is not None]
     if not frames:
         raise ConfigError(f"--images {images}: no readable images ({', '.join(IMAGE_SUFFIXES)})")

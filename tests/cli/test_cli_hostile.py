@@ -109,7 +109,7 @@ CASES = [
     (["export", "-o", "{tmp}/m.onnx", "--merge", '{"downsample": 1.5}'], r"downsample must be a whole number"),
     (["export", "-o", "{tmp}/m.onnx", "--merge", '{"stages": [{"kv": {"ratio": "x"}}]}'], r"stages\[0\]\.kv\.ratio"),
     (["export", "-o", "{tmp}/m.onnx", "--merge", '{"stages": [null, {"q": {"ratio": null}}]}'],
-     r"stages\[1\]\.q\.ratio"),
+     r"stages\[0\] is null"),
     (["export", "-o", "{tmp}/m.onnx", "--merge", '{"stages": [{"q": {"ratio": 1.2}}]}'], r"stages\[0\]\.q\.ratio"),
     (["export", "-o", "{tmp}/m.onnx", "--merge", '{"stages": [{"q": {"ratio": 0.5, "cell": -2}}]}'],
      r"stages\[0\]\.q\.cell"),
@@ -175,6 +175,17 @@ CASES = [
     (["build", "{tiny}", "-o", "{file}"], r"--output .*regular.txt is a file"),
     (["build", "{tiny}", "--min-shape", "axb"], r"--min-shape 'axb'"),
     (["build", "{tiny}", "--max-shape", "1x3x99999x64"], r"--max-shape '99999x64'"),
+    # outputs in places that cannot be written, refused before any work (bench once ran to the end first)
+    (["bench", "{tiny}", "--json", "{under_file}/b.json"], r"--json .*regular.txt is a file, not a folder"),
+    (["bench", "{tiny}", "--markdown", "{under_file}/b.md"], r"--markdown .*regular.txt is a file, not a folder"),
+    (["bench", "{tiny}", "--markdown", "{empty}"], r"--markdown .*empty is a folder"),
+    (["bench", "{tiny}", "--workdir", "{file}"], r"--workdir .*regular.txt is a file"),
+    (["bench", "{tiny}", "--json", "/proc/self/b.json"], r"--json /proc/self/b.json: cannot write in /proc/self"),
+    (["export", "-o", "/proc/self/m.onnx"], r"--output /proc/self/m.onnx: cannot write in /proc/self"),
+    (["build", "{tiny}", "-o", "/proc/self"], r"--output /proc/self: cannot write in /proc/self"),
+    (["build", "{tiny}", "-o", "/proc/self/bundle"], r"--output /proc/self/bundle: cannot write in /proc/self"),
+    (["train", "--data", "{camvid}", "--out", "/proc/self/run"], r"--out /proc/self/run: cannot write in"),
+    (["eval", "{tiny}", "--data", "{camvid}", "--json", "/proc/self/e.json"], r"--json .*cannot write in"),
 ]
 
 
@@ -194,6 +205,29 @@ def test_a_real_process_prints_one_line_and_no_traceback(tmp_path, hostile):
                         '{"stages": [{"kv": {"ratio": "x"}}]}'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "stages[0].kv.ratio" in r.stderr
+
+
+def test_an_os_error_that_reaches_main_is_one_line_and_exit_2(capsys, monkeypatch):
+    """The safety net: the environment refused (a permission, a full disk) somewhere a command did not check."""
+    import segrt.cli
+
+    def denied(**kwargs):
+        raise PermissionError(13, "Permission denied", "/some/where/x.json")
+
+    monkeypatch.setattr(segrt.cli, "app", denied)
+    line = refused(capsys, ["info"], r"^error \(PermissionError\): cannot use /some/where/x.json: Permission denied$")
+    assert "Traceback" not in line
+
+
+def test_a_bug_that_reaches_main_keeps_its_traceback(monkeypatch):
+    import segrt.cli
+
+    def bug(**kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(segrt.cli, "app", bug)
+    with pytest.raises(KeyError):  # not swallowed: the console script prints it with its traceback
+        main(["info"])
 
 
 # ---------------------------------------------------------------------------------------------- writes

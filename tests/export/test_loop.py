@@ -16,7 +16,7 @@ from torch import nn
 
 from segrt.export.training import loop as loop_module
 from segrt.export.training.loop import Job, LoopConfig, TorchStateFile, Validation, run_loop, write_atomic
-from segrt.runtime.errors import ConfigError
+from segrt.runtime.errors import ConfigError, OutputError
 from segrt.runtime.metrics import SegMetrics
 
 ITERATIONS = 6
@@ -182,7 +182,7 @@ def test_write_atomic_replaces_only_a_complete_file(tmp_path):
         tmp.write_text("part")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"state\.json: disk full"):  # typed, naming the file
         write_atomic(target, partial)
     assert target.read_text() == "complete" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
 

@@ -21,6 +21,7 @@ from segrt.export.methods.merging.model import (
     apply_merging,
     bipartite_merge,
     cell_partition,
+    check_merge_fits,
     merge_config,
     merged_size,
     plan_tokens,
@@ -215,8 +216,69 @@ def test_bad_configs_are_refused(bad):
 
 
 def test_too_many_stages_are_refused(random_b0):
-    with pytest.raises(ConfigError, match="stages"):
+    with pytest.raises(ConfigError, match=r"stages\[4\] is one of 8 stage entries; the model has 4"):
         apply_merging(random_b0.model, MergeConfig(stages=(PRESETS["hq"].stages * 2)))
+
+
+# ----------------------------------------------------------------------------- config against the model
+
+
+@pytest.fixture(scope="module")
+def b0_config():
+    from segrt.export.model.segformer import SegFormerConfig
+
+    return SegFormerConfig.from_variant("b0", 11)
+
+
+README_EXAMPLE = '{"stages": [{"kv": {"ratio": 0.6, "cell": [2, 2]}}, {}, {"q": {"ratio": 0.8, "cell": [4, 4]}}]}'
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1024, 1024), SIZE])
+@pytest.mark.parametrize("strategy", [*STRATEGIES, README_EXAMPLE])
+def test_presets_and_the_readme_example_fit_the_model(b0_config, strategy, size):
+    config = check_merge_fits(b0_config, strategy, size)
+    assert config == merge_config(strategy)
+    for plan, i in zip(plan_tokens(b0_config, config, size), range(4)):  # every listed reduction merges
+        setting = config.stage(i)
+        assert (plan.queries[1] < plan.queries[0]) == (setting.queries is not None)
+        assert (plan.keys_values[1] < plan.keys_values[0]) == (setting.keys_values is not None)
+
+
+@pytest.mark.parametrize(("text", "size", "message"), [
+    ('{"stages": [{"q": {"ratio": 0.5, "cell": [100000, 100000]}}]}', (512, 512),
+     r"stages\[0\]\.q\.cell 100000x100000 is larger than the 128x128 token grid of stage 1 at the 512x512"),
+    ('{"stages": [{}, {}, {}, {"kv": {"ratio": 0.5, "cell": [2, 2]}}]}', (32, 32),
+     r"stages\[3\]\.kv\.cell 2x2 is larger than the 1x1 token grid of stage 4 at the 32x32 export size"),
+    ('{"stages": [{}, {}, {}, {"q": {"method": "pool", "cell": [1, 1]}}]}', (512, 512),
+     r"stages\[3\]\.q\.cell 1x1 pools nothing on the 16x16 token grid of stage 4"),
+    ('{"stages": [{}, {}, {}, {"q": {"ratio": 0.003, "cell": [2, 2]}}]}', (512, 512),
+     r"stages\[3\]\.q\.ratio 0\.003 merges no token of the 16x16 token grid of stage 4"),
+    ('{"stages": [{"kv": {"ratio": 0.5, "cell": [1, 32]}}]}', (512, 512),
+     r"stages\[0\]\.kv\.cell 1x32 is larger than the 16x16 token grid of stage 1"),
+    ('{"stages": [{}, {}, {}, {}, {}, {}, {}, {}, {}, {}]}', (512, 512),
+     r"stages\[4\] is one of 10 stage entries; the model has 4 stages"),
+    ('{"downsample": 1024}', (512, 512), r"downsample 1024 leaves no tokens in stage 1"),
+])
+def test_merges_that_merge_nothing_are_refused_naming_the_key_and_grid(b0_config, text, size, message):
+    merge_config(text)  # well-formed on its own: only the model's grids at this size rule it out
+    with pytest.raises(ConfigError, match=message):
+        check_merge_fits(b0_config, text, size)
+    with pytest.raises(ConfigError, match=message):
+        plan_tokens(b0_config, text, size)  # what `segrt export --merge` prints before exporting
+
+
+def test_apply_merging_checks_the_export_size(random_b0):
+    text = '{"stages": [{"q": {"ratio": 0.5, "cell": [64, 64]}}]}'
+    apply_merging(random_b0.model, text)  # no size: only the stage count can be checked
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.q\.cell 64x64 is larger than the 40x56 token grid"):
+        apply_merging(random_b0.model, text, size=SIZE)
+    apply_merging(random_b0.model, text, size=(256, 256))  # a 64x64 grid holds one cell
+
+
+@pytest.mark.parametrize("text", ['{"stages": [null]}', '{"stages": [{}, null, {}]}'])
+def test_null_stage_entries_are_refused(text):
+    with pytest.raises(ConfigError, match=r"stages\[\d\] is null; write \{\} for a stage without merging"):
+        merge_config(text)
 
 
 # ----------------------------------------------------------------------------- exported graphs

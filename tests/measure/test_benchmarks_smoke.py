@@ -59,18 +59,18 @@ def assert_accuracy(rows: list[dict]) -> None:
 
 
 def test_merging(camvid_root, tmp_path):
-    res = script("merging").main(["--quick", "--sizes", "64", "--strategies", "fast", "--limit", "2", "--rounds",
+    res = script("merging").main(["--quick", "--sizes", "128", "--strategies", "fast", "--limit", "2", "--rounds",
                                   "2", "--threads", "1", "--data", str(camvid_root), "--out", str(tmp_path)])
     data, md = report(tmp_path, "merging")
     assert data == json.loads(json.dumps(res, default=str))
-    rows = data["sizes"]["64x64"]
+    rows = data["sizes"]["128x128"]
     assert [r["name"] for r in rows] == ["plain", "fast"]
     assert_timed(rows, 2)
     assert_accuracy(rows)
-    assert_conditions(data["conditions"]["64x64"], 2, 1)
+    assert_conditions(data["conditions"]["128x128"], 2, 1)
     assert rows[0]["agreement"] == 1.0 and 0.0 < rows[1]["agreement"] <= 1.0
-    assert rows[0]["export_rel_error"] < 1e-4 and rows[1]["path"] == "fast-64x64.onnx"
-    assert "| 64x64 | plain |" in md and "| 64x64 | fast |" in md
+    assert rows[0]["export_rel_error"] < 1e-4 and rows[1]["path"] == "fast-128x128.onnx"
+    assert "| 128x128 | plain |" in md and "| 128x128 | fast |" in md
     assert (tmp_path / "merging.png").stat().st_size > 0
 
 

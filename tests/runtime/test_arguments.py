@@ -364,3 +364,22 @@ def test_evaluate_checks_its_arguments():
         evaluate(None, None)  # type: ignore[arg-type]
     with raises(ConfigError, "dataset", "str"):
         evaluate(lambda f: f, "camvid")  # type: ignore[arg-type]
+
+
+def test_stream_options_are_checked_by_name(pixel_engine):
+    """A misspelt Engine.stream option is a ConfigError naming it, before any source opens; the option list
+    the check uses is exactly Stream's keyword parameters."""
+    import inspect
+
+    from segrt.runtime.engine import STREAM_OPTIONS
+
+    params = inspect.signature(Stream.__init__).parameters
+    assert STREAM_OPTIONS == {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    with raises(ConfigError, "bogus"):
+        pixel_engine.stream("no-such-folder-/*.png", bogus=1)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_cuda_graph_must_be_a_bool(value):
+    with raises(ConfigError, "cuda_graph"):
+        Engine(BUNDLED, cuda_graph=value)

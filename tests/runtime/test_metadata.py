@@ -27,6 +27,7 @@ from segrt.runtime.metadata import (
     MAX_INPUT_PIXELS,
     MAX_INPUT_SIDE,
     METADATA_KEY,
+    STD_RANGE,
     ModelMetadata,
     check_against_io,
     check_output,
@@ -373,7 +374,7 @@ def test_any_json_either_gives_a_record_that_keeps_the_rules_or_a_model_load_err
 
 @settings(max_examples=60, deadline=None)
 @given(k=st.integers(1, 300), h=st.integers(1, MAX_INPUT_SIDE), w_share=st.floats(0, 1),
-       std=st.tuples(*[st.floats(1e-6, 1e6)] * 3), output=st.sampled_from(["logits", "labels"]))
+       std=st.tuples(*[st.floats(*STD_RANGE)] * 3), output=st.sampled_from(["logits", "labels"]))
 def test_valid_records_round_trip_through_onnx(k, h, w_share, std, output):
     w = max(1, round(w_share * min(MAX_INPUT_SIDE, MAX_INPUT_PIXELS // h)))  # every size up to the bounds
     meta = ModelMetadata(classes=[f"n{i}" for i in range(k)], input_size=(h, w), std=std, output=output)
@@ -406,3 +407,15 @@ def test_segrt_info_prints_class_names_literally(tmp_path):
     r = segrt_info(write(tmp_path, conv_logits(2), valid(k=2, classes=names)))
     assert r.returncode == 0, r.stderr
     assert "[/], [bold]road" in r.stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("std", [10**400, 1, 1]),  # a JSON integer float() cannot hold
+    ("std", [1e-300, 1e-300, 1e-300]),  # 0 in float32: every pixel would divide by zero
+    ("std", [1e39, 1e39, 1e39]),  # inf in float32: every input would be 0
+    ("mean", [1e39, 0, 0]),
+])
+def test_pixel_statistics_that_break_float32_normalisation_are_refused(field, value):
+    record = json.dumps({"classes": ["a", "b"], field: value})
+    with pytest.raises(ModelLoadError, match=field):
+        ModelMetadata.from_json(record)

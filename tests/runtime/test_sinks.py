@@ -215,3 +215,110 @@ def test_overlay_refuses_an_opacity_outside_0_1(camvid_frame):
     mask = np.zeros(camvid_frame.shape[:2], np.uint8)
     with pytest.raises(ConfigError, match="alpha"):
         overlay(camvid_frame, mask, [(255, 0, 0)], float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------- hostile arguments
+# Every call below once escaped as a raw OSError, ValueError, TypeError, AttributeError or UnicodeEncodeError.
+def test_a_255_byte_name_is_writable_and_a_longer_name_is_an_output_error(tmp_path, camvid_frame):
+    longest = "n" * 251 + ".png"  # 255 bytes: the limit of one name on ext4, XFS, btrfs
+    assert write_image(tmp_path / longest, camvid_frame).is_file()
+    assert write_text(tmp_path / ("t" * 251 + ".txt"), "ok\n").read_text() == "ok\n"
+    with VideoSink(tmp_path / ("v" * 251 + ".mp4")) as video:
+        video.write(camvid_frame)
+    assert video.completed is not None and count_frames(video.completed) == 1
+    assert leftovers(tmp_path) == []
+    for too_long in (tmp_path / ("n" * 256 + ".png"), tmp_path / ("d" * 300) / "x.png"):
+        with pytest.raises(OutputError, match="longer than 255 bytes"):
+            write_image(too_long, camvid_frame)
+    with pytest.raises(OutputError, match="longer than 255 bytes"):
+        VideoSink(tmp_path / ("v" * 300 + ".mp4"))
+    with pytest.raises(OutputError, match="longer than 255 bytes"):
+        MaskSink(tmp_path / ("m" * 300))
+
+
+@pytest.mark.parametrize("path", [None, 5, b"bytes.png", "a\0b.png", "\ud800.png", ""],
+                         ids=["None", "int", "bytes", "NUL", "surrogate", "empty"])
+def test_paths_that_cannot_name_a_file_are_output_errors(tmp_path, camvid_frame, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)  # relative names land here
+    writers = [lambda: write_image(path, camvid_frame), lambda: write_text(path, "x"),
+               lambda: sinks.write_bytes(path, b"x"), lambda: VideoSink(path), lambda: MaskSink(path),
+               lambda: sinks.prepare_folder(path)]
+    for write in writers:
+        with pytest.raises(OutputError):
+            write()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_text_and_bytes_refuse_the_wrong_type_and_unencodable_text(tmp_path):
+    with pytest.raises(InputError, match="must be a str, got bytes"):
+        write_text(tmp_path / "t.txt", b"x")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8"):
+        write_text(tmp_path / "t.txt", "name \udcff")  # a lone surrogate, as surrogateescape decodes bad bytes
+    with pytest.raises(InputError, match="must be bytes, got str"):
+        sinks.write_bytes(tmp_path / "t.bin", "text")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink_to_fifo"])
+def test_an_existing_target_that_is_not_a_regular_file_is_refused_and_left_in_place(tmp_path, camvid_frame, kind):
+    # Renaming over a device node (/dev/full) would replace the node itself; a FIFO stands in for it safely.
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    target = fifo if kind == "fifo" else tmp_path / "link.png"
+    if kind != "fifo":
+        target.symlink_to(fifo)
+    with pytest.raises(OutputError, match="not a regular file"):
+        write_image(target, camvid_frame)
+    with pytest.raises(OutputError, match="not a regular file"):
+        write_text(target, "x")
+    assert fifo.is_fifo() and (kind == "fifo" or target.is_symlink())
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("dtype", "suffix", "needle"), [
+    (np.float64, ".png", "got float64"), (np.float32, ".jpg", "got float32"), (np.int32, ".png", "got int32"),
+    (np.bool_, ".png", "got bool"), (np.uint16, ".jpg", "uint16, which .jpg cannot store"),
+])
+def test_images_that_would_be_silently_converted_to_8_bits_are_refused(tmp_path, dtype, suffix, needle):
+    image = np.full((8, 8), 300, dtype) if dtype is not np.bool_ else np.ones((8, 8), bool)
+    with pytest.raises(InputError, match=needle):
+        write_image(tmp_path / f"x{suffix}", image)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uint16_masks_round_trip_through_tiff_too(tmp_path):
+    mask = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    back = cv2.imread(str(write_image(tmp_path / "m.tif", mask, "mask")), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and np.array_equal(back, mask)
+
+
+@pytest.mark.parametrize("fps", ["abc", True, None, [25]])
+def test_a_video_fps_that_is_not_a_number_is_a_config_error(tmp_path, fps):
+    with pytest.raises(ConfigError, match="fps"):
+        VideoSink(tmp_path / "v.mp4", fps=fps)
+
+
+@pytest.mark.parametrize(("fps", "used"), [(30, 30.0), (12.5, 12.5), (0, 25.0), (float("nan"), 25.0), (90000, 25.0)])
+def test_a_numeric_fps_a_source_header_got_wrong_falls_back_to_25(tmp_path, fps, used):
+    assert VideoSink(tmp_path / "v.mp4", fps=fps).fps == used
+
+
+def test_a_failing_cleanup_never_hides_the_output_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks.os, "replace", no_space)
+
+    def unlink_fails(self, missing_ok=False):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", unlink_fails)
+    with pytest.raises(OutputError, match="No space left"):
+        write_text(tmp_path / "r.json", "{}")
+
+
+def test_writing_names_the_file_of_a_failed_library_save(tmp_path):
+    with pytest.raises(OutputError, match=r"cannot write checkpoint .*best\.safetensors: No space left") as info:
+        with sinks.writing(tmp_path / "best.safetensors", "checkpoint"):
+            no_space()
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(KeyError):  # not an OSError: a bug, left as it is
+        with sinks.writing(tmp_path / "x", "file"):
+            raise KeyError("x")

@@ -10,7 +10,7 @@ import pytest
 from conftest import BIKES
 from mjpeg_camera import MjpegCamera
 
-from segrt.runtime.errors import ConfigError, SourceDisconnectedError, SourceError
+from segrt.runtime.errors import ConfigError, SegrtError, SourceDisconnectedError, SourceError
 from segrt.runtime.sources import (
     FrameSource,
     ImageSequenceSource,
@@ -200,3 +200,32 @@ def test_open_source_passes_source_objects_through():
 
     custom = Custom()
     assert open_source(custom) is custom
+
+
+def test_folder_source_skips_a_fifo_named_like_an_image(camvid_root, tmp_path):
+    import os
+    import threading
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    first = sorted((camvid_root / "val").glob("*.png"))[0]
+    shutil.copy(first, tmp_path / "a.png")
+    os.mkfifo(tmp_path / "zz.png")  # sorts last: reading it would block forever
+    frames: list[np.ndarray] = []
+
+    def play() -> None:
+        with open_source(str(tmp_path)) as source:
+            frames.extend(source)
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert not thread.is_alive(), "the folder source blocked on the FIFO"
+    assert len(frames) == 1 and np.array_equal(frames[0], cv2.imread(str(first)))
+
+
+@pytest.mark.parametrize("spec", ["²", "csi://²", "¹²", "csi://٣"])
+def test_unicode_digits_are_not_camera_numbers(spec):
+    """str.isdigit() accepts superscripts that int() refuses: such a source is a typed error, not ValueError."""
+    with pytest.raises(SegrtError):
+        open_source(spec)

@@ -47,6 +47,7 @@ from torch import nn
 from segrt.export.model.row_index import gather_rows, overwrite_rows, scatter_rows
 from segrt.export.model.segformer import Block, SegFormer, tokens_to_grid
 from segrt.runtime.errors import CheckpointError, ConfigError
+from segrt.runtime.sinks import writing
 from segrt.trt_limits import TOPK_LIMIT  # TensorRT: TopK needs K < 3840
 
 MODES = ("threshold", "budget")
@@ -143,7 +144,8 @@ def save_heads(heads: nn.ModuleDict, path: str | Path, info: dict) -> None:
 
     state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"segrt_exit_heads": json.dumps({"points": list(heads.keys()), **info})})
+    with writing(path, "exit heads"):
+        save_file(state, str(path), metadata={"segrt_exit_heads": json.dumps({"points": list(heads.keys()), **info})})
 
 
 def load_heads(path: str | Path, model: SegFormer) -> tuple[nn.ModuleDict, dict]:

@@ -144,10 +144,10 @@ class MergeConfig:
         stages = []
         for i, entry in enumerate(entries):
             where = f"stages[{i}]"
-            if entry is None:  # a stage left as it is
-                entry = {}
+            if entry is None:  # refused rather than guessed: a stage without merging is written {}
+                _bad(where, "is null; write {} for a stage without merging")
             if not isinstance(entry, dict):
-                _bad(where, f"must be an object with {_keys(STAGE_SCHEMA)} (or null), got {_shown(entry)}")
+                _bad(where, f"must be an object with {_keys(STAGE_SCHEMA)} ({{}} for no merging), got {_shown(entry)}")
             _only(entry, STAGE_SCHEMA, where)
             stages.append(StageMerge(*(_reduction(entry.get(k), f"{where}.{k}") for k in ("q", "kv"))))
         downsample = raw.get("downsample", 1)
@@ -391,15 +391,69 @@ class DownsampledInput(nn.Module):
         return self.model(F.interpolate(x, scale_factor=1.0 / self.factor, mode="nearest"))
 
 
-def apply_merging(model: SegFormer, config: MergeConfig | str | dict | None) -> nn.Module:
+def _check_stage_count(config: MergeConfig, model_stages: int) -> None:
+    if len(config.stages) > model_stages:
+        _bad(f"stages[{model_stages}]", f"is one of {len(config.stages)} stage entries; the model has "
+                                        f"{model_stages} stages (stages[0] to stages[{model_stages - 1}])")
+
+
+def _check_reduction(reduction: Reduction, where: str, grid: tuple[int, int], stage: int,
+                     size: tuple[int, int]) -> None:
+    """Refuse a reduction that merges no token of its ``grid``: it would cost a hook and change nothing."""
+    h, w = grid
+    sy, sx = reduction.cell
+    at = f"the {h}x{w} token grid of stage {stage} at the {size[0]}x{size[1]} export size"
+    if sy > h or sx > w:
+        _bad(f"{where}.cell", f"{sy}x{sx} is larger than {at}; use a smaller cell or a larger size")
+    if merged_size(h, w, reduction) >= h * w:
+        if reduction.method == "pool":
+            _bad(f"{where}.cell", f"{sy}x{sx} pools nothing on {at}")
+        _bad(f"{where}.ratio", f"{reduction.ratio} merges no token of {at}; use a larger ratio")
+
+
+def check_merge_fits(cfg: SegFormerConfig, config: MergeConfig | str | dict, size: tuple[int, int]) -> MergeConfig:
+    """The config, checked against the model it is applied to at export ``size`` (H, W): no more stage
+    entries than the model has stages, and every reduction merges tokens of its stage's grid (queries:
+    the stage grid; keys/values: the grid after the stage's spatial reduction). Errors name the key path."""
+    config = merge_config(config)
+    _check_stage_count(config, len(cfg.strides))
+    for plan in _stage_grids(cfg, config, size):
+        stage, (h, w), (kh, kw) = plan
+        setting = config.stage(stage)
+        if h < 1 or w < 1 or kh < 1 or kw < 1:
+            _bad("downsample", f"{config.downsample} leaves no tokens in stage {stage + 1} at the "
+                               f"{size[0]}x{size[1]} export size")
+        if setting.queries is not None:
+            _check_reduction(setting.queries, f"stages[{stage}].q", (h, w), stage + 1, size)
+        if setting.keys_values is not None:
+            _check_reduction(setting.keys_values, f"stages[{stage}].kv", (kh, kw), stage + 1, size)
+    return config
+
+
+def _stage_grids(cfg: SegFormerConfig, config: MergeConfig, size: tuple[int, int]
+                 ) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """Per stage: (index, query grid, key/value grid) at input ``size`` after the config's downsampling."""
+    h, w = size[0] // config.downsample, size[1] // config.downsample
+    grids = []
+    for i, (patch, stride, sr) in enumerate(zip(cfg.patch_sizes, cfg.strides, cfg.sr_ratios)):
+        pad = patch // 2
+        h, w = (h + 2 * pad - patch) // stride + 1, (w + 2 * pad - patch) // stride + 1
+        kv = (h // sr, w // sr) if sr > 1 else (h, w)
+        grids.append((i, (h, w), kv))
+    return grids
+
+
+def apply_merging(model: SegFormer, config: MergeConfig | str | dict | None,
+                  size: tuple[int, int] | None = None) -> nn.Module:
     """A copy of ``model`` with token merging installed (the original is untouched).
 
-    Strategy "none" returns an unhooked copy, i.e. exactly the original function.
+    Strategy "none" returns an unhooked copy, i.e. exactly the original function. With the export
+    ``size`` (H, W) the config is checked against the model's grids first (:func:`check_merge_fits`).
     """
     config = merge_config(config)
-    stages = model.encoder.stages
-    if len(config.stages) > len(stages):
-        raise ConfigError(f"merge config has {len(config.stages)} stages; the model has {len(stages)}")
+    if size is not None:
+        check_merge_fits(model.config, config, size)
+    _check_stage_count(config, len(model.encoder.stages))
     merged = copy.deepcopy(model).eval()
     for i, stage in enumerate(merged.encoder.stages):
         setting = config.stage(i)
@@ -433,15 +487,12 @@ class StagePlan:
 
 
 def plan_tokens(cfg: SegFormerConfig, config: MergeConfig | str, size: tuple[int, int]) -> list[StagePlan]:
-    """Token counts per stage at input ``size`` (H, W), computed without running the model."""
-    config = merge_config(config)
-    h, w = size[0] // config.downsample, size[1] // config.downsample
+    """Token counts per stage at input ``size`` (H, W), computed without running the model; the config
+    is checked against the model first (:func:`check_merge_fits`), so every reduction listed merges."""
+    config = check_merge_fits(cfg, config, size)
     plans = []
-    for i, (patch, stride, sr) in enumerate(zip(cfg.patch_sizes, cfg.strides, cfg.sr_ratios)):
-        pad = patch // 2
-        h, w = (h + 2 * pad - patch) // stride + 1, (w + 2 * pad - patch) // stride + 1
+    for i, (h, w), (kh, kw) in _stage_grids(cfg, config, size):
         setting = config.stage(i)
-        kh, kw = (h // sr, w // sr) if sr > 1 else (h, w)
         kv = (kh * kw, merged_size(kh, kw, setting.keys_values) if setting.keys_values else kh * kw)
         q = (h * w, merged_size(h, w, setting.queries) if setting.queries else h * w)
         plan = StagePlan(i + 1, (h, w), q, kv)
