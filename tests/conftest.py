@@ -61,6 +61,15 @@ def tiny_onnx() -> Path:
     return TINY_ONNX
 
 
+@pytest.fixture
+def regular_file(tmp_path) -> Path:
+    """A regular file where a folder would have to be: writes under it fail even for root (tests run as root,
+    so permission bits prove nothing)."""
+    path = tmp_path / "regular.txt"
+    path.write_text("a regular file where a folder would have to be\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def random_b0():
     from segrt.export.model.checkpoints import random_model

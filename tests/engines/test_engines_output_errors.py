@@ -5,7 +5,6 @@ monkeypatched copy that finds the disk full."""
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 import pytest
 
@@ -15,13 +14,6 @@ from segrt.engines.manifest import Manifest, TensorSpec, sha256_bytes, write_man
 from segrt.engines.plan import BuildRequest, PlanFile
 from segrt.engines.targets import get_target
 from segrt.runtime.errors import OutputError
-
-
-@pytest.fixture
-def regular_file(tmp_path) -> Path:
-    path = tmp_path / "regular.txt"
-    path.write_text("a regular file where a folder would have to be\n")
-    return path
 
 
 def test_a_plan_file_that_cannot_be_written_is_an_output_error(regular_file):

@@ -13,13 +13,6 @@ from segrt.export.training import loop
 from segrt.runtime.errors import OutputError
 
 
-@pytest.fixture
-def regular_file(tmp_path) -> Path:
-    path = tmp_path / "regular.txt"
-    path.write_text("a regular file where a folder would have to be\n")
-    return path
-
-
 def test_a_training_state_that_cannot_be_written_is_an_output_error(regular_file):
     with pytest.raises(OutputError, match=r"training state .*regular\.txt/state\.pt"):
         loop.write_atomic(regular_file / "state.pt", lambda tmp: tmp.write_bytes(b"state"))
