@@ -13,24 +13,31 @@ CAMVID = SHARED / "data" / "camvid"
 BIKES = REPO / "examples" / "media" / "bikes.mp4"
 
 
-def _has_gpu() -> bool:
+def gpu_skip_reason() -> str | None:
+    """Why the GPU tests cannot run here, or None when they can. Only a missing TensorRT, missing cuda-python or
+    no visible GPU is a reason: a TensorRT or CUDA that is installed but broken raises, so it fails loudly
+    instead of turning every GPU test into a silent skip."""
     try:
         import tensorrt
+    except ImportError as exc:
+        return f"TensorRT is not installed ({exc})"
+    if not hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone import as an empty package
+        return "only tensorrt-stubs is installed, not TensorRT"
+    try:
         from cuda.bindings import runtime as cudart
-
-        if not hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone import as an empty package
-            return False
-
-        err, count = cudart.cudaGetDeviceCount()
-        return int(err) == 0 and count > 0
-    except Exception:
-        return False
+    except ImportError as exc:
+        return f"cuda-python is not installed ({exc})"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return f"no CUDA GPU is visible ({err}, {count} devices)"
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    if _has_gpu():
+    reason = gpu_skip_reason()
+    if reason is None:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT and cuda-python")
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU with TensorRT and cuda-python: {reason}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
