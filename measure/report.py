@@ -22,9 +22,23 @@ def table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> l
     return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def portable(value, root: Path):
+    """``value`` with every absolute path under ``root`` (a string or Path anywhere inside it) made relative to
+    ``root``: a committed report must not name the folders of the machine that wrote it."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if isinstance(value, (str, Path)) and str(value).startswith(str(root) + "/"):
+        return str(Path(value).relative_to(root))
+    return value
+
+
 def write_json(path: Path, data: dict) -> Path:
-    """Atomically, creating its folder; a failure is an OutputError naming the file."""
-    return sinks.write_text(path, json.dumps(data, indent=2, default=str) + "\n", "report")
+    """Atomically, creating its folder; a failure is an OutputError naming the file. Absolute paths under the
+    working directory (the repository, for `make bench`) are written relative to it."""
+    root = Path.cwd().resolve()
+    return sinks.write_text(path, json.dumps(portable(data, root), indent=2, default=str) + "\n", "report")
 
 
 def write_text(path: Path, text: str) -> Path:

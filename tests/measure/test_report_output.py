@@ -32,3 +32,16 @@ def test_a_plot_that_cannot_be_saved_is_an_output_error_naming_it(tmp_path, monk
 
     with pytest.raises(OutputError, match=r"plot .*bench\.png: No space left"):
         report.write_report(tmp_path, "bench", {}, "x", plot=plot)
+
+
+def test_reports_name_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A committed report must not carry the folders of the machine that wrote it."""
+    import json
+
+    from segrt.measure.report import write_json
+
+    monkeypatch.chdir(tmp_path)
+    out = write_json(tmp_path / "results" / "r.json", {"model": str(tmp_path / "out" / "m.onnx"),
+                                                       "rows": [{"path": tmp_path / "x.onnx"}], "other": "/etc/x"})
+    data = json.loads(out.read_text())
+    assert data == {"model": "out/m.onnx", "rows": [{"path": "x.onnx"}], "other": "/etc/x"}
