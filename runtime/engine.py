@@ -7,6 +7,11 @@
 Every argument is checked on entry: a wrong type, range or frame raises a typed SegrtError naming it
 (:mod:`segrt.runtime.arguments`, :mod:`segrt.runtime.frames`).
 
+Two model forms (the metadata's ``form``): a ``tensor`` model takes float32 (N, 3, H, W) and the Engine
+resizes, normalises, upsamples and takes the argmax around it in numpy/OpenCV; a ``frame`` model does all of
+that inside its graph, so the Engine only checks the frames, stacks those of one size as one uint8 batch and
+returns the graph's masks (at the frame's size, or ceil(H / s) x ceil(W / s) with output stride s).
+
 Thread safety: ``infer`` and ``infer_batch`` hold no per-call state on the engine, and ONNX Runtime
 sessions accept concurrent ``run`` calls, so one Engine may serve many threads.
 """
@@ -22,7 +27,7 @@ from segrt.runtime.arguments import check_bool, check_choice, check_int, describ
 from segrt.runtime.backends.base import Backend
 from segrt.runtime.errors import BackendError, BackendUnavailableError, ConfigError, InputError, ModelLoadError
 from segrt.runtime.frames import as_bgr, frame_size
-from segrt.runtime.metadata import ModelMetadata
+from segrt.runtime.metadata import ModelMetadata, mask_size
 from segrt.runtime.models import resolve
 from segrt.runtime.preprocess import frames_to_input, labels_to_mask, logits_to_mask, mask_dtype
 
@@ -31,8 +36,10 @@ BACKENDS = ("auto", "onnxruntime", "ort-cuda", "ort-tensorrt", "tensorrt")
 MAX_THREADS = 1024
 MAX_DEVICE = 1023
 # Float32 values of network input per backend call: a long list of frames for a model with a dynamic
-# batch runs in chunks of this size instead of as one huge tensor.
+# batch runs in chunks of this size instead of as one huge tensor. Frame-form models take uint8 frames,
+# so their chunks are bounded by the same number of bytes (4 * MAX_BATCH_VALUES), not values.
 MAX_BATCH_VALUES = 1 << 25
+MAX_BATCH_BYTES = 4 * MAX_BATCH_VALUES
 
 
 def open_backend(path: Path, backend: str, threads: int | None = None, device: int = 0,
@@ -97,12 +104,35 @@ class Engine:
         return self._mask_dtype
 
     @property
+    def form(self) -> str:
+        """"tensor" (numpy/OpenCV pre and post around a float32 network) or "frame" (frame in, mask out in-graph)."""
+        return self.metadata.form
+
+    @property
+    def output_stride(self) -> int:
+        """Masks are ceil(H / s) x ceil(W / s) for an HxW frame (1: the frame's size; frame-form models only)."""
+        return self.metadata.output_stride
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(H, W) every frame must have (a frame-form model exported for one camera size), or None: any size."""
+        return self.metadata.frame_size
+
+    def mask_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the mask :meth:`infer` returns for a frame of ``frame_hw`` (H, W)."""
+        if not isinstance(frame_hw, (tuple, list)) or len(frame_hw) != 2:
+            raise InputError(f"frame_hw must be a (height, width) pair, got {describe(frame_hw)}")
+        h = check_int(frame_hw[0], "frame_hw height", minimum=1, error=InputError)
+        w = check_int(frame_hw[1], "frame_hw width", minimum=1, error=InputError)
+        return mask_size((h, w), self.output_stride)  # type: ignore[arg-type]
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
     def __repr__(self) -> str:
         return (f"Engine({str(self.path)!r}, backend={self.backend_name!r}, classes={len(self.classes)}, "
-                f"input_size={self.input_size})")
+                f"input_size={self.input_size}, form={self.form!r})")
 
     # ------------------------------------------------------------------ inference
     def _network_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
@@ -124,13 +154,14 @@ class Engine:
         return [logits_to_mask(o, s, self._mask_dtype) for o, s in zip(out, shapes, strict=True)]
 
     def infer(self, frame: np.ndarray) -> np.ndarray:
-        """One BGR uint8 frame -> HxW label mask at the frame's own resolution (see :attr:`mask_dtype`)."""
+        """One BGR uint8 frame -> HxW label mask at the frame's own resolution (see :attr:`mask_dtype`; a
+        frame-form model exported with an output stride s returns :meth:`mask_size`, ceil(H / s) x ceil(W / s))."""
         frame_size(frame, "frame")  # named "frame", not "frames[0]", in the error
         return self.infer_batch([frame])[0]
 
     def infer_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Several frames (any sizes) -> one mask each. Frames sharing a network size run as one batch
-        where the model's batch dimension allows it.
+        """Several frames (any sizes) -> one mask each. Frames sharing a network size (frame form: sharing their
+        own size) run as one batch where the model's batch dimension allows it.
 
         ``frames`` is a list or tuple of frames, or an NxHxWxC uint8 array. One HxWx3 array is refused
         (it would read as H frames of shape Wx3): use :meth:`infer`. Every frame is checked before any
@@ -138,6 +169,8 @@ class Engine:
         """
         items = _frame_list(frames)
         sizes = [frame_size(f, f"frames[{i}]")[:2] for i, f in enumerate(items)]
+        if self.form == "frame":
+            return self._infer_frames(items, sizes)
         masks: list[np.ndarray | None] = [None] * len(items)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, hw in enumerate(sizes):
@@ -153,8 +186,36 @@ class Engine:
                     masks[i] = m
         return masks  # type: ignore[return-value]
 
+    def _infer_frames(self, items: list, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Frame form: frames of one (H, W) stacked as one uint8 (N, H, W, 3) batch; the graph does the rest."""
+        fixed = self.metadata.frame_size
+        if fixed is not None:
+            for i, hw in enumerate(sizes):
+                if hw != fixed:
+                    name = "frame" if len(items) == 1 else f"frames[{i}]"
+                    raise InputError(f"{name} is {hw[1]}x{hw[0]} (WxH) but this model was exported for "
+                                     f"{fixed[1]}x{fixed[0]} frames only; resize the frame, or export the model for "
+                                     "any frame size (`segrt export --form frame` without a fixed frame size)")
+        masks: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(sizes):
+            groups.setdefault(hw, []).append(i)
+        for (h, w), idx in groups.items():
+            step = self._fixed_batch or max(1, min(len(idx), MAX_BATCH_BYTES // (3 * h * w)))
+            for start in range(0, len(idx), step):
+                chunk = idx[start : start + step]
+                x = _stack_frames([items[i] for i in chunk], chunk, h, w)
+                out = self._run(x, f"frames {chunk[0]}..{chunk[-1]}")
+                # One independent array per frame: a caller writing into one mask cannot touch another's.
+                for j, i in enumerate(chunk):
+                    masks[i] = out[0] if len(chunk) == 1 else out[j].copy()
+        return masks  # type: ignore[return-value]
+
     def logits(self, frame: np.ndarray) -> np.ndarray:
-        """Raw network output for one frame (K, h, w), for evaluation and debugging."""
+        """Raw network output for one frame (K, h, w), for evaluation and debugging (tensor-form models)."""
+        if self.form == "frame":
+            raise ConfigError(f"{self.path.name} is a frame-form model: its graph returns masks, not logits; "
+                              "export the model with `segrt export --form logits` for its logits")
         f = as_bgr(frame, "frame")
         x = frames_to_input([f], self._network_size(f.shape[:2]), self.metadata.mean, self.metadata.std)
         return self._run(x, "frame")[0]
@@ -163,13 +224,19 @@ class Engine:
     def stream(self, source, **options):
         """Masks for a camera, stream, video or image folder, with capture, inference and rendering
         overlapped in threads: ``for r in engine.stream("0"): r.frame, r.mask, r.timing``.
-        ``source`` and ``options`` are those of :class:`segrt.runtime.stream.Stream`."""
+        ``source`` and ``options`` are those of :class:`segrt.runtime.stream.Stream`. A list or tuple of
+        sources gives a :class:`segrt.runtime.multistream.MultiStream`: one batched inference per tick over
+        the cameras, results tagged with ``r.camera``."""
         from segrt.runtime.stream import Stream  # lazy: threads and sources are not needed for single-frame inference
 
         unknown = sorted(set(options) - STREAM_OPTIONS)
         if unknown:
             raise ConfigError(f"unknown stream option(s) {', '.join(map(repr, unknown))}; expected some of "
                               f"{', '.join(sorted(STREAM_OPTIONS))}")
+        if isinstance(source, (list, tuple)):
+            from segrt.runtime.multistream import MultiStream
+
+            return MultiStream(self, source, **options)
         return Stream(self, source, **options)
 
     # ------------------------------------------------------------------ lifetime
@@ -181,6 +248,20 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stack_frames(frames: list, indices: list[int], h: int, w: int) -> np.ndarray:
+    """Checked frames of one size as one C-contiguous uint8 (N, H, W, 3) BGR batch, copied once (a single
+    contiguous BGR frame is not copied at all: backends only read their input)."""
+    if len(frames) == 1 and frames[0].ndim == 3 and frames[0].shape[2] == 3 and frames[0].flags.c_contiguous:
+        return frames[0][None]
+    batch = np.empty((len(frames), h, w, 3), np.uint8)
+    for j, (frame, i) in enumerate(zip(frames, indices, strict=True)):
+        if frame.ndim == 3 and frame.shape[2] == 3:
+            np.copyto(batch[j], frame)  # any strides; the one copy
+        else:
+            batch[j] = as_bgr(frame, f"frames[{i}]")  # grey or BGRA: converted, then copied
+    return batch
 
 
 def _frame_list(frames: object) -> list:

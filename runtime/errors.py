@@ -69,3 +69,11 @@ class DatasetError(SegrtError):
 
 class ConfigError(SegrtError, ValueError):
     """A configuration value (merge strategy, target, precision, size) is invalid."""
+
+
+class RemoteError(SegrtError):
+    """A remote segrt server (Triton) refused or failed a request; the message carries the server's reason."""
+
+
+class ServerUnavailableError(RemoteError):
+    """A remote segrt server cannot be reached (down, restarting, wrong address) or did not answer in time."""

@@ -8,7 +8,7 @@ from segrt.runtime.errors import *  # noqa: F401,F403  (the typed error hierarch
 from segrt.runtime.errors import SegrtError
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "SegrtError", "__version__"]  # noqa: F405 (Engine: lazy, below)
+__all__ = ["Engine", "RemoteEngine", "SegrtError", "__version__"]  # noqa: F405 (Engine, RemoteEngine: lazy, below)
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from segrt.runtime.engine import Engine
 
         return Engine
+    if name == "RemoteEngine":  # lazy: tritonclient is imported on first use, not with segrt
+        from segrt.runtime.remote import RemoteEngine
+
+        return RemoteEngine
     raise AttributeError(name)

@@ -34,7 +34,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 # Order is the order of `segrt --help`. A module listed here that is missing is a packaging bug.
 COMMANDS = ["run", "export", "info", "eval", "train"]
-OPTIONAL_COMMANDS = ["demo", "bench", "build", "targets", "verify", "doctor", "prune", "distill", "exit", "gate"]
+OPTIONAL_COMMANDS = ["demo", "bench", "build", "targets", "verify", "doctor", "prune", "distill", "exit", "gate",
+                     "serve", "export_triton"]
 
 for _name in COMMANDS:
     importlib.import_module(f"segrt.commands.{_name}").register(app)

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segrt.runtime.errors import EngineCompatibilityError, ModelLoadError
+from segrt.runtime.errors import EngineCompatibilityError, MissingPluginError, ModelLoadError
 
 MANIFEST_SCHEMA = 1
 MANIFEST_KIND = "segrt-tensorrt-engine"
@@ -51,6 +51,7 @@ class Manifest:
     segrt_version: str = ""
     built_at: str = ""
     plan: dict = field(default_factory=dict)
+    plugins: list[dict] = field(default_factory=list)  # TensorRT plugins embedded in the engine: id, kind, min_tensorrt
     kind: str = MANIFEST_KIND
     schema: int = MANIFEST_SCHEMA
 
@@ -118,6 +119,30 @@ def check_versions(manifest: Manifest, running_tensorrt: str) -> None:
             "engines only load in the TensorRT version that built them: rebuild with `segrt build` on this device")
 
 
+def _plugin_names(manifest: Manifest) -> str:
+    return ", ".join(f"{p.get('id', '?')} ({p.get('kind', '?')}, TensorRT >= {p.get('min_tensorrt', '?')})"
+                     for p in manifest.plugins)
+
+
+def check_plugins(manifest: Manifest, running_tensorrt: str) -> None:
+    """An engine embedding plugins (``segrt export --merge-ops plugin``) loads only in a TensorRT that has them."""
+    running = _version_tuple(running_tensorrt)
+    for plugin in manifest.plugins:
+        needed = _version_tuple(str(plugin.get("min_tensorrt", "0")))
+        if running < needed:
+            raise MissingPluginError(
+                f"engine embeds the TensorRT plugin {_plugin_names(manifest)}, which TensorRT {running_tensorrt} "
+                "cannot load: build the function-form export (`segrt export --merge-ops function`) for this device")
+
+
+def plugin_load_error(manifest: Manifest, engine: str | Path, running_tensorrt: str) -> MissingPluginError:
+    """TensorRT refused to deserialise an engine whose manifest names plugins: say which."""
+    return MissingPluginError(
+        f"TensorRT {running_tensorrt} could not deserialise {engine}, which embeds the plugin "
+        f"{_plugin_names(manifest)}: the plugin cannot be loaded here. Rebuild the engine on this device, or "
+        "build the function-form export (`segrt export --merge-ops function`)")
+
+
 def check_gpu(manifest: Manifest, compute_capability: tuple[int, int]) -> None:
     built = tuple(manifest.compute_capability)
     cc = f"{compute_capability[0]}.{compute_capability[1]}"
@@ -144,6 +169,7 @@ def load_checked_engine(engine: str | Path, running_tensorrt: str, compute_capab
         raise EngineCompatibilityError(f"manifest {manifest_path(engine).name} describes {manifest.engine_file}, "
                                        f"not {engine.name}")
     check_versions(manifest, running_tensorrt)
+    check_plugins(manifest, running_tensorrt)
     check_gpu(manifest, compute_capability)
     try:
         data = engine.read_bytes()

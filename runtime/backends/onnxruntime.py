@@ -138,15 +138,19 @@ class OnnxRuntimeBackend:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         shape = _static_dims(inputs[0].shape)
-        if shape is None or len(shape) != 4 or shape[1] not in (3, None):
-            raise ModelLoadError(
-                f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected (N, 3, H, W)")
-        if inputs[0].type != "tensor(float)":
-            raise ModelLoadError(f"{self.path}: input type {inputs[0].type}; expected float32")
+        # The layout (N, 3, H, W) float32 or (N, H, W, 3) uint8 depends on the metadata's form: checked with it.
+        if shape is None or len(shape) != 4:
+            raise ModelLoadError(f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected "
+                                 "(N, 3, H, W) float32 tensors or (N, H, W, 3) uint8 frames")
+        input_dtype = ORT_TYPES.get(inputs[0].type)
+        if input_dtype not in (np.float32, np.uint8):
+            raise ModelLoadError(f"{self.path}: input type {inputs[0].type}; expected float32 (N, 3, H, W) tensors "
+                                 "or uint8 (N, H, W, 3) frames")
         self.input_shape = tuple(shape)  # type: ignore[assignment]
-        self.metadata = self._read_metadata(outputs[0])
+        self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
+        self.form = self.metadata.form
 
-    def _read_metadata(self, output) -> ModelMetadata:
+    def _read_metadata(self, output, input_dtype: np.dtype) -> ModelMetadata:
         """The model's segrt metadata (or, for a foreign ONNX, today's defaults from its shapes), checked against
         the graph's input and output before anything is allocated."""
         try:
@@ -166,15 +170,19 @@ class OnnxRuntimeBackend:
                 raise ModelLoadError(f"{self.path}: no segrt metadata and the output shape {output.shape} "
                                      "does not give the class count; export with `segrt export`")
             meta = ModelMetadata(classes=[f"class_{i}" for i in range(k)], input_size=None)
-        return check_against_io(meta, self.input_shape, out_shape, np.dtype(out_dtype), self.path)
+        return check_against_io(meta, self.input_shape, out_shape, np.dtype(out_dtype), self.path,
+                                input_dtype=input_dtype)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) -> logits or labels (form "tensor"); uint8 (N, H, W, 3) BGR frames -> (N, Hm, Wm)
+        masks in the metadata's mask dtype (form "frame")."""
         try:
             out = self.session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
         # a dynamic graph's output shape is only known now: it must still be what the metadata says
-        return check_output(self.metadata, out, batch.shape[0], self.path)
+        frame_hw = (int(batch.shape[1]), int(batch.shape[2])) if self.form == "frame" else None
+        return check_output(self.metadata, out, batch.shape[0], self.path, frame_hw=frame_hw)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

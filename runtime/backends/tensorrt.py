@@ -2,7 +2,7 @@
 
 Memory and streams go through cuda-python's ``cuda.bindings.runtime`` (no torch, no pycuda): one
 non-blocking stream per engine, page-locked (pinned) host buffers so copies are truly asynchronous,
-device buffers sized for the current input shape, and optionally the whole copy-in / enqueue /
+device buffers reused while the input shapes fit them, and optionally the whole copy-in / enqueue /
 copy-out sequence captured once as a CUDA graph and replayed per frame (saves launch overhead, which
 matters on Jetson CPUs).
 
@@ -17,6 +17,12 @@ per-host-thread setting, so every ``run`` selects the backend's device in the ca
 
 Batches larger than the engine's optimization profile allows (``segrt build --max-batch N``) are run
 in chunks of the profile's maximum batch, so ``Engine.infer_batch`` never exceeds the profile.
+
+Frame-form engines (metadata ``form`` "frame": uint8 (N, H, W, 3) frames in, (N, Hm, Wm) masks out) copy
+only uint8 in and the mask out: the pinned and device buffers are allocated once at load for the
+profile's largest shape (within :data:`PINNED_BUDGET`; beyond it they grow with the shapes seen), a new
+frame size only rebinds them (and recaptures the CUDA graph, which then covers the whole frame-to-mask
+execution), and an int32 mask (TensorRT has no UINT16) comes back as uint16.
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import numpy as np
 
 from segrt.runtime.backends import cuda as cuda_helpers
 from segrt.runtime.backends.cuda import cuda_check, import_tensorrt, stream_handle
-from segrt.runtime.backends.engine_manifest import load_checked_engine
+from segrt.runtime.backends.engine_manifest import load_checked_engine, plugin_load_error
 from segrt.runtime.errors import BackendError, BackendUnavailableError, InputError, ModelLoadError
-from segrt.runtime.metadata import ModelMetadata, check_against_io, check_output
+from segrt.runtime.metadata import ModelMetadata, check_against_io, check_output, mask_size
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -47,6 +53,56 @@ def _cudart() -> Any:
 def _cuda(result: Any, what: str) -> Any:
     """Unpack a cuda.bindings ``(error, value...)`` tuple, raising BackendError on any error code."""
     return cuda_check(result, what, _cudart())
+
+
+# TensorRT I/O types by DataType member name (the names are the same in TensorRT 10 and 11); a type not listed
+# (BF16, FP8, INT4, ...) is refused at load instead of being read as bytes of another type.
+TRT_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+             "BOOL": np.bool_, "UINT8": np.uint8}
+# Pinned host memory reserved up front for a frame-form engine's largest profile shape (input and mask);
+# a profile larger than this (8K frames, large batches) allocates per shape instead.
+PINNED_BUDGET = 1 << 28
+
+
+def numpy_dtype(dtype: Any, what: str = "tensor") -> np.dtype:
+    """The numpy dtype of a TensorRT ``DataType``; ModelLoadError for types segrt does not exchange."""
+    name = getattr(dtype, "name", str(dtype))
+    if name not in TRT_NUMPY:
+        raise ModelLoadError(f"{what} has TensorRT type {name}; segrt exchanges {', '.join(TRT_NUMPY)}")
+    return np.dtype(TRT_NUMPY[name])
+
+
+def nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def expected_mask_shape(frames_shape: tuple[int, ...], stride: int) -> tuple[int, int, int]:
+    """(N, ceil(H / s), ceil(W / s)): the mask a frame-form engine returns for (N, H, W, 3) frames."""
+    n, h, w = (int(d) for d in frames_shape[:3])
+    return (n, *mask_size((h, w), stride))
+
+
+def frame_buffer_bytes(max_frames_shape: tuple[int, ...], out_dtype: np.dtype, stride: int) -> tuple[int, int]:
+    """Bytes of uint8 frame input and of mask output at the profile's largest (N, H, W, 3) shape."""
+    return nbytes(max_frames_shape, np.dtype(np.uint8)), nbytes(expected_mask_shape(max_frames_shape, stride),
+                                                                out_dtype)
+
+
+def check_batch(batch: object, form: str, input_shape: tuple[int | None, ...]) -> np.ndarray:
+    """The batch ``run`` was given, checked against the engine's input (layout by form, static dimensions)."""
+    if not isinstance(batch, np.ndarray):
+        raise InputError(f"expected a numpy batch, got {type(batch).__name__}")
+    if form == "frame":
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise InputError(f"expected an (N, H, W, 3) uint8 frame batch, got {batch.dtype} {batch.shape}")
+    elif batch.ndim != 4 or batch.shape[1] != 3:
+        raise InputError(f"expected an (N, 3, H, W) batch, got shape {batch.shape}")
+    if 0 in batch.shape:
+        raise InputError(f"batch shape {batch.shape} is empty")
+    for axis, want in enumerate(input_shape):
+        if want is not None and batch.shape[axis] != want:
+            raise InputError(f"batch shape {batch.shape} does not fit the engine input {tuple(input_shape)}")
+    return batch
 
 
 def _host_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -67,24 +123,38 @@ def prepare_runtime(runtime: trt.Runtime, version_compatible: bool, dla_core: in
 
 
 class _Buffers:
-    """Pinned host + device memory for one input and one output at one input shape."""
+    """Pinned host + device memory for one input and one output, of fixed capacities; :meth:`bind` views them
+    at one input shape (any shape that fits reuses them: the addresses TensorRT and a CUDA graph hold stay)."""
 
-    def __init__(self, in_shape: tuple[int, ...], in_dtype: np.dtype, out_shape: tuple[int, ...], out_dtype: np.dtype):
+    def __init__(self, in_capacity: int, out_capacity: int):
         self._cudart = _cudart()
-        self.in_shape, self.out_shape = in_shape, out_shape
-        self.in_bytes = int(np.prod(in_shape)) * in_dtype.itemsize
-        self.out_bytes = int(np.prod(out_shape)) * out_dtype.itemsize
+        self.in_capacity, self.out_capacity = in_capacity, out_capacity
+        self.in_shape: tuple[int, ...] | None = None  # the bound shapes (None: not bound)
+        self.out_shape: tuple[int, ...] | None = None
+        self.in_bytes = self.out_bytes = 0
         self.pointers: list[tuple[str, int]] = []
         try:
-            self.host_in_ptr = self._alloc_host(self.in_bytes)
-            self.host_out_ptr = self._alloc_host(self.out_bytes)
-            self.dev_in = self._alloc_device(self.in_bytes)
-            self.dev_out = self._alloc_device(self.out_bytes)
+            self.host_in_ptr = self._alloc_host(in_capacity)
+            self.host_out_ptr = self._alloc_host(out_capacity)
+            self.dev_in = self._alloc_device(in_capacity)
+            self.dev_out = self._alloc_device(out_capacity)
         except BackendError:
             self.free()
             raise
+        self.host_in = self.host_out = np.empty(0)
+
+    def fits(self, in_bytes: int, out_bytes: int) -> bool:
+        return in_bytes <= self.in_capacity and out_bytes <= self.out_capacity
+
+    def bind(self, in_shape: tuple[int, ...], in_dtype: np.dtype, out_shape: tuple[int, ...],
+             out_dtype: np.dtype) -> None:
+        self.in_bytes, self.out_bytes = nbytes(in_shape, in_dtype), nbytes(out_shape, out_dtype)
+        if not self.fits(self.in_bytes, self.out_bytes):
+            raise BackendError(f"buffers of {self.in_capacity} and {self.out_capacity} bytes cannot hold input "
+                               f"{in_shape} and output {out_shape}")
         self.host_in = _host_array(self.host_in_ptr, in_shape, in_dtype)
         self.host_out = _host_array(self.host_out_ptr, out_shape, out_dtype)
+        self.in_shape, self.out_shape = in_shape, out_shape
 
     def _alloc_host(self, nbytes: int) -> int:
         ptr = int(_cuda(self._cudart.cudaMallocHost(max(nbytes, 1)), f"cudaMallocHost({nbytes})"))
@@ -137,6 +207,8 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         prepare_runtime(self._runtime, self.manifest.version_compatible, self.manifest.dla_core)
         engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None and self.manifest.plugins:
+            raise plugin_load_error(self.manifest, self.path, trt.__version__)
         if engine is None:
             raise ModelLoadError(f"TensorRT {trt.__version__} could not deserialise {self.path} although its manifest "
                                  "matches; rebuild it (a plugin it needs may be missing)")
@@ -148,19 +220,22 @@ class TensorRTBackend:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelLoadError(f"{self.path}: expected one input and one output, found {inputs} and {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
-        self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
-        if self.input_dtype != np.float32:
-            raise ModelLoadError(f"{self.path}: input {self.input_name} is {self.input_dtype}; expected float32")
+        self.input_dtype = numpy_dtype(engine.get_tensor_dtype(self.input_name), f"{self.path}: input")
+        self.output_dtype = numpy_dtype(engine.get_tensor_dtype(self.output_name), f"{self.path}: output")
         shape = self._dims(engine.get_tensor_shape(self.input_name))
         if len(shape) != 4:
-            raise ModelLoadError(f"{self.path}: input shape {shape} is not (N, 3, H, W)")
+            raise ModelLoadError(f"{self.path}: input shape {shape} is not (N, 3, H, W) tensors or (N, H, W, 3) "
+                                 "frames")
         self.input_shape = (self._dim(shape[0]), self._dim(shape[1]), self._dim(shape[2]), self._dim(shape[3]))
         self.max_batch = self._max_batch()
+        # float32 NCHW (form "tensor") or uint8 NHWC (form "frame"): checked against the metadata's form
         self.metadata = self._read_metadata()
+        self.form = self.metadata.form
         self.name = f"tensorrt:{trt.__version__}:{self.manifest.precision}"
         self._stream = _cuda(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
                              "cudaStreamCreateWithFlags")
+        if self.form == "frame":
+            self._reserve_frame_buffers()
 
     @staticmethod
     def _dims(dims: trt.Dims) -> tuple[int, ...]:
@@ -177,6 +252,21 @@ class TensorRTBackend:
         _lo, _opt, hi = self._engine.get_tensor_profile_shape(self.input_name, 0)
         return max(1, int(hi[0]))
 
+    def _max_input_shape(self) -> tuple[int, ...]:
+        """The largest input shape the engine takes: its static shape, else profile 0's maximum."""
+        if all(d is not None for d in self.input_shape):
+            return tuple(int(d) for d in self.input_shape)  # type: ignore[arg-type]
+        _lo, _opt, hi = self._engine.get_tensor_profile_shape(self.input_name, 0)
+        return self._dims(hi)
+
+    def _reserve_frame_buffers(self) -> None:
+        """Pinned and device buffers for the profile's largest frame batch, once (a new frame size rebinds them)."""
+        in_bytes, out_bytes = frame_buffer_bytes(self._max_input_shape(), self.output_dtype,
+                                                 self.metadata.output_stride)
+        if in_bytes + out_bytes <= PINNED_BUDGET:
+            _cuda(_cudart().cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
+            self._buffers = _Buffers(in_bytes, out_bytes)
+
     def _read_metadata(self) -> ModelMetadata:
         if self.manifest.metadata:
             meta = ModelMetadata.from_dict(self.manifest.metadata)
@@ -188,28 +278,37 @@ class TensorRTBackend:
             meta = ModelMetadata(classes=[f"class_{i}" for i in range(out[1])], input_size=None)
         # The same checks as the ONNX Runtime backend: the record must describe this engine's I/O.
         out_shape = tuple(self._dim(d) for d in self._dims(self._engine.get_tensor_shape(self.output_name)))
-        return check_against_io(meta, self.input_shape, out_shape, self.output_dtype, self.path)
+        return check_against_io(meta, self.input_shape, out_shape, self.output_dtype, self.path,
+                                input_dtype=self.input_dtype)
 
     # ------------------------------------------------------------------ execution
     def _prepare(self, shape: tuple[int, ...]) -> _Buffers:
-        """(Re)allocate buffers for a new input shape and bind them; capture a CUDA graph if asked."""
+        """Set a new input shape, bind buffers that hold it (reused when they fit, else reallocated) and
+        capture a CUDA graph if asked (the previous one recorded other sizes)."""
         self._release_graph()
         if self._buffers is not None:
-            _cuda(_cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-            self._buffers.free()
-            self._buffers = None
+            self._buffers.in_shape = None  # unbound until this succeeds: a failure here re-prepares next time
         if not self._context.set_input_shape(self.input_name, shape):
             raise InputError(f"input shape {shape} is outside the engine's optimization profile "
                              f"{self._profile_text()}")
         out_shape = self._dims(self._context.get_tensor_shape(self.output_name))
         if any(d < 0 for d in out_shape):
             raise BackendError(f"output shape {out_shape} is still dynamic after setting the input shape")
-        buffers = _Buffers(shape, self.input_dtype, out_shape, self.output_dtype)
+        if self.form == "frame" and out_shape != expected_mask_shape(shape, self.metadata.output_stride):
+            raise BackendError(f"{self.path}: the engine's mask for frames {shape} is {out_shape}; expected "
+                               f"{expected_mask_shape(shape, self.metadata.output_stride)}")
+        buffers = self._buffers
+        if buffers is None or not buffers.fits(nbytes(shape, self.input_dtype), nbytes(out_shape, self.output_dtype)):
+            if buffers is not None:
+                _cuda(_cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+                buffers.free()
+                self._buffers = None
+            buffers = _Buffers(nbytes(shape, self.input_dtype), nbytes(out_shape, self.output_dtype))
+            self._buffers = buffers
         for name, address in ((self.input_name, buffers.dev_in), (self.output_name, buffers.dev_out)):
             if not self._context.set_tensor_address(name, address):
-                buffers.free()
                 raise BackendError(f"{self.path}: TensorRT refused the device address for tensor {name!r}")
-        self._buffers = buffers
+        buffers.bind(shape, self.input_dtype, out_shape, self.output_dtype)
         if self.use_cuda_graph:
             self._capture(buffers)
         return buffers
@@ -262,18 +361,17 @@ class TensorRTBackend:
             self._graph = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise InputError(f"expected an (N, 3, H, W) batch, got shape {batch.shape}")
-        for axis, want in enumerate(self.input_shape):
-            if want is not None and batch.shape[axis] != want:
-                raise InputError(f"batch shape {batch.shape} does not fit the engine input {self.input_shape}")
+        """float32 (N, 3, H, W) -> logits or labels (form "tensor"); uint8 (N, H, W, 3) frames -> (N, Hm, Wm) masks
+        (form "frame": uint8 in, the mask out, nothing else crosses the bus)."""
+        check_batch(batch, self.form, self.input_shape)
         if len(batch) <= self.max_batch:
             out = self._run_chunk(batch)
         else:
             # More frames than the profile takes (several cameras on an engine built for fewer): run in chunks.
             out = np.concatenate([self._run_chunk(batch[i : i + self.max_batch])
                                   for i in range(0, len(batch), self.max_batch)])
-        return check_output(self.metadata, out, len(batch), self.path)
+        frame_hw = (int(batch.shape[1]), int(batch.shape[2])) if self.form == "frame" else None
+        return check_output(self.metadata, out, len(batch), self.path, frame_hw=frame_hw)
 
     def _run_chunk(self, batch: np.ndarray) -> np.ndarray:
         cudart = _cudart()

@@ -22,6 +22,8 @@ DEVICE_MODULES = [*sorted((REPO / "engines").glob("*.py")), *sorted((REPO / "run
 DISTRIBUTIONS = {"onnx": "onnx", "polygraphy": "polygraphy", "cuda": "cuda-python", "numpy": "numpy",
                  "cv2": "opencv-python-headless", "onnxruntime": "onnxruntime", "rich": "rich", "typer": "typer"}
 SYSTEM_PROVIDED = {"tensorrt"}
+# Lazily imported modules of features a device may go without, each provided by its own extra instead.
+OPTIONAL_FEATURES = {"tritonclient": "remote"}
 
 
 def third_party_imports(path: Path) -> set[str]:
@@ -50,12 +52,19 @@ def test_device_extras_provide_every_module_the_device_path_imports(extra):
     provided = requirements(extra)
     missing = {}
     for path in DEVICE_MODULES:
-        for name in third_party_imports(path) - SYSTEM_PROVIDED:
+        for name in third_party_imports(path) - SYSTEM_PROVIDED - set(OPTIONAL_FEATURES):
             dist = DISTRIBUTIONS.get(name)
             if dist is None or dist not in provided:
                 missing.setdefault(name, []).append(path.relative_to(REPO).as_posix())
     assert not missing, f"segrt[{extra}] lacks what these modules import: {missing}"
     assert "tensorrt" not in provided and "torch" not in provided  # apt/NVIDIA wheels; never torch on a robot
+
+
+@pytest.mark.parametrize("module", sorted(OPTIONAL_FEATURES))
+def test_optional_features_have_an_extra_that_provides_them(module):
+    extra = OPTIONAL_FEATURES[module]
+    assert any(Requirement(r).name == module for r in project()["optional-dependencies"][extra]), \
+        f"segrt[{extra}] does not provide {module}"
 
 
 def test_cuda_python_ranges_match_the_platforms():

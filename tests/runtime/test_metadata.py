@@ -344,7 +344,8 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
     max_leaves=25)
-FIELDS = ["classes", "palette", "input_size", "mean", "std", "output", "source", "extra", "architecture"]
+FIELDS = ["classes", "palette", "input_size", "mean", "std", "output", "source", "extra", "architecture", "form",
+          "frame_size", "output_stride"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -368,7 +369,9 @@ def test_any_json_either_gives_a_record_that_keeps_the_rules_or_a_model_load_err
     assert meta.input_size is None or all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in meta.input_size)
     assert meta.input_size is None or meta.input_size[0] * meta.input_size[1] <= MAX_INPUT_PIXELS
     assert all(math.isfinite(v) for v in meta.mean) and all(math.isfinite(v) and v > 0 for v in meta.std)
-    assert meta.output in ("logits", "labels")
+    assert (meta.form, meta.output) in {("tensor", "logits"), ("tensor", "labels"), ("frame", "mask")}
+    assert meta.frame_size is None or (meta.form == "frame" and 1 <= min(meta.frame_size))
+    assert isinstance(meta.output_stride, int) and (meta.output_stride == 1 or meta.form == "frame")
     assert ModelMetadata.from_json(meta.to_json()) == meta
 
 
