@@ -113,8 +113,9 @@ def _why_no_folder(path: Path) -> str | None:
 
 def prepare_folder(folder: str | Path, what: str = "output folder") -> Path:
     """Create ``folder`` (and its parents); a file in the way or a folder that cannot be created is an
-    :class:`OutputError` naming it."""
-    path = output_path(folder, what)
+    :class:`OutputError` naming it. ``"."`` (the folder of a bare file name such as ``-o model.onnx``) is the
+    working folder."""
+    path = Path(".") if isinstance(folder, (str, Path)) and str(folder) == "." else output_path(folder, what)
     why = _why_no_folder(path)
     if why is not None:
         raise OutputError(f"{what} {path}: {why}")

@@ -77,6 +77,10 @@ def write_typings(out: Path) -> list[Path]:
                 raise SystemExit(f"{stub}:{exc.lineno}: still not valid Python after fixing: {exc.msg}") from exc
             (dst / stub.name).write_text(text)
             written.append(dst / stub.name)
+    # tensorrt-stubs has no tensorrt.plugin: segrt's own typed stub of the part it uses
+    plugin = Path(__file__).resolve().parent / "stubs" / "tensorrt_plugin.pyi"
+    shutil.copyfile(plugin, out / "tensorrt" / "plugin.pyi")
+    written.append(out / "tensorrt" / "plugin.pyi")
     return written
 
 

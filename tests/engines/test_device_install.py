@@ -23,7 +23,7 @@ DISTRIBUTIONS = {"onnx": "onnx", "polygraphy": "polygraphy", "cuda": "cuda-pytho
                  "cv2": "opencv-python-headless", "onnxruntime": "onnxruntime", "rich": "rich", "typer": "typer"}
 SYSTEM_PROVIDED = {"tensorrt"}
 # Lazily imported modules of features a device may go without, each provided by its own extra instead.
-OPTIONAL_FEATURES = {"tritonclient": "remote"}
+OPTIONAL_FEATURES = {"tritonclient": "remote", "triton": "plugins"}
 
 
 def third_party_imports(path: Path) -> set[str]:

@@ -322,3 +322,13 @@ def test_writing_names_the_file_of_a_failed_library_save(tmp_path):
     with pytest.raises(KeyError):  # not an OSError: a bug, left as it is
         with sinks.writing(tmp_path / "x", "file"):
             raise KeyError("x")
+
+
+def test_a_bare_file_name_writes_into_the_working_folder(tmp_path, monkeypatch):
+    """`-o model.onnx` (no folder): the file's folder is "." and must be accepted, not called empty."""
+    monkeypatch.chdir(tmp_path)
+    folder = sinks.prepare_folder(Path("model.onnx").parent, "folder of model.onnx")
+    sinks.write_bytes(folder / "model.onnx", b"x", "ONNX model")
+    assert (tmp_path / "model.onnx").read_bytes() == b"x"
+    with pytest.raises(OutputError, match="empty"):
+        sinks.output_path("", "file")

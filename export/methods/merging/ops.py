@@ -15,9 +15,8 @@ Two ops, in PyTorch (``torch.ops.segrt``) and in ONNX (domain ``segrt``, version
 
 In the exported graph both are single custom-domain nodes whose definitions are attached as ONNX
 model-local functions with standard-op bodies: ONNX Runtime runs them as they are, TensorRT's parser
-inlines them (9.0+). No TensorRT plugin implements them; only from 10.7 on would a plugin creator that an
-application registers under the same op name take precedence (segrt registers none).
-:func:`inline_merge_ops` turns them into plain standard ops.
+inlines them (9.0+). :func:`inline_merge_ops` turns them into plain standard ops; ``--merge-ops plugin``
+(:mod:`.plugin_form`) turns TokenMerge into TensorRT >= 10.9 AOT plugin nodes without a body (docs/plugins.md).
 
 Export constraints honoured by the bodies: the mean is sum/count with ScatterElements reduction
 "add" (reduction "mean" is dropped silently by the dynamo exporter); every TopK has K < 3840
@@ -69,7 +68,8 @@ def _select(key: torch.Tensor, k: int) -> torch.Tensor:
     for size in (first, k - first):
         if size > 0:
             # cosine scores lie in [-1, 1]: subtracting 4 puts every chosen token below every other
-            idx = torch.topk(key - 4.0 * chosen, size, dim=-1).indices
+            # stable sort, not topk: among equal keys the lower index comes first, as ONNX TopK orders them
+            idx = torch.sort(key - 4.0 * chosen, dim=-1, descending=True, stable=True).indices[..., :size]
             chosen.scatter_(-1, idx, 1.0)
     return chosen
 
