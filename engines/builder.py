@@ -128,6 +128,23 @@ def parse_onnx(plan: BuildPlan, onnx_path: Path,
     return builder, network, parser
 
 
+def register_plugins(plan: BuildPlan, running: TrtVersion) -> list[str]:
+    """Register the segrt plugins a plugin-form ONNX calls (before parsing: the parser looks them up)."""
+    ids = []
+    for spec in plan.plugins:
+        needed = TrtVersion.parse(spec["min_tensorrt"])
+        if running < needed:
+            raise ConfigError(f"the ONNX calls the TensorRT plugin {spec['id']} ({spec['kind']}), which needs TensorRT "
+                              f">= {needed}; this machine runs {running}: use the function form here "
+                              "(`segrt export --merge-ops function`)")
+        if spec["id"] != "segrt::TokenMerge":
+            raise ConfigError(f"the plan names a plugin segrt does not provide: {spec['id']}")
+        from segrt.engines.token_merge_plugin import register
+
+        ids.append(register())
+    return ids
+
+
 def _pin_fp32_layers(network: trt.INetworkDefinition, layer_types: list[str]) -> int:
     """Weakly typed FP16/INT8 builds: ask for FP32 in the numerically fragile layers."""
     import tensorrt as trt
@@ -228,6 +245,7 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
                           f"({gpu.name}) is {gpu.compute_capability}: build on the target device")
 
     logger = _Logger(verbose)
+    register_plugins(plan, running)
     builder, network, parser = parse_onnx(plan, onnx_path, logger)
     cache_path = out_dir / plan.timing_cache if plan.timing_cache else None
     cached = cache_path.read_bytes() if cache_path and cache_path.is_file() else None
@@ -259,7 +277,8 @@ def build_engine(plan: BuildPlan, onnx_path: str | Path, out_dir: str | Path, *,
         onnx_sha256=sha256_file(onnx_path),
         strongly_typed=plan.strongly_typed, hardware_compatibility=plan.hardware_compatibility,
         version_compatible=plan.version_compatible, dla_core=plan.dla_core, segrt_version=segrt_version,
-        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), plan=plan.to_dict())
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), plan=plan.to_dict(),
+        plugins=list(plan.plugins))
     manifest_file = write_manifest(manifest, engine_path)
     return BuildResult(engine_path, manifest_file, seconds, cache_path, trt.__version__)
 
@@ -300,5 +319,6 @@ def adopt_engine(plan: BuildPlan, engine_path: str | Path, onnx_path: str | Path
         onnx_file=onnx_path.name, onnx_sha256=sha256_file(onnx_path), strongly_typed=plan.strongly_typed,
         hardware_compatibility=plan.hardware_compatibility, version_compatible=plan.version_compatible,
         dla_core=plan.dla_core, segrt_version=segrt_version,
-        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), plan=plan.to_dict())
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), plan=plan.to_dict(),
+        plugins=list(plan.plugins))
     return write_manifest(manifest, engine_path)

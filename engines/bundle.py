@@ -1,7 +1,8 @@
 """The build bundle: everything needed to build the engine on the device, made on any host.
 
     out/
-      model.onnx              the ONNX the plan builds (copied; FP32 or Q/DQ INT8)
+      model.onnx              the ONNX the plan builds (copied; FP32 or Q/DQ INT8); with form "frame" (the
+                              default of `segrt build`) wrapped first: uint8 frame in, label mask out
       model.fp16.onnx         only when a plan is strongly typed FP16 (TensorRT 11)
       plan.json               request + one BuildPlan per TensorRT major version the target runs
       compatibility.txt/json  the static TensorRT compatibility report of each planned ONNX
@@ -23,10 +24,10 @@ import onnx
 
 from segrt.engines.compat import CompatReport, check_model
 from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
-from segrt.engines.plan import BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
+from segrt.engines.plan import FORMS, BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
-from segrt.runtime.errors import ConfigError
-from segrt.runtime.sinks import prepare_folder, write_text, writing
+from segrt.runtime.errors import ConfigError, ExportError
+from segrt.runtime.sinks import prepare_folder, write_bytes, write_text, writing
 
 PLAN_FILE = "plan.json"
 
@@ -130,17 +131,55 @@ def _trtexec_script(plans: list[BuildPlan], pins: dict[str, tuple[list[str], int
     return "\n".join(lines)
 
 
+def logits_network(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The logits-form network of ``model``: itself, or the network inside a frame-form graph."""
+    from segrt.export.passes.frame_graph import is_frame_form, network_of
+
+    return network_of(model) if is_frame_form(model) else model
+
+
+def frame_form(network: onnx.ModelProto, frame_size: Sequence[int] | None) -> onnx.ModelProto:
+    """``network`` (logits form) wrapped for TensorRT: post "dense" (Resize + ArgMax, which TensorRT runs as
+    TopK k=1), int32 masks past 256 classes (TensorRT has no UINT16)."""
+    from segrt.export.passes.frame_graph import to_frame_form
+
+    size = (int(frame_size[0]), int(frame_size[1])) if frame_size else None
+    try:
+        return to_frame_form(network, frame_size=size, post="dense", mask_int32=True)
+    except ExportError as exc:
+        raise ConfigError(f"cannot wrap the model into the frame form: {exc}; build it as it is with --form logits") \
+            from exc
+
+
+def _write_model(model: onnx.ModelProto, path: Path) -> Path:
+    return write_bytes(path, model.SerializeToString(), "ONNX model")
+
+
 def write_bundle(source: str | Path, out_dir: str | Path, target: Target, request: BuildRequest, *,
                  frames: Sequence[np.ndarray] | None = None) -> Bundle:
     """Plan for every TensorRT version the target runs, prepare the ONNX files, check them, write the bundle.
 
-    Raises ConfigError for requests that cannot work; returns the bundle with its compatibility reports
-    (the caller decides what to do about errors in them)."""
+    With ``request.form == "frame"`` the bundle's ONNX files are the frame form of ``source``'s network
+    (a frame-form ``source`` is unwrapped and re-wrapped with post "dense"); plans and checks are made on
+    them. Raises ConfigError for requests that cannot work; returns the bundle with its compatibility
+    reports (the caller decides what to do about errors in them)."""
     source, out = Path(source), Path(out_dir)
-    model, info = inspect_model(source)
+    if request.form not in FORMS:
+        raise ConfigError(f"unknown form {request.form!r}; expected one of {', '.join(FORMS)}")
     stem = source.name.removesuffix(".onnx")
-    for suffix in (".fp32", ".fp16", ".int8"):  # `segrt export --precision` names; the bundle adds its own
+    for suffix in (".fp32", ".fp16", ".int8", ".frame", ".logits"):  # export names; the bundle adds its own
         stem = stem.removesuffix(suffix)
+    wrapped_from = None
+    network = None
+    if request.form == "frame":
+        network = logits_network(load_onnx(source))
+        target_path = out / f"{stem}.onnx"
+        if target_path.exists() and source.resolve() == target_path.resolve():
+            raise ConfigError(f"{source} is where the bundle writes its frame-form ONNX; choose another -o folder")
+        prepare_folder(out, "bundle folder")
+        wrapped_from = {"source": source.name, "sha256": sha256_file(source)}
+        source = _write_model(frame_form(network, request.frame_size), target_path)
+    model, info = inspect_model(source)
     plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
 
     prepare_folder(out, "bundle folder")
@@ -152,11 +191,7 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     files.append(plain)
     fp16_error = None
     if any(p.onnx_variant == "fp16" and not info.float16 for p in plans):
-        from segrt.export.passes.fp16 import export_fp16
-
-        result = export_fp16(source, out / variant_file(stem, "fp16"), frames=frames)
-        fp16_error = (result.max_rel_error, result.label_agreement)
-        files.append(result.path)
+        fp16_error = _fp16_variant(source, network, out / variant_file(stem, "fp16"), request, frames, files)
 
     reports = []
     for plan in plans:
@@ -164,7 +199,7 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         reports.append(check_model(onnx_model, target, plan.version, plan.precision, plan.dla_core is not None,
                                    model_name=plan.onnx))
     plan_file = PlanFile(request=request, plans=plans, model={
-        "source": source.name, "sha256": info.sha256,
+        "source": source.name, "sha256": info.sha256, "form": request.form, "wrapped_from": wrapped_from,
         "inputs": [t.to_dict() for t in info.inputs], "outputs": [t.to_dict() for t in info.outputs],
         "files": {f.name: sha256_file(f) for f in files},
     })
@@ -181,6 +216,27 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     files += [out / n for n in (PLAN_FILE, "compatibility.txt", "compatibility.json", "build_engine.sh",
                                 "build_engine_trtexec.sh")]
     return Bundle(out, plan_file, reports, files, fp16_error)
+
+
+def _fp16_variant(source: Path, network: onnx.ModelProto | None, path: Path, request: BuildRequest,
+                  frames: Sequence[np.ndarray] | None, files: list[Path]) -> tuple[float, float]:
+    """The FP16 ONNX of a strongly typed plan at ``path``: the FP16 conversion of the network, verified against
+    FP32 on real frames, then wrapped like the FP32 file when the bundle is frame form."""
+    from segrt.export.passes.fp16 import export_fp16
+
+    if network is None:
+        result = export_fp16(source, path, frames=frames)
+        files.append(result.path)
+        return result.max_rel_error, result.label_agreement
+    scratch = path.with_name(f".{path.stem}.network.onnx")
+    try:
+        _write_model(network, scratch)
+        result = export_fp16(scratch, path, frames=frames)
+        _write_model(frame_form(load_onnx(path), request.frame_size), path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    files.append(path)
+    return result.max_rel_error, result.label_agreement
 
 
 def verify_bundle_file(plan_dir: Path, name: str, plan_file: PlanFile) -> Path:

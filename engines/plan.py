@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segrt.engines.model_info import ModelInfo, TensorInfo
+from segrt.engines.plugin_rules import check_plugin_precision, plan_entries, plugin_version
 from segrt.engines.targets import PRECISIONS, Target
 from segrt.engines.trt_table import JETSON_RANGES_BY_MAJOR, api_available, jetson_supported
 from segrt.engines.versions import TrtVersion
@@ -31,6 +32,9 @@ PLAN_SCHEMA = 1
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 DEFAULT_MIN_HW = (256, 256)
 DEFAULT_MAX_HW = (1024, 1024)
+# Camera frames of a frame-form model with any frame size: VGA up to 1080p, tuned for 720p.
+DEFAULT_FRAME_HW = ((240, 320), (720, 1280), (1080, 1920))
+FORMS = ("frame", "logits")
 
 
 @dataclass
@@ -57,11 +61,15 @@ class BuildRequest:
     workspace_mb: int | None = None
     # input name -> (min, opt, max) full shapes, for models exported with dynamic sizes.
     shapes: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
-    max_batch: int = 1
+    max_batch: int = 1  # engines sized for this many cameras: the default profile's batch opt = max = max_batch
     timing_cache: str | None = "timing.cache"
     optimization_level: int = 3
     version_compatible: bool = False
     tensorrt: str | None = None  # plan for this version instead of the ones the target expects
+    # "frame": the bundle wraps the ONNX into the frame form (uint8 frame in, mask out; frame_graph, post
+    # "dense") before planning and checking; "logits": built as given. Plans saved before it were logits.
+    form: str = "logits"
+    frame_size: list[int] | None = None  # [H, W] of a fixed camera size for the frame form; None: any size
 
 
 @dataclass
@@ -85,6 +93,10 @@ class BuildPlan:
     optimization_level: int = 3
     compute_capability: list[int] | None = None  # None: whatever GPU builds it (desktop)
     notes: list[str] = field(default_factory=list)
+    form: str = "logits"  # of the ONNX the plan builds: "frame" (uint8 frame -> mask) or "logits"
+    frame_size: list[int] | None = None  # fixed camera size of a frame-form engine, None: the profile's range
+    max_batch: int = 1
+    plugins: list[dict] = field(default_factory=list)  # TensorRT plugins the engine embeds (plugin_rules)
     schema: int = PLAN_SCHEMA
 
     @property
@@ -143,22 +155,36 @@ def _profiles(info: ModelInfo, request: BuildRequest) -> list[ShapeProfile]:
             profiles.append(ShapeProfile(tensor.name, lo, opt, hi))
         elif tensor.is_dynamic:
             profiles.append(_default_profile(tensor, info, request.max_batch))
+        if request.max_batch > 1 and tensor.shape and isinstance(tensor.shape[0], int) and tensor.shape[0] > 0:
+            raise ConfigError(f"--max-batch {request.max_batch}: input {tensor.name} has a fixed batch of "
+                              f"{tensor.shape[0]} in the ONNX; export with a dynamic batch (segrt export --dynamic)")
     return profiles
 
 
+def is_frame_input(tensor: TensorInfo) -> bool:
+    """The frame form's input: uint8 (N, H, W, 3)."""
+    return tensor.dtype == "uint8" and len(tensor.shape) == 4 and tensor.shape[3] in (3, None, "3")
+
+
 def _default_profile(tensor: TensorInfo, info: ModelInfo, max_batch: int) -> ShapeProfile:
-    """(N, 3, H, W) image input: batch 1..max_batch, sides 256..1024 around the model's own size."""
+    """(N, 3, H, W) image input: sides 256..1024 around the model's own size; a frame form's (N, H, W, 3)
+    frame: camera sizes 240x320..1080x1920, tuned for 1280x720. Batch 1..max_batch, tuned for max_batch
+    (engines sized for a camera count run all cameras in one batch)."""
     if len(tensor.shape) != 4:
         raise ConfigError(f"input {tensor.name} has dynamic shape {tensor.shape}; give --shapes for it")
     size = (info.metadata.input_size if info.metadata and info.metadata.input_size else None) or (512, 512)
+    frame = is_frame_input(tensor)
     ranges: list[tuple[int, int, int]] = []
     for axis, dim in enumerate(tensor.shape):
         if isinstance(dim, int) and dim > 0:
             ranges.append((dim, dim, dim))
         elif axis == 0:
-            ranges.append((1, 1, max(1, max_batch)))
-        elif axis == 1:
+            ranges.append((1, max(1, max_batch), max(1, max_batch)))
+        elif axis == (3 if frame else 1):
             ranges.append((3, 3, 3))
+        elif frame:
+            first, tuned, last = (hw[axis - 1] for hw in DEFAULT_FRAME_HW)
+            ranges.append((first, tuned, last))
         else:
             i = axis - 2
             ranges.append((DEFAULT_MIN_HW[i], size[i], max(DEFAULT_MAX_HW[i], size[i])))
@@ -186,6 +212,8 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
     if target.jetson and not jetson_supported(version):
         raise ConfigError(f"TensorRT {version} does not support JetPack: TensorRT 11 runs on Jetson from 11.4.1 "
                           f"(JetPack 7.2.2+, AGX Orin and Thor); plan {target.name} for 10.x or >= 11.4.1")
+    planned = version
+    version = plugin_version(info, target, version, request.tensorrt is not None)  # plugin form: refuse < 10.9
     precision, notes = _choose_precision(target, info, request.precision)
     plan = BuildPlan(target=target.name, tensorrt=str(version), precision=precision, strongly_typed=False,
                      onnx=variant_file(stem, info.variant), onnx_variant=info.variant,
@@ -195,6 +223,10 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
                      hardware_compatibility=target.hardware_compatibility,
                      version_compatible=request.version_compatible,
                      compute_capability=list(target.compute_capability) if target.compute_capability else None)
+    if info.metadata is not None and info.metadata.form == "frame":
+        size = info.metadata.frame_size
+        plan.form, plan.frame_size = "frame", list(size) if size else None
+    plan.max_batch = request.max_batch
     if not 0 <= plan.optimization_level <= 5:
         raise ConfigError(f"builder optimization level {plan.optimization_level} is outside 0..5")
 
@@ -218,6 +250,11 @@ def make_plan(target: Target, info: ModelInfo, version: TrtVersion | str, reques
             plan.notes.append("strongly typed: built from an FP16 ONNX that keeps LayerNorm, Softmax and reductions "
                               "in FP32")
 
+    check_plugin_precision(info, plan.strongly_typed, plan.onnx_variant)
+    plan.plugins = plan_entries(info)
+    if version != planned:
+        plan.notes.append(f"plugin form ({', '.join(p['id'] for p in plan.plugins)}): planned for TensorRT {version}, "
+                          "the first with ahead-of-time plugins")
     plan.profiles = _profiles(info, request)
 
     if request.dla_core is not None:

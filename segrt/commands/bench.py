@@ -17,11 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segrt.commands._args import output_file, output_folder, parse_size
+from segrt.commands._args import at_least_one, non_negative, output_file, output_folder, parse_size
 from segrt.measure.report import fmt
 from segrt.runtime.errors import ConfigError, SourceError
 
 PEER_PREFIXES = ("hf:", "hf-onnx:", "torch:")
+NL = "\n\n"  # between the Markdown tables
 
 
 def _split_label(text: str) -> tuple[str | None, str]:
@@ -144,6 +145,17 @@ def bench(
                                  callback=output_folder),
     profile: bool = typer.Option(False, "--profile", help="also run ONNX Runtime's profiler on each ONNX model: "
                                  "which kernels ran (QLinearConv, QLinearMatMul ...) and time per operator type"),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="for ONNX/engines: end-to-end Engine.infer (frame to "
+                             "mask) beside the network alone, at camera sizes"),
+    camera_size: list[str] = typer.Option(None, "--camera-size", help="camera size HxW for --e2e; repeat for "
+                                          "several (default: 480x640, 720x1280, 1080x1920)"),
+    cameras: int = typer.Option(4, "--cameras", help="multi-camera throughput of the first ONNX/engine: this many "
+                                "copies of --camera-source through one batched MultiStream vs one after another "
+                                "(0: skip)", callback=non_negative),
+    camera_source: Path = typer.Option(None, "--camera-source", help="video file the cameras play (default: the "
+                                       "bundled street video)"),
+    camera_frames: int = typer.Option(30, "--camera-frames", help="frames per camera per pass",
+                                      callback=at_least_one),
 ) -> None:
     """Benchmark models side by side: interleaved runs, p50/p95, FPS, memory, GMAC/s vs the machine's peak."""
     import cv2
@@ -184,16 +196,62 @@ def bench(
     if profile:
         for group in groups:
             report_profiles(console, candidates, frame, threads, group)
+    exported = [(name or Path(spec).stem, spec) for name, spec in map(_split_label, models) if is_exported(spec)]
+    camera_sizes = [parse_size(s, "--camera-size") for s in camera_size] if camera_size else None
+    end_to_end, multicam = camera_reports(console, exported if e2e else [], exported[:1] if cameras else [],
+                                          frame, camera_sizes, backend, threads, runs, warmup, rewarm, cameras,
+                                          camera_source, camera_frames)
     report = {"environment": environment(threads),
               "settings": {"runs": runs, "warmup": warmup, "rewarm": rewarm, "threads": threads, "interleaved": True,
                            "frame": str(frame_path) if frame_path else "bundled sample frame",
                            "frame_size": list(frame.shape[:2])},
-              "groups": groups}
+              "groups": groups, "end_to_end": end_to_end, "multicam": multicam}
     if json_out:
         console.print(f"wrote {write_json(json_out, report)}")
     if markdown_out:
-        tables = "\n\n".join(markdown_table(g) for g in groups)
-        console.print(f"wrote {write_text(markdown_out, tables)}")
+        from segrt.measure.cameras import e2e_markdown, multicam_markdown
+
+        tables = [markdown_table(g) for g in groups]
+        tables += [f"End to end vs network only, {name}:\n\n{e2e_markdown(r)}" for name, r in end_to_end.items()]
+        tables += [f"Several cameras, {name}:\n\n{multicam_markdown(r)}" for name, r in multicam.items()]
+        console.print(f"wrote {write_text(markdown_out, NL.join(tables))}")
+
+
+def camera_reports(console: Console, e2e_models: list, multicam_models: list, frame, sizes, backend: str,
+                   threads: int, runs: int, warmup: int, rewarm: int, cameras: int, source: Path | None,
+                   frames: int) -> tuple[dict, dict]:
+    """End-to-end vs network-only at camera sizes, and multi-camera throughput, printed and returned by model."""
+    from segrt.commands.demo import SAMPLE_VIDEO
+    from segrt.measure.cameras import (
+        CAMERA_SIZES,
+        e2e_markdown,
+        end_to_end_vs_network,
+        multicam_markdown,
+        multicam_throughput,
+    )
+    from segrt.runtime.progress import make_progress
+
+    end_to_end, multicam = {}, {}
+    with make_progress() as progress:
+        for name, spec in e2e_models:
+            end_to_end[name] = end_to_end_vs_network(spec, frame, sizes=sizes or CAMERA_SIZES, backend=backend,
+                                                     threads=threads, runs=runs, warmup=warmup, rewarm=rewarm,
+                                                     progress=progress)
+        for name, spec in multicam_models:
+            multicam[name] = multicam_throughput(spec, str(source or SAMPLE_VIDEO), cameras=cameras, frames=frames,
+                                                 backend=backend, threads=threads, progress=progress)
+    for name, r in end_to_end.items():
+        console.print(f"[bold]{name}[/]: end to end (Engine.infer, frame to mask) vs the network alone, "
+                      f"{r['form']} form, one interleaved run")
+        console.print(e2e_markdown(r), highlight=False)
+        for s in r["skipped"]:
+            console.print(f"  [yellow]skipped[/] {s['camera'][0]}x{s['camera'][1]}: {s['reason']}")
+    for name, r in multicam.items():
+        console.print(f"[bold]{name}[/]: {r['cameras']} cameras x {r['frames_per_camera']} frames, one batched "
+                      f"MultiStream vs one after another ({r['rounds']} interleaved rounds, mean batch "
+                      f"{r['mean_batch']:.2f})")
+        console.print(multicam_markdown(r), highlight=False)
+    return end_to_end, multicam
 
 
 def register(app: typer.Typer) -> None:

@@ -19,8 +19,9 @@ from segrt.commands._args import (
 )
 
 
-def _shape(text: str | None, option: str) -> list[int] | None:
-    """NxCxHxW, or HxW for batch 1 and 3 channels; H and W bounded like every model input size."""
+def _shape(text: str | None, option: str, frame: bool = False, batch: int = 1) -> list[int] | None:
+    """NxCxHxW (a frame form's input: NxHxWx3), or HxW for ``batch`` frames of 3 channels; H and W bounded like
+    every model input size."""
     if not text:
         return None
     from segrt.runtime.errors import ConfigError
@@ -30,9 +31,27 @@ def _shape(text: str | None, option: str) -> list[int] | None:
     except ValueError:
         parts = []
     if len(parts) not in (2, 4) or min(parts) < 1:
-        raise ConfigError(f"{option} {text!r}: expected NxCxHxW or HxW of positive integers")
-    h, w = parse_size(f"{parts[-2]}x{parts[-1]}", option)
-    return [1, 3, h, w] if len(parts) == 2 else [*parts[:2], h, w]
+        raise ConfigError(f"{option} {text!r}: expected {'NxHxWx3' if frame else 'NxCxHxW'} or HxW of positive "
+                          "integers")
+    if frame and len(parts) == 4 and parts[3] != 3:
+        raise ConfigError(f"{option} {text!r}: the frame form's input is NxHxWx3 (or give HxW); NxCxHxW shapes are "
+                          "for --form logits")
+    hw = parts[1:3] if frame and len(parts) == 4 else parts[-2:]
+    h, w = parse_size(f"{hw[0]}x{hw[1]}", option)
+    if len(parts) == 2:
+        return [batch, h, w, 3] if frame else [batch, 3, h, w]
+    return [parts[0], h, w, parts[3]] if frame else [*parts[:2], h, w]
+
+
+def _model_to_check(source: Path, form: str, frame_size: list[int] | None):
+    """The ONNX the bundle would plan and check: ``source`` itself, or its frame form."""
+    from segrt.engines.bundle import frame_form, logits_network
+    from segrt.engines.model_info import describe, inspect_model, load_onnx
+
+    if form == "logits":
+        return inspect_model(source)
+    model = frame_form(logits_network(load_onnx(source)), frame_size)
+    return model, describe(model, source)
 
 
 def _print_reports(console: Console, reports) -> None:
@@ -87,8 +106,13 @@ def build_command(
     min_shape: str = typer.Option(None, "--min-shape", help="dynamic models: smallest input, NxCxHxW or HxW"),
     opt_shape: str = typer.Option(None, "--opt-shape", help="dynamic models: the shape to tune for"),
     max_shape: str = typer.Option(None, "--max-shape", help="dynamic models: largest input"),
-    max_batch: int = typer.Option(1, "--max-batch", help="dynamic batch: largest batch of the default profile",
-                                  callback=at_least_one),
+    form: str = typer.Option("frame", "--form", callback=choice("frame", "logits"),
+                             help="frame: the engine takes the camera's uint8 BGR frame and returns the label mask "
+                                  "(resize, normalisation, upsampling and argmax inside); logits: the ONNX as it is"),
+    frame_size: str = typer.Option(None, "--frame-size", help="--form frame: the cameras' fixed size HxW (default: "
+                                   "any size, profile 240x320..1080x1920 tuned for 720x1280)"),
+    max_batch: int = typer.Option(1, "--max-batch", help="engines sized for this many cameras: batch 1..N of the "
+                                  "profile, tuned for N (needs an ONNX with a dynamic batch)", callback=at_least_one),
     opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimization level 0..5",
                                   callback=in_range(0, 5)),
     version_compatible: bool = typer.Option(False, "--version-compatible",
@@ -118,26 +142,36 @@ def build_command(
     from segrt.engines.bundle import write_bundle
     from segrt.engines.compat import check_model
     from segrt.engines.model_info import inspect_model
-    from segrt.engines.plan import BuildRequest, plan_versions
+    from segrt.engines.plan import BuildRequest, make_plan, plan_versions
     from segrt.engines.targets import get_target
     from segrt.engines.versions import detect_gpu, detect_tensorrt
     from segrt.runtime.models import resolve
 
-    lo, opt, hi = (_shape(min_shape, "--min-shape"), _shape(opt_shape, "--opt-shape"),
-                   _shape(max_shape, "--max-shape"))
+    framed = form == "frame"
+    fixed = list(parse_size(frame_size, "--frame-size")) if frame_size else None
+    if fixed and not framed:
+        raise ConfigError("--frame-size fixes the frame form's camera size; drop it with --form logits")
+    if fixed and (min_shape or opt_shape or max_shape):
+        raise ConfigError("--min/--opt/--max-shape give the range of frame sizes; with --frame-size there is one")
+    lo, opt, hi = (_shape(min_shape, "--min-shape", framed), _shape(opt_shape, "--opt-shape", framed, max_batch),
+                   _shape(max_shape, "--max-shape", framed, max_batch))
     source = resolve(model, "onnx")
     tgt = get_target(target)
     shapes = {}
     if min_shape or opt_shape or max_shape:
-        _, info = inspect_model(source)
+        from segrt.export.passes.frame_graph import FRAME_INPUT
+
+        name = FRAME_INPUT if framed else inspect_model(source)[1].inputs[0].name
         given = [s for s in (lo, opt, hi) if s]
-        shapes[info.inputs[0].name] = (lo or given[0], opt or given[0], hi or given[-1])
+        shapes[name] = (lo or given[0], opt or given[0], hi or given[-1])
     request = BuildRequest(target=tgt.name, precision=precision, dla_core=dla_core, workspace_mb=workspace,
                            shapes=shapes, max_batch=max_batch, optimization_level=opt_level,
-                           version_compatible=version_compatible, tensorrt=tensorrt)
+                           version_compatible=version_compatible, tensorrt=tensorrt, form=form, frame_size=fixed)
 
     if check_only:
-        onnx_model, info = inspect_model(source)
+        onnx_model, info = _model_to_check(source, form, fixed)
+        for version in plan_versions(tgt, request):  # a request that cannot work fails here as it would in a build
+            make_plan(tgt, info, version, request)
         reports = [check_model(onnx_model, tgt, v, precision or ("int8" if info.quantized else tgt.default_precision),
                                dla_core is not None, model_name=source.name) for v in plan_versions(tgt, request)]
         _print_reports(console, reports)

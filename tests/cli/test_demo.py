@@ -80,3 +80,25 @@ def test_ctrl_c_leaves_a_complete_playable_video(b0_onnx, tmp_path):
     assert frames >= 3
     assert re.search(rf"wrote .*demo.mp4 \({frames} frames\)", stdout), stdout
     assert abs(frames - len(list(masks.glob("*.png")))) <= 1  # Ctrl-C may land between the two writes
+
+
+def test_demo_tiles_several_sources_into_one_video(b0_onnx, camvid_root, tmp_path):
+    out, masks = tmp_path / "grid.mp4", tmp_path / "masks"
+    run = subprocess.run([*SEGRT, "demo", str(BIKES), str(camvid_root / "val"), "--model", str(b0_onnx),
+                          "--headless", "--output", str(out), "--save-masks", str(masks), "--max-frames", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    assert run.returncode == 0, run.stderr
+    stdout = " ".join(run.stdout.split())
+    assert re.search(r"2 cameras: 8 frames at [\d.]+ FPS", stdout), stdout
+    assert re.search(r"camera 1 \(\S+val\): 4 frames at [\d.]+ FPS", stdout), stdout
+    for cam, shape in (("cam0", (272, 640)), ("cam1", (360, 480))):  # each camera's masks at its own size
+        written = sorted((masks / cam).glob("*.png"))
+        assert [p.name for p in written] == [f"{i:06d}.png" for i in range(4)]
+        assert cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED).shape == shape
+    cap = cv2.VideoCapture(str(out))
+    ok, grid = cap.read()
+    assert ok and grid.shape == (272, 1280, 3)  # two tiles side by side, each the first camera's size
+    assert 4 <= count_frames(out) <= 8  # one grid per inference tick
+    right = grid[:, 640:]
+    assert right.std() > 10  # the CamVid camera's view is in its tile, letterboxed (black bars left and right)
+    assert right[:, :20].max() < 30

@@ -129,12 +129,16 @@ def test_cli_build_writes_a_bundle_and_refuses_broken_graphs(b0_onnx, tmp_path):
     assert "clean" in result.output and (tmp_path / "ok" / "plan.json").is_file()
 
     broken = _broken_model(tmp_path / "broken.onnx")
+    # A foreign ONNX (no segrt metadata: no normalisation to put in the graph) has no frame form.
     result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "-o", str(tmp_path / "bad")],
                            env={"COLUMNS": "200"})
+    assert isinstance(result.exception, ConfigError) and "--form logits" in str(result.exception)
+    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--form", "logits",
+                                 "-o", str(tmp_path / "bad")], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "cubic_upsample" in result.output and "[resize]" in result.output
     assert "cubic_upsample" in (tmp_path / "bad" / "compatibility.txt").read_text()
 
-    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--check-only"],
+    result = runner.invoke(app, ["build", str(broken), "--target", "jetson-orin", "--form", "logits", "--check-only"],
                            env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "FAILS" in result.output
 

@@ -93,7 +93,8 @@ def test_an_fp16_onnx_is_strongly_typed_even_on_tensorrt_10():
 def test_dynamic_inputs_become_an_optimization_profile():
     plan = make_plan(ORIN, tiny_model(dynamic=True), "10.3", BuildRequest("jetson-orin", max_batch=4))
     (p,) = plan.profiles
-    assert p.input == "x" and p.min == [1, 3, 256, 256] and p.opt == [1, 3, 512, 512] and p.max == [4, 3, 1024, 1024]
+    # sized for 4 cameras: batch 1..4, tuned for 4
+    assert p.input == "x" and p.min == [1, 3, 256, 256] and p.opt == [4, 3, 512, 512] and p.max == [4, 3, 1024, 1024]
     custom = make_plan(ORIN, tiny_model(dynamic=True), "10.3",
                        BuildRequest("jetson-orin", shapes={"x": ([1, 3, 128, 128], [1, 3, 360, 480], [2, 3, 720,
                                                                                                       960])}))

@@ -115,7 +115,8 @@ def test_cli_writes_json_with_threads_and_ratios(b0_onnx, tmp_path):
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["bench", f"first={b0_onnx}", f"again={b0_onnx}", "--runs", "2", "--warmup", "1",
                                    "--threads", "1", "--no-peak", "--profile", "--json", str(out),
-                                   "--markdown", str(tmp_path / "b.md")])
+                                   "--markdown", str(tmp_path / "b.md"), "--camera-size", "240x320",
+                                   "--camera-size", "480x640", "--cameras", "2", "--camera-frames", "3"])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["settings"]["threads"] == 1 and report["settings"]["interleaved"] is True
@@ -128,6 +129,22 @@ def test_cli_writes_json_with_threads_and_ratios(b0_onnx, tmp_path):
     assert set(profiles) == {"first", "again"}
     assert {"Conv"} <= {o["op_type"] for o in profiles["first"]["op_types"]}
     assert profiles["first"]["integer_kernels"] == []  # a float model runs no integer kernels
+
+    # End to end beside the network alone, for each model, at the camera sizes asked for, in one run.
+    assert set(report["end_to_end"]) == {"first", "again"}
+    e2e = report["end_to_end"]["first"]
+    assert [r["camera"] for r in e2e["rows"]] == [[240, 320], [480, 640]]
+    assert all(r["network_size"] == [256, 320] for r in e2e["rows"])  # the model's own size, whatever the camera
+    for r in e2e["rows"]:
+        assert r["e2e_ms"]["p50"] > 0 and r["ratio"] == r["e2e_ms"]["p50"] / r["network_ms"]["p50"]
+    assert e2e["conditions"]["rounds"] == 2 and e2e["conditions"]["threads"] == 1
+    # Several cameras: the first model only, every frame of every camera delivered.
+    (multi,) = report["multicam"].values()
+    assert multi["cameras"] == 2 and multi["frames_per_camera"] == 3 and multi["lost"] == 0
+    assert multi["ratio"] > 0 and len(multi["per_camera"]) == 2
+    assert all(p["batched"]["frames"] == 6 == p["sequential"]["frames"] for p in multi["per_round"])
+    md = (tmp_path / "b.md").read_text()
+    assert "| 480x640 | 256x320 |" in md and "one batched MultiStream" in md
 
 
 def test_peers_need_a_checkpoint(b0_onnx, tmp_path):

@@ -141,3 +141,21 @@ def test_soak(b0_onnx, tmp_path):
     assert data["frames_delivered"] == 30 and data["lost"] == [] and data["dropped"] == 0
     assert len(data["rss_mb_samples"]) == 3
     assert "| lost or out-of-order frames | 0 | 0 |" in (tmp_path / "soak.md").read_text()
+
+
+def test_multicam(b0_onnx, tmp_path):
+    res = script("multicam").main(["--model", str(b0_onnx), "--cameras", "3", "--frames", "4", "--rounds", "2",
+                                   "--sizes", "240x320", "480x640", "--runs", "2", "--threads", "1",
+                                   "--out", str(tmp_path / "multicam")])
+    data, md = report(tmp_path, "multicam")
+    multi = data["multicam"]
+    assert multi["ratio"] == pytest.approx(res["multicam"]["ratio"]) and multi["ratio"] > 0
+    assert multi["cameras"] == 3 and multi["frames_per_camera"] == 4 and multi["lost"] == 0
+    assert all(p["batched"]["frames"] == 12 == p["sequential"]["frames"] for p in multi["per_round"])
+    assert [c["camera"] for c in multi["per_camera"]] == [0, 1, 2]
+    assert all(0 < c["latency_ms_p50"] <= c["latency_ms_p99"] for c in multi["per_camera"])
+    assert multi["conditions"]["rounds"] == 2 and multi["conditions"]["rewarm"] == 0
+    rows = data["end_to_end"]["rows"]
+    assert [r["camera"] for r in rows] == [[240, 320], [480, 640]] and all(r["ratio"] > 0 for r in rows)
+    assert "| **ratio** (median of rounds) |" in md and "| 480x640 | 256x320 |" in md
+    assert (tmp_path / "multicam.png").stat().st_size > 0
