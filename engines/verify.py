@@ -95,11 +95,17 @@ def _shown(shape: Sequence[object]) -> str:
     return "x".join(str(d) if _fixed(d) else "?" for d in shape)
 
 
-def _image_input(path: Path, inputs: Sequence[TensorInfo]) -> TensorInfo:
-    """The model's one image input, N x 3 x H x W; a ConfigError names what differs."""
+def _image_input(path: Path, inputs: Sequence[TensorInfo], frame: bool = False) -> TensorInfo:
+    """The model's one image input: N x 3 x H x W, or N x H x W x 3 uint8 for a frame-form model; a
+    ConfigError names what differs."""
     if len(inputs) != 1:
         raise ConfigError(f"{path.name}: expected one image input, found {len(inputs)}")
     image = inputs[0]
+    if frame:
+        if len(image.shape) != 4 or (_fixed(image.shape[3]) and image.shape[3] != 3):
+            raise ConfigError(f"{path.name}: input {image.name!r} has shape {_shown(image.shape)}; "
+                              "expected N x H x W x 3 (a frame-form model's uint8 frame)")
+        return TensorInfo(image.name, (image.shape[0], 3, *image.shape[1:3]), image.dtype)  # compared as NCHW
     if len(image.shape) != 4 or (_fixed(image.shape[1]) and image.shape[1] != 3):
         raise ConfigError(f"{path.name}: input {image.name!r} has shape {_shown(image.shape)}; "
                           "expected N x 3 x H x W (one image)")
@@ -184,6 +190,22 @@ def _run(runner, path: Path, tensor_for: Callable[[str, Sequence[object]], list[
         raise BackendError(f"running {path.name} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _frame_tensor(frame: np.ndarray, ref: TensorInfo, cand: TensorInfo | None, reference: Path,
+                  candidate: Path) -> np.ndarray:
+    """One BGR frame as a frame-form model's (1, H, W, 3) uint8 input: at its own size, or resized to the
+    size a model fixes (both models must fix the same one)."""
+    import cv2
+
+    from segrt.runtime.frames import as_bgr
+
+    size = _input_size(ref, cand, ModelMetadata(classes=["class_0"], input_size=tuple(frame.shape[:2])),
+                       reference, candidate)
+    bgr = as_bgr(frame, "frame")
+    if bgr.shape[:2] != size:
+        bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(bgr[None])
+
+
 def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.ndarray],
            atol: float = 1e-2, rtol: float = 1e-2, min_agreement: float = 0.99, quiet: bool = True) -> VerifyReport:
     """Run both models on ``frames`` (BGR uint8) and compare every output, matched by position.
@@ -199,16 +221,23 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
         G_LOGGER.module_severity = G_LOGGER.WARNING
     reference, candidate = Path(reference), Path(candidate)
     _model, info = inspect_model(reference)
-    ref_input = _image_input(reference, info.inputs)
-    cand_info = inspect_model(candidate)[1] if candidate.suffix.lower() == ".onnx" else None
-    cand_input = _image_input(candidate, cand_info.inputs) if cand_info is not None else None
     meta = info.metadata or ModelMetadata(classes=["class_0"], input_size=None)
-    size = _input_size(ref_input, cand_input, meta, reference, candidate)
+    frame_form = meta.form == "frame"
+    ref_input = _image_input(reference, info.inputs, frame_form)
+    cand_info = inspect_model(candidate)[1] if candidate.suffix.lower() == ".onnx" else None
+    if cand_info is not None and (cand_info.metadata is not None and cand_info.metadata.form != meta.form):
+        raise ConfigError(f"{candidate.name} is a {cand_info.metadata.form}-form model but {reference.name} is a "
+                          f"{meta.form}-form model: their outputs cannot be compared (export both with one --form)")
+    cand_input = _image_input(candidate, cand_info.inputs, frame_form) if cand_info is not None else None
+    size = _input_size(ref_input, cand_input, meta, reference, candidate) if not frame_form else (0, 0)
     if cand_info is not None:
         _check_outputs(reference, candidate, [(o.name, o.shape) for o in info.outputs],
                        [(o.name, o.shape) for o in cand_info.outputs])
         _check_classes(reference, candidate, info.metadata, cand_info.metadata)
-    tensors = [frames_to_input([f], size, meta.mean, meta.std) for f in frames]
+    if frame_form:  # the graphs resize and normalise themselves: they take the frames as the camera gives them
+        tensors = [_frame_tensor(f, ref_input, cand_input, reference, candidate) for f in frames]
+    else:
+        tensors = [frames_to_input([f], size, meta.mean, meta.std) for f in frames]
     if not tensors:
         raise ConfigError("no images to verify on")
 
@@ -216,7 +245,10 @@ def verify(reference: str | Path, candidate: str | Path, frames: Sequence[np.nda
         """An engine's input is known only once it is loaded: check it as the ONNX one was checked."""
         if cand_input is None:
             engine = TensorInfo(name, tuple(d if isinstance(d, int) and _fixed(d) else None for d in shape), "")
-            _input_size(ref_input, _image_input(candidate, [engine]), meta, reference, candidate)
+            checked = _image_input(candidate, [engine], frame_form)
+            if frame_form:
+                return [_frame_tensor(f, ref_input, checked, reference, candidate) for f in frames]
+            _input_size(ref_input, checked, meta, reference, candidate)
         return tensors
 
     cand_runs = _run(_runner(candidate, "candidate"), candidate, engine_input)

@@ -23,6 +23,7 @@ from torch import nn
 from segrt.export.methods.folding import fold_decoder, has_foldable_head
 from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.model.segformer import SegFormer
+from segrt.export.passes import frame_graph
 from segrt.export.passes.compare import relative_error
 from segrt.export.passes.gelu_order import reorder_gelu
 from segrt.runtime import sinks
@@ -36,6 +37,7 @@ DEFAULT_OPSET = 17  # first opset with native LayerNormalization (avoids an FP16
 MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked per version by `segrt build`
 TOLERANCE = 1e-4
 OUTPUTS = ("logits", "labels", "upsampled")
+FORMS = ("logits", "frame")  # float NCHW in, logits out / uint8 BGR frame in, mask out (frame_graph)
 
 
 class ExportHead(nn.Module):
@@ -67,15 +69,18 @@ class ExportResult:
     max_rel_error: float
     label_agreement: float
     images: int
+    form: str = "logits"
+    frame_agreement: float | None = None  # frame form: worst share of mask pixels equal to the reference path
 
 
-def _dynamo_export(module: nn.Module, example: torch.Tensor, dynamic: bool, opset: int) -> onnx.ModelProto:
+def _dynamo_export(module: nn.Module, example: torch.Tensor, dynamic: bool, opset: int,
+                   dynamic_batch: bool = False) -> onnx.ModelProto:
     dynamic_shapes = None
-    if dynamic:
+    if dynamic or dynamic_batch:
         # A batch of 2 keeps torch.export from specialising the batch dimension to the example's 1.
         example = example.expand(2, -1, -1, -1).contiguous()
         dyn = torch.export.Dim.DYNAMIC
-        dynamic_shapes = {"x": {0: dyn, 2: dyn, 3: dyn}}
+        dynamic_shapes = {"x": {0: dyn, 2: dyn, 3: dyn} if dynamic else {0: dyn}}
     with warnings.catch_warnings(), _quiet_loggers():
         warnings.simplefilter("ignore")
         try:
@@ -169,13 +174,31 @@ def export_onnx(
     tolerance: float = TOLERANCE,
     transform=None,
     fold: bool = True,
+    form: str = "logits",
+    frame_size: tuple[int, int] | None = None,
+    output_stride: int = 1,
+    post: str = "refine",
+    dynamic_batch: bool = False,
 ) -> ExportResult:
     """Export, pin versions, embed metadata, check the graph, and verify it against PyTorch.
 
     ``transform`` (ModelProto -> ModelProto) runs before verification, so graph rewrites are verified too.
     ``fold`` exports the decoder-folded model (:mod:`.folding`, an exact rewrite) but verifies against
     ``model`` as given. ``segrt`` token-merge ops in the graph get their model-local function definitions.
+
+    ``form="frame"`` then wraps the verified logits graph into the frame form (:mod:`.passes.frame_graph`:
+    uint8 BGR frames of ``frame_size`` or any size in, masks at ``output_stride`` out, ``post`` "refine" or
+    "dense") and verifies that against the reference path (cv2 resize, logits, upsampling, argmax) on the real
+    frames, at two camera sizes when the frame size is open. The Python default stays "logits" (what evaluation,
+    quantization and the method recipes consume); ``segrt export`` defaults to "frame".
+
+    ``dynamic_batch`` keeps the input size fixed but the batch open (several cameras in one run); ``dynamic``
+    opens batch, height and width.
     """
+    if form not in FORMS:
+        raise ExportError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
+    if form == "frame" and output != "logits":
+        raise ExportError(f"the frame form wraps a logits graph; output {output!r} is for the logits form only")
     if not 17 <= opset <= MAX_OPSET:
         raise ExportError(
             f"opset {opset} unsupported: segrt exports opset 17..{MAX_OPSET} "
@@ -186,7 +209,8 @@ def export_onnx(
     fold = fold and has_foldable_head(model)
     exported = ExportHead(fold_decoder(model), output).eval() if fold else module
     example = torch.from_numpy(frames_to_input([np.zeros((*size, 3), np.uint8)], size, metadata.mean, metadata.std))
-    proto = merge_ops.attach_local_functions(pin_versions(_dynamo_export(exported, example, dynamic, opset), opset))
+    proto = _dynamo_export(exported, example, dynamic, opset, dynamic_batch)
+    proto = merge_ops.attach_local_functions(pin_versions(proto, opset))
     proto = reorder_gelu(proto)  # lets ONNX Runtime fuse GELU (see .gelu_order); verified below like any rewrite
     if transform is not None:
         proto = transform(proto)
@@ -217,5 +241,12 @@ def export_onnx(
         other = (size[0] + 64, size[1] - 32)
         e2, a2 = verify_onnx(data, module, frames[:1], meta, other, tolerance)
         err, agree = max(err, e2), min(agree, a2)
-    sinks.write_bytes(out, data, "ONNX model")  # atomic: never a half-written model under the final name
-    return ExportResult(out, err, agree, len(frames))
+    if form == "logits":
+        sinks.write_bytes(out, data, "ONNX model")  # atomic: never a half-written model under the final name
+        return ExportResult(out, err, agree, len(frames))
+    framed, frame_agree = frame_graph.wrap_verified(proto, frames, frame_size=frame_size, output_stride=output_stride,
+                                                    post=post)
+    buf = io.BytesIO()
+    onnx.save_model(framed, buf)
+    sinks.write_bytes(out, buf.getvalue(), "ONNX model")
+    return ExportResult(out, err, agree, len(frames), form, frame_agree)

@@ -68,6 +68,16 @@ def tiny_onnx() -> Path:
     return TINY_ONNX
 
 
+TINY_FRAME_ONNX = REPO / "tests" / "fixtures" / "segformer-tiny-frame.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_frame_onnx() -> Path:
+    """The frame form of the same seeded tiny SegFormer (tools/make_test_model.py): uint8 BGR frames of any size
+    and a dynamic batch in, uint8 masks at the frame's size out ("refine" post-processing), torch-free."""
+    return TINY_FRAME_ONNX
+
+
 @pytest.fixture
 def regular_file(tmp_path) -> Path:
     """A regular file where a folder would have to be: writes under it fail even for root (tests run as root,

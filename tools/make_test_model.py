@@ -1,4 +1,5 @@
-"""Write the small committed ONNX model the runtime tests use (tests/fixtures/segformer-tiny.onnx).
+"""Write the small committed ONNX models the runtime tests use (tests/fixtures/segformer-tiny.onnx and its frame
+form, tests/fixtures/segformer-tiny-frame.onnx).
 
 The runtime's tests must run where torch is not installed (CI runs them once in such an environment), so
 their model is a file in the repository rather than an export made at test time. It is a seeded, randomly
@@ -6,7 +7,11 @@ initialised SegFormer with B0's structure at a quarter of its widths and one blo
 of a real export (overlapping patch embeddings, efficient attention with spatial reduction, Mix-FFN, the
 all-MLP decoder, folded), 11 CamVid classes, 256x320 input, verified against PyTorch by segrt's exporter.
 
-    python tools/make_test_model.py            # needs the export extra (torch)
+The frame form (issue 18: uint8 BGR frames of any size in, uint8 masks at the frame's size out, "refine"
+post-processing) wraps the same seeded network exported with a dynamic batch, so that tests can batch frames;
+it is verified against the reference path (cv2 resize, logits, bilinear upsampling, argmax) on real frames.
+
+    python tools/make_test_model.py            # needs the export extra (torch); writes both files
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from segrt.runtime.metadata import ModelMetadata
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
                   "Bicyclist"]
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "segformer-tiny.onnx"
+FRAME_NAME = "segformer-tiny-frame.onnx"
 
 
 def tiny_segformer(seed: int = 0) -> SegFormer:
@@ -40,12 +46,18 @@ def tiny_segformer(seed: int = 0) -> SegFormer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT, help="the logits-form model")
+    parser.add_argument("--frame-out", type=Path, default=None, help=f"the frame form (default: {FRAME_NAME} "
+                                                                      "next to --out)")
     args = parser.parse_args()
     metadata = ModelMetadata(classes=CAMVID_CLASSES, source="tools/make_test_model.py (seed 0, random weights)")
     result = export_onnx(tiny_segformer(), metadata, args.out, size=(256, 320))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB), verified against PyTorch: relative error "
           f"{result.max_rel_error:.1e}, label agreement {result.label_agreement:.2%}")
+    frame_out = args.frame_out or args.out.with_name(FRAME_NAME)
+    result = export_onnx(tiny_segformer(), metadata, frame_out, size=(256, 320), dynamic_batch=True, form="frame")
+    print(f"wrote {frame_out} ({frame_out.stat().st_size / 1e3:.0f} kB), frame form (dynamic batch, any frame size): "
+          f"mask agreement with the reference path {result.frame_agreement:.4%}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from segrt.commands._args import (
 )
 
 PRECISIONS = ("fp32", "fp16", "int8")
+FORMS = ("frame", "logits")
+POSTS = ("refine", "dense")
+MERGE_OPS = ("function", "inline", "plugin")
 
 
 def merge_option(param: typer.CallbackParam, value: str) -> str:
@@ -49,8 +52,22 @@ def export_command(
                              help=f"fixed input size HxW (default: the model's own, else 512x512); sides "
                                   f"{MIN_SIDE}..{MAX_SIDE}, at most {MAX_AREA} pixels"),
     dynamic: bool = typer.Option(False, "--dynamic", help="dynamic batch, height and width"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch",
+                                       help="dynamic batch at the fixed input size (several cameras per run)"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17..21)", callback=in_range(17, 21)),
-    labels: bool = typer.Option(False, "--labels", help="in-graph ArgMax: output uint8 labels instead of logits"),
+    form: str = typer.Option(None, "--form", callback=choice(*FORMS),
+                             help="frame (default): uint8 BGR frames in, label masks out, pre/post-processing in "
+                                  "the graph; logits: float NCHW in, logits out (evaluation, users who want logits; "
+                                  "the default with --merge-ops plugin, a TensorRT-only graph `segrt build` wraps)"),
+    frame_size: str = typer.Option(None, "--frame-size", callback=size_option,
+                                   help="frame form: fixed camera size HxW (default: any frame size)"),
+    output_stride: int = typer.Option(1, "--output-stride", callback=in_range(1, 64),
+                                      help="frame form: mask of ceil(H/N) x ceil(W/N) (default 1: the frame's size)"),
+    post: str = typer.Option("refine", "--post", callback=choice(*POSTS),
+                             help="frame form: refine (exact, fastest on ONNX Runtime CPU) or dense (Resize + "
+                                  "ArgMax, for TensorRT)"),
+    labels: bool = typer.Option(False, "--labels", help="logits form only: in-graph ArgMax at 1/4 resolution, "
+                                                        "uint8 labels instead of logits"),
     tolerance: float = typer.Option(None, "--tolerance", callback=positive,
                                     help="max relative error vs PyTorch on real images (default 1e-4; 1e-3 with "
                                          "bipartite token merging, see segrt.export.methods.merging.model)"),
@@ -64,8 +81,11 @@ def export_command(
     merge: str = typer.Option("none", "--merge", callback=merge_option,
                               help="token merging without retraining: none, 2x2, hq, fast, downsample, "
                                    "or a per-stage JSON config (text or .json file)"),
-    inline_merge_ops: bool = typer.Option(False, "--inline-merge-ops", help="emit token merging as plain standard ops "
-                                          "instead of segrt.TokenMerge/TokenUnmerge local functions"),
+    inline_merge_ops: bool = typer.Option(False, "--inline-merge-ops", help="same as --merge-ops inline"),
+    merge_ops: str = typer.Option("function", "--merge-ops", callback=choice(*MERGE_OPS),
+                                  help="token merge ops as: function (segrt.TokenMerge local functions, run by ONNX "
+                                       "Runtime and every TensorRT), inline (plain standard ops), plugin (TensorRT "
+                                       ">= 10.9 AOT plugin nodes, no function body; see docs/plugins.md)"),
     no_fold: bool = typer.Option(False, "--no-fold",
                                  help="keep the decoder as trained (default: exact decoder folding)"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
@@ -77,22 +97,39 @@ def export_command(
     from segrt.export.onnx_export import export_onnx
 
     check_precision(precision, calib)
+    merge_ops = check_merge_ops(merge_ops, inline_merge_ops, merge, precision)
+    form = form or ("logits" if merge_ops == "plugin" else "frame")
+    check_form(form, labels, frame_size, output_stride, post)
     console = Console()
     with console.status("loading checkpoint"):
         loaded = load_model(checkpoint, trust_pickle=trust_pickle)
     hw = parse_size(size) if size else (loaded.metadata.input_size or (512, 512))
-    model, transform, default_tolerance = merged_model(console, loaded, merge, inline_merge_ops, hw, dynamic)
+    model, transform, default_tolerance = merged_model(console, loaded, merge, merge_ops == "inline", hw, dynamic)
     tolerance = default_tolerance if tolerance is None else tolerance
     fp32_out = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
     with console.status(f"exporting {'dynamic' if dynamic else f'{hw[0]}x{hw[1]}'} ONNX and verifying on real images"):
+        # INT8/FP16: the logits graph is converted first and wrapped afterwards (the wrapper stays FP32)
         result = export_onnx(model, loaded.metadata, fp32_out, size=hw, dynamic=dynamic, opset=opset,
                              output="labels" if labels else "logits", tolerance=tolerance, transform=transform,
-                             fold=not no_fold)
+                             fold=not no_fold, form=form if precision == "fp32" else "logits",
+                             frame_size=parse_size(frame_size, "--frame-size") if frame_size else None,
+                             output_stride=output_stride, post=post, dynamic_batch=dynamic_batch)
     console.print(f"[green]wrote[/] {result.path}  ({result.path.stat().st_size / 1e6:.1f} MB)")
     console.print(f"verified on {result.images} real images: max relative error {result.max_rel_error:.2e}, "
                   f"label agreement {result.label_agreement:.4%}")
+    if result.frame_agreement is not None:
+        console.print(f"frame form ({post}): mask agreement with the reference path {result.frame_agreement:.4%} "
+                      "(worst frame)")
+    if merge_ops == "plugin":
+        from segrt.export.methods.merging.plugin_form import write_plugin_form
+
+        count = write_plugin_form(result.path)
+        console.print(f"[green]rewrote[/] {result.path} in plugin form: {count} segrt::TokenMerge AOT plugin nodes "
+                      "(verified above in function form; builds on TensorRT >= 10.9 only, see docs/plugins.md)")
     if precision != "fp32":
         convert_precision(console, precision, fp32_out, output, calib, calib_count, hw)
+        if form == "frame":
+            wrap_converted(console, output, frame_size, output_stride, post)
 
 
 def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[int, int], dynamic: bool):
@@ -120,6 +157,52 @@ def merged_model(console: Console, loaded, merge: str, inline: bool, hw: tuple[i
                       f"keys/values {p.keys_values[0]} -> {p.keys_values[1]}")
     tolerance = MATCHING_TOLERANCE if config.needs_static_size else TOLERANCE
     return apply_merging(loaded.model, config), (inline_merge_ops if inline else None), tolerance
+
+
+def check_merge_ops(merge_ops: str, inline: bool, merge: str, precision: str) -> str:
+    """The form of the token merge ops; --inline-merge-ops is the older spelling of --merge-ops inline."""
+    from segrt.runtime.errors import ConfigError
+
+    if inline and merge_ops not in ("function", "inline"):
+        raise ConfigError(f"--inline-merge-ops and --merge-ops {merge_ops} contradict each other; give one")
+    form = "inline" if inline else merge_ops
+    if form != "plugin":
+        return form
+    from segrt.export.methods.merging.model import merge_config
+
+    if not merge_config(merge).needs_static_size:
+        raise ConfigError(f"--merge-ops plugin: --merge {merge} has no bipartite matching, so there is no TokenMerge "
+                          "to make a plugin of; use --merge hq, fast or a JSON config with 'bsm'")
+    if precision != "fp32":
+        raise ConfigError(f"--merge-ops plugin with --precision {precision}: the TokenMerge plugin computes in FP32 "
+                          "and the FP16/INT8 conversions are verified with ONNX Runtime, which cannot run plugin "
+                          "nodes; export FP32 (TensorRT 10 still builds FP16 around the plugin) or use the "
+                          "function form")
+    return form
+
+
+def check_form(form: str, labels: bool, frame_size: str | None, output_stride: int, post: str) -> None:
+    from segrt.runtime.errors import ConfigError
+
+    if form not in FORMS:
+        raise ConfigError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
+    if form == "frame" and labels:
+        raise ConfigError("--labels is for --form logits (labels at 1/4 resolution); the frame form already returns "
+                          "full-resolution labels")
+    if form == "logits" and (frame_size or output_stride != 1 or post != "refine"):
+        raise ConfigError("--frame-size, --output-stride and --post apply to --form frame only")
+
+
+def wrap_converted(console: Console, path: Path, frame_size: str | None, output_stride: int, post: str) -> None:
+    """The converted (FP16/INT8) logits graph at ``path`` -> its frame form, verified, in place."""
+    from segrt.export.passes.frame_graph import wrap_file
+    from segrt.runtime.samples import sample_frames
+
+    with console.status("wrapping into the frame form and verifying on real frames"):
+        agreement = wrap_file(path, path, sample_frames(), output_stride=output_stride, post=post,
+                              frame_size=parse_size(frame_size, "--frame-size") if frame_size else None)
+    console.print(f"[green]wrote[/] {path} (frame form, {post}): mask agreement with the reference path on the "
+                  f"converted network {agreement:.4%} (worst frame)")
 
 
 def check_precision(precision: str, calib: Path | None) -> None:

@@ -95,3 +95,19 @@ def test_a_run_time_failure_is_a_backend_error(tmp_path, frames):
     broken = conv_model(tmp_path / "c.onnx", reshape=[1, 11, -1, 7])  # 64*96 pixels are not a multiple of 7
     with pytest.raises(BackendError, match=r"running c\.onnx failed: .*Reshape"):
         verify(conv_model(tmp_path / "ref.onnx", in_shape=(1, 3, 64, 96)), broken, frames)
+
+
+def test_frame_form_models_verify_on_frames_of_their_own_size(tiny_frame_onnx, tmp_path, camvid_frame):
+    """Two frame-form models compare mask to mask on the camera's frames (no float preprocessing by verify)."""
+    import shutil
+
+    candidate = shutil.copy(tiny_frame_onnx, tmp_path / "candidate.onnx")
+    report = verify(tiny_frame_onnx, candidate, [camvid_frame, camvid_frame[:200, :300]])
+    assert report.passed and report.label_agreement == 1.0 and report.images == 2
+
+
+def test_a_frame_form_model_is_not_compared_with_a_logits_model(tiny_frame_onnx, tiny_onnx, camvid_frame):
+    with pytest.raises(ConfigError, match="frame-form model"):
+        verify(tiny_onnx, tiny_frame_onnx, [camvid_frame])
+    with pytest.raises(ConfigError, match="form"):
+        verify(tiny_frame_onnx, tiny_onnx, [camvid_frame])

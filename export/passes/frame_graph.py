@@ -1,0 +1,577 @@
+"""Wrap a logits-form segrt ONNX into the frame form: uint8 BGR frame in, label mask out (issue 18).
+
+The frame form moves what ``runtime/preprocess.py`` does around the network into the graph: resize to the
+network's size, BGR -> RGB, normalisation and NCHW before it; bilinear upsampling of the logits (half_pixel,
+like ``cv2.INTER_LINEAR``) to the mask size and argmax after it. Any logits-form export can be wrapped (plain,
+folded, merged with local functions, pruned, gated, early exit, INT8 Q/DQ, FP16): its nodes, initializers,
+functions, opset and IR version are kept as they are, and :func:`network_of` cuts them back out.
+
+Two post-processing forms compute the same argmax(bilinear(logits)):
+
+- ``dense``: Resize of all K logit planes to the mask size, ArgMax, Cast. For TensorRT (ArgMax runs as TopK
+  k=1; UINT8 only at the I/O, next to a Cast).
+- ``refine``: exact and cheaper on a CPU (:func:`_refine`). Logits are resized vertically only; each mask row
+  is then made of segments between two neighbouring low-resolution columns. Along a segment the logits are
+  a convex combination of its two ends, so a segment whose ends have the same argmax has that label for every
+  pixel in it (a convex combination keeps the dominant class dominant). Only the mixed segments (~10%) are
+  interpolated pixel by pixel, so no K full-resolution float planes are ever made.
+
+Needs onnx and numpy (ONNX Runtime for the verification helpers at the end), no torch: ``segrt build`` runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from segrt.runtime.errors import ExportError
+from segrt.runtime.metadata import MAX_OUTPUT_STRIDE, METADATA_KEY, ModelMetadata
+from segrt.runtime.preprocess import normalisation
+
+POSTS = ("refine", "dense")
+PREFIX = "segrt_frame/"  # names of the wrapper's nodes, initializers and tensors
+FRAME_INPUT = "frame"
+MASK_OUTPUT = "mask"
+MAX_STRIDE = MAX_OUTPUT_STRIDE  # the runtime metadata's bound
+
+
+class _Builder:
+    """Nodes and initializers of the wrapper, every name under :data:`PREFIX`."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{PREFIX}{hint}_{self.count}"
+
+    def const(self, value, dtype=None, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, outputs: int = 1,
+           out: str | None = None, **attrs) -> str:
+        names = [out] if out is not None else [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
+        return names[0]
+
+    def i64(self, *values: int) -> str:
+        return self.const(np.array(values, np.int64), hint="i64")
+
+    def dim(self, shape: str, axis: int) -> str:
+        """Element ``axis`` of a Shape output as an int64 (1,) tensor."""
+        return self.op("Slice", [shape, self.i64(axis), self.i64(axis + 1)], "dim")
+
+    def reduce_max(self, x: str) -> str:
+        # ReduceMax took its axes as an attribute before opset 18 and as an input from 18 on
+        if self.opset >= 18:
+            return self.op("ReduceMax", [x, self.i64(0)], keepdims=1)
+        return self.op("ReduceMax", [x], axes=[0], keepdims=1)
+
+
+# ---------------------------------------------------------------------------------------- reading a model
+
+
+def _raw_metadata(model: onnx.ModelProto) -> dict:
+    values = [p.value for p in model.metadata_props if p.key == METADATA_KEY]
+    if not values:
+        raise ExportError("the model carries no segrt metadata; export it with `segrt export --form logits`")
+    try:
+        raw = json.loads(values[0])
+    except ValueError as exc:
+        raise ExportError(f"the model's segrt metadata is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ExportError("the model's segrt metadata is not a JSON object")
+    return raw
+
+
+def is_frame_form(model: onnx.ModelProto) -> bool:
+    raw = _raw_metadata(model) if any(p.key == METADATA_KEY for p in model.metadata_props) else {}
+    return raw.get("form") == "frame"
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _graph_io(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
+    init = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in init]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ExportError(f"a logits-form model has one input and one output; this one has {len(inputs)} inputs "
+                          f"and {len(model.graph.output)} outputs")
+    inp, out = inputs[0], model.graph.output[0]
+    if inp.type.tensor_type.elem_type == TensorProto.UINT8:
+        raise ExportError(f"the model's input {inp.name!r} is uint8: it is already frame form")
+    shape = _dims(inp)
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT or len(shape) != 4 or shape[1] not in (3, None):
+        raise ExportError(f"the model's input {inp.name!r} is not float32 (N, 3, H, W)")
+    if out.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) or len(_dims(out)) != 4:
+        raise ExportError(f"the model's output {out.name!r} is not (N, K, h, w) float logits")
+    return inp, out
+
+
+def _check_args(frame_size, output_stride: int, post: str) -> tuple[int, int] | None:
+    if post not in POSTS:
+        raise ExportError(f"unknown post-processing {post!r}; expected one of {', '.join(POSTS)}")
+    if isinstance(output_stride, bool) or not isinstance(output_stride, (int, np.integer)) \
+            or not 1 <= output_stride <= MAX_STRIDE:
+        raise ExportError(f"output_stride must be an integer in 1..{MAX_STRIDE}, got {output_stride!r}")
+    if frame_size is None:
+        return None
+    if len(frame_size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                       for v in frame_size):
+        raise ExportError(f"frame_size must be (height, width) positive integers, got {frame_size!r}")
+    return int(frame_size[0]), int(frame_size[1])
+
+
+# ---------------------------------------------------------------------------------------- the wrapper
+
+
+def to_frame_form(model: onnx.ModelProto, *, frame_size: tuple[int, int] | None = None, output_stride: int = 1,
+                  post: str = "refine", mask_int32: bool = False) -> onnx.ModelProto:
+    """The frame form of a logits-form segrt model (a new ModelProto; ``model`` is not changed).
+
+    ``frame_size`` fixes the frame input's (H, W) (None: any size). ``mask_int32`` gives int32 masks past
+    256 classes (TensorRT has no UINT16); otherwise uint16.
+    """
+    fixed = _check_args(frame_size, output_stride, post)
+    raw = _raw_metadata(model)
+    if raw.get("form") == "frame":
+        raise ExportError("the model is already frame form; wrap its logits form (frame_graph.network_of)")
+    meta = ModelMetadata.from_onnx(model)
+    assert meta is not None
+    if meta.output != "logits":
+        raise ExportError(f"the model's output is {meta.output!r}; only a logits-form model can be wrapped "
+                          "(export with `segrt export --form logits` and without --labels)")
+    inp, out = _graph_io(model)
+    in_shape, out_shape = _dims(inp), _dims(out)
+    k = meta.num_classes
+    if out_shape[1] not in (None, k):
+        raise ExportError(f"the metadata names {k} classes but the graph returns {out_shape[1]} channels")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    net_size = (in_shape[2], in_shape[3]) if None not in in_shape[2:] else None
+    if net_size is None and meta.input_size is not None:
+        net_size = meta.input_size
+
+    b = _Builder(opset)
+    frame = _pre(b, inp.name, net_size, fixed, meta.mean, meta.std, cast_first=post == "dense")
+    pre_end = len(b.nodes)
+    frame_shape = b.op("Shape", [frame], "frame_shape")
+    logits = out.name
+    if out.type.tensor_type.elem_type == TensorProto.FLOAT16:
+        logits = b.op("Cast", [logits], "logits32", to=TensorProto.FLOAT)
+    mask_hw = _mask_size(b, frame_shape, output_stride)
+    dtype = TensorProto.UINT8 if k <= 256 else (TensorProto.INT32 if mask_int32 else TensorProto.UINT16)
+    if post == "dense":
+        _dense(b, logits, mask_hw, dtype)
+    else:
+        _refine(b, logits, mask_hw, dtype)
+
+    result = copy.deepcopy(model)
+    graph = result.graph
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(b.nodes[:pre_end] + nodes + b.nodes[pre_end:])
+    graph.initializer.extend(b.inits)
+    # The network's own I/O stays described, so network_of can cut it back out with its exact types and shapes.
+    for value in [v for v in graph.value_info if v.name in (inp.name, out.name)]:
+        graph.value_info.remove(value)
+    graph.value_info.extend([copy.deepcopy(inp), copy.deepcopy(out)])
+    graph.input.remove(next(v for v in graph.input if v.name == inp.name))
+    graph.output.remove(graph.output[0])
+    batch = in_shape[0] if in_shape[0] is not None else "batch"
+    hw = list(fixed) if fixed else ["height", "width"]
+    graph.input.insert(0, helper.make_tensor_value_info(FRAME_INPUT, TensorProto.UINT8, [batch, *hw, 3]))
+    mask_dims = [-(-fixed[0] // output_stride), -(-fixed[1] // output_stride)] if fixed else \
+        ["mask_height", "mask_width"]
+    graph.output.append(helper.make_tensor_value_info(MASK_OUTPUT, dtype, [batch, *mask_dims]))
+    _write_metadata(result, raw, meta, fixed, output_stride, post, inp.name, out.name, net_size)
+    try:
+        onnx.checker.check_model(result)
+    except Exception as exc:  # onnx raises ValidationError and plain exceptions alike
+        raise ExportError(f"the frame-form graph fails onnx.checker: {exc}") from exc
+    return result
+
+
+def _write_metadata(model, raw: dict, meta: ModelMetadata, fixed, stride: int, post: str, net_in: str,
+                    net_out: str, net_size) -> None:
+    # Written as JSON next to ModelMetadata's fields so that runtimes without the frame fields read it too.
+    record = json.loads(meta.to_json())
+    record.update(form="frame", output="mask", frame_size=list(fixed) if fixed else None, output_stride=stride,
+                  input_size=list(net_size) if net_size else None)
+    record["extra"] = {**record.get("extra", {}), "post": post, "network_input": net_in, "network_output": net_out,
+                       "network_metadata": json.dumps(raw, sort_keys=True)}
+    props = [p for p in model.metadata_props if p.key == METADATA_KEY]
+    props[0].value = json.dumps(record, sort_keys=True)
+
+
+def _pre(b: _Builder, net_input: str, net_size, fixed, mean, std, cast_first: bool) -> str:
+    """uint8 NHWC BGR frame -> the network's float NCHW normalised RGB input (named as the network's input);
+    returns a tensor of the frame's shape for the mask size (never the UINT8 input itself with ``cast_first``).
+
+    ``cast_first`` (TensorRT: a UINT8 network input must go straight into a Cast) casts the whole frame to int32;
+    otherwise the resize gathers its bytes first and casts only the network-size result.
+    """
+    scale, offset = normalisation(mean, std)
+    resize = net_size is not None and (fixed is None or tuple(fixed) != tuple(net_size))
+    x = FRAME_INPUT
+    if cast_first:
+        x = b.op("Cast", [x], "frame_i", to=TensorProto.INT32 if resize else TensorProto.FLOAT)
+    shaped = x
+    if resize:
+        x = _cv2_resize(b, x, net_size, fixed, double=not cast_first)
+    if not (cast_first and not resize):
+        x = b.op("Cast", [x], "frame_f", to=TensorProto.FLOAT)
+    x = b.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    x = b.op("Gather", [x, b.i64(2, 1, 0)], "rgb", axis=1)
+    x = b.op("Mul", [x, b.const(scale.reshape(1, 3, 1, 1), np.float32)], "scaled")
+    b.op("Add", [x, b.const(offset.reshape(1, 3, 1, 1), np.float32)], out=net_input)
+    return shaped
+
+
+RESIZE_COEF = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit fixed-point weights
+
+
+def _cv2_coefficients(b: _Builder, n_in: str | int, n_out: int, clamp: bool, double: bool):
+    """Source indices and fixed-point weights of one axis, computed as OpenCV's resize does (see _cv2_resize)."""
+    f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    if isinstance(n_in, int):  # a fixed frame size: the same arithmetic in numpy, stored as constants
+        f = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+        s = np.floor(f)
+        f = (f - s).astype(np.float32)
+        s = s.astype(np.int64)
+        if clamp:
+            f[(s < 0) | (s >= n_in - 1)] = 0
+            s = np.where(s < 0, 0, np.where(s >= n_in - 1, n_in - 1, s))
+        w0 = np.rint((np.float32(1) - f) * np.float32(RESIZE_COEF)).astype(np.int32)
+        w1 = np.rint(f * np.float32(RESIZE_COEF)).astype(np.int32)
+        return (b.const(np.clip(s, 0, n_in - 1)), b.const(np.clip(s + 1, 0, n_in - 1)), b.const(w0), b.const(w1))
+    # cv2 computes the coordinate in double, then rounds it to float (TensorRT has no double: float there)
+    ft, np_ft = (TensorProto.DOUBLE, np.float64) if double else (f32, np.float32)
+    scale = b.op("Div", [b.op("Cast", [n_in], to=ft), b.const(np.array(n_out, np_ft))])
+    pos = b.const((np.arange(n_out) + 0.5).astype(np_ft))
+    f = b.op("Cast", [b.op("Sub", [b.op("Mul", [pos, scale]), b.const(np.array(0.5, np_ft))])], to=f32)
+    s_f = b.op("Floor", [f])
+    f = b.op("Sub", [f, s_f])
+    s = b.op("Cast", [s_f], to=i64)
+    last = b.op("Sub", [n_in, b.i64(1)])
+    if clamp:
+        outside = b.op("Or", [b.op("Less", [s, b.const(np.int64(0))]), b.op("GreaterOrEqual", [s, last])])
+        f = b.op("Where", [outside, b.const(np.float32(0)), f])
+        s = b.op("Where", [b.op("Less", [s, b.const(np.int64(0))]), b.const(np.int64(0)),
+                           b.op("Min", [s, last])])
+    coef = b.const(np.float32(RESIZE_COEF))
+    w0 = b.op("Cast", [b.op("Round", [b.op("Mul", [b.op("Sub", [b.const(np.float32(1)), f]), coef])])], to=i32)
+    w1 = b.op("Cast", [b.op("Round", [b.op("Mul", [f, coef])])], to=i32)
+    zero = b.const(np.array([0], np.int64))
+    i0 = b.op("Clip", [s, b.op("Squeeze", [zero]), b.op("Squeeze", [last])])
+    i1 = b.op("Clip", [b.op("Add", [s, b.const(np.int64(1))]), b.op("Squeeze", [zero]), b.op("Squeeze", [last])])
+    return i0, i1, w0, w1
+
+
+def _cv2_resize(b: _Builder, x: str, net_size, fixed, double: bool) -> str:
+    """cv2.resize(frame, INTER_LINEAR) of (N, H, W, 3) bytes to the network size, bit for bit.
+
+    OpenCV resizes uint8 in fixed point: 11-bit weights from float coordinates (half_pixel; horizontally a source
+    coordinate outside the frame takes the edge pixel), a horizontal pass in int32, then its SIMD vertical pass
+    ((((row0 >> 4) * b0) >> 16) + (((row1 >> 4) * b1) >> 16) + 2) >> 2. ONNX Resize (float, or uint8 which
+    truncates) differs by one level on 10-30% of pixels, which moves 0.5-1% of mask pixels on real frames.
+    The graph gathers the two source rows and columns of every output pixel and does the same integer arithmetic.
+    """
+    i32 = TensorProto.INT32
+    if fixed is not None:
+        h_in, w_in = int(fixed[0]), int(fixed[1])
+    else:
+        shape = b.op("Shape", [x])
+        h_in, w_in = b.op("Squeeze", [b.dim(shape, 1)]), b.op("Squeeze", [b.dim(shape, 2)])
+    y0, y1, b0, b1 = _cv2_coefficients(b, h_in, net_size[0], clamp=False, double=double)
+    x0, x1, a0, a1 = _cv2_coefficients(b, w_in, net_size[1], clamp=True, double=double)
+    # (1, 1, w, 3), not (1, 1, w, 1): ONNX Runtime broadcasts a matching innermost axis ~20x faster
+    a0, a1 = (b.op("Expand", [b.op("Reshape", [a, b.i64(1, 1, -1, 1)]), b.i64(1, 1, 1, 3)]) for a in (a0, a1))
+    b0, b1 = (b.op("Reshape", [v, b.i64(1, -1, 1, 1)]) for v in (b0, b1))
+    rows = []
+    for y in (y0, y1):
+        row = b.op("Gather", [x, y], "src_row", axis=1)  # (N, h, W, 3): whole rows, still bytes when not cast
+        c0, c1 = (b.op("Cast", [b.op("Gather", [row, c], "src_px", axis=2)], to=i32) for c in (x0, x1))
+        rows.append(b.op("Add", [b.op("Mul", [c0, a0]), b.op("Mul", [c1, a1])], "hpass"))  # <= 255 * 2048
+
+    def mul_hi(v: str, w: str) -> str:
+        return b.op("Div", [b.op("Mul", [b.op("Div", [v, b.const(np.int32(16))]), w]), b.const(np.int32(65536))])
+
+    v = b.op("Add", [mul_hi(rows[0], b0), mul_hi(rows[1], b1)])
+    # no saturation needed: each weight pair sums to 2048 (its halves round to even in opposite directions), so
+    # the sum above is at most 1020 and the result at most 255
+    return b.op("Div", [b.op("Add", [v, b.const(np.int32(2))]), b.const(np.int32(4))], "frame_small")
+
+
+def _mask_size(b: _Builder, frame_shape: str, stride: int) -> str:
+    """(2,) int64 mask size: ceil(H / stride), ceil(W / stride)."""
+    hw = b.op("Slice", [frame_shape, b.i64(1), b.i64(3)], "frame_hw")
+    if stride == 1:
+        return hw
+    return b.op("Div", [b.op("Add", [hw, b.i64(stride - 1)]), b.i64(stride)], "mask_hw")
+
+
+def _dense(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
+    nk = b.op("Slice", [b.op("Shape", [logits]), b.i64(0), b.i64(2)], "nk")
+    sizes = b.op("Concat", [nk, mask_hw], "up_sizes", axis=0)
+    up = b.op("Resize", [logits, "", "", sizes], "up", mode="linear", coordinate_transformation_mode="half_pixel")
+    labels = b.op("ArgMax", [up], "labels", axis=1, keepdims=0)
+    b.op("Cast", [labels], out=MASK_OUTPUT, to=dtype)
+
+
+def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
+    """Exact argmax(bilinear(logits)) through row segments (see the module's docstring)."""
+    f32 = TensorProto.FLOAT
+    shape = b.op("Shape", [logits], "lshape")
+    n, w = b.dim(shape, 0), b.dim(shape, 3)
+    hm, wm = b.dim(mask_hw, 0), b.dim(mask_hw, 1)
+    # 1. vertical bilinear resize, K last (ONNX Runtime's NHWC resize kernel): R (N, Hm, w, K)
+    lt = b.op("Transpose", [logits], "nhwk", perm=[0, 2, 3, 1])
+    k = b.dim(shape, 1)
+    rows = b.op("Resize", [lt, "", "", b.op("Concat", [n, hm, w, k], axis=0)], "rows", mode="linear",
+                coordinate_transformation_mode="half_pixel")
+    col_labels = b.op("ArgMax", [rows], "col_labels", axis=3, keepdims=0)  # (N, Hm, w)
+    # 2. segments j = 0..w of each row lie between columns j-1 and j (clamped): left/right end labels
+    first = b.op("Slice", [col_labels, b.i64(0), b.i64(1), b.i64(2)])
+    last = b.op("Slice", [col_labels, b.i64(-1), b.i64(np.iinfo(np.int64).max), b.i64(2)])
+    left = b.op("Concat", [first, col_labels], "left", axis=2)  # (N, Hm, w+1)
+    right = b.op("Concat", [col_labels, last], "right", axis=2)
+    mixed = b.op("Not", [b.op("Equal", [left, right])], "mixed")
+    # 3. per mask column X, in integers so that segments are exact: source x = ((2X+1)w - Wm) / 2Wm (half_pixel),
+    # segment j = floor(x) + 1 clamped to 0..w, and the weight of its right end the remainder / 2Wm
+    xs = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [wm]), b.const(np.int64(1))], "xs")
+    two_wm = b.op("Mul", [wm, b.i64(2)])
+    num = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [xs, b.i64(2)]), b.i64(1)]), w]), wm])  # > 0
+    seg = b.op("Clip", [b.op("Div", [num, two_wm]), b.const(np.int64(0)), b.op("Squeeze", [w])], "seg")
+    # segment j covers mask columns [start_j, end_j) and slots [0, Bx) of row j of a (w+1, Bx) table; the first
+    # segment is right-aligned, the others left-aligned, so that an integer scale (every inner segment Bx long)
+    # makes the pixel map one contiguous run of the flattened table (a Slice instead of a Gather)
+    js = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [b.op("Add", [w, b.i64(1)])]), b.const(np.int64(1))],
+              "js")
+    # end_j = #{X : seg(X) <= j} = min(Wm, (q + 1) // 2) with q = (Wm (2j + 1) - 1) // w, from the formula above
+    q = b.op("Div", [b.op("Sub", [b.op("Mul", [wm, b.op("Add", [b.op("Mul", [js, b.i64(2)]), b.i64(1)])]),
+                                  b.i64(1)]), w])
+    ends = b.op("Min", [b.op("Div", [b.op("Add", [q, b.i64(1)]), b.i64(2)]), wm], "ends")  # (w+1,)
+    starts = b.op("Concat", [b.i64(0), b.op("Slice", [ends, b.i64(0), b.i64(-1)])], "starts", axis=0)
+    bx = b.reduce_max(b.op("Sub", [ends, starts]))  # (1,)
+    first_end = b.op("Slice", [ends, b.i64(0), b.i64(1)])
+    origin = b.op("Concat", [b.op("Sub", [first_end, bx]), b.op("Slice", [starts, b.i64(1), b.i64(-1 + 2 ** 62)])],
+                  "origin", axis=0)  # column of slot 0 of each segment
+    slot = b.op("Sub", [xs, b.op("Gather", [origin, seg], axis=0)], "slot")
+    pix = b.op("Add", [b.op("Mul", [seg, bx]), slot], "pix")  # (Wm,) index into the flat (w+1)*Bx table
+    slots = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [bx]), b.const(np.int64(1))], "slots")
+    slot_x = b.op("Add", [b.op("Unsqueeze", [origin, b.i64(1)]), slots])  # (w+1, Bx) columns
+    slot_x = b.op("Clip", [slot_x, b.const(np.int64(0)), b.op("Squeeze", [b.op("Sub", [wm, b.i64(1)])])])
+    # right-end weight of each slot (slots outside their segment are never read; clipped to stay finite)
+    slot_num = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [slot_x, b.i64(2)]), b.i64(1)]), w]), wm])
+    rem = b.op("Sub", [slot_num, b.op("Mul", [b.op("Unsqueeze", [js, b.i64(1)]), two_wm])])
+    weight = b.op("Div", [b.op("Cast", [rem], to=f32), b.op("Cast", [two_wm], to=f32)])
+    weight = b.op("Clip", [weight, b.const(np.float32(0)), b.const(np.float32(1))], "weight")  # (w+1, Bx)
+    # 4. mixed segments (M of them) with end labels a != b. Along a segment the logits are lines in the weight t,
+    # a wins at t = 0 and b at t = 1, and their upper envelope has its one kink where a and b cross, at t*. A third
+    # class can win somewhere in [0, 1] only if it beats both at t*. So a segment whose argmax at t* is a or b is
+    # "a below t*, b above" (an (M, Bx) comparison); only the rest (rare) interpolate all K logits per pixel.
+    idx = b.op("Transpose", [b.op("NonZero", [mixed])], "mixed_idx", perm=[1, 0])  # (M, 3): n, y, j
+    idx_a = b.op("Sub", [idx, b.i64(0, 0, 1)])
+    end_a, end_b = b.op("GatherND", [rows, idx_a], "end_a"), b.op("GatherND", [rows, idx], "end_b")  # (M, K)
+    label_a = b.op("Unsqueeze", [b.op("GatherND", [left, idx]), b.i64(1)], "label_a")  # (M, 1)
+    label_b = b.op("Unsqueeze", [b.op("GatherND", [right, idx]), b.i64(1)], "label_b")
+    at = {(e, c): b.op("GatherElements", [e, c], axis=1) for e in (end_a, end_b) for c in (label_a, label_b)}
+    lead_a = b.op("Sub", [at[end_a, label_a], at[end_a, label_b]])  # >= 0
+    lead_b = b.op("Sub", [at[end_b, label_b], at[end_b, label_a]])  # >= 0, and not both 0 since a != b
+    cross = b.op("Div", [lead_a, b.op("Add", [lead_a, lead_b])], "t_cross")  # (M, 1)
+    diff = b.op("Sub", [end_b, end_a])
+    at_cross = b.op("ArgMax", [b.op("Add", [end_a, b.op("Mul", [diff, cross])])], axis=1, keepdims=1)
+    two = b.op("Or", [b.op("Equal", [at_cross, label_a]), b.op("Equal", [at_cross, label_b])], "two_classes")
+    seg_j = b.op("Squeeze", [b.op("Gather", [idx, b.i64(2)], axis=1), b.i64(1)])  # (M,)
+    t = b.op("Gather", [weight, seg_j], "t", axis=0)  # (M, Bx)
+    labels = b.op("Where", [b.op("Less", [t, cross]), label_a, label_b], "two_labels")  # (M, Bx)
+    rare = b.op("NonZero", [b.op("Not", [b.op("Squeeze", [two, b.i64(1)])])])  # (1, M3)
+    rare = b.op("Transpose", [rare], "rare_idx", perm=[1, 0])  # (M3, 1)
+    r_a, r_diff, r_t = (b.op("GatherND", [x, rare]) for x in (end_a, diff, t))
+    values = b.op("Add", [b.op("Unsqueeze", [r_a, b.i64(1)]),
+                          b.op("Mul", [b.op("Unsqueeze", [r_diff, b.i64(1)]), b.op("Unsqueeze", [r_t, b.i64(2)])])])
+    r_labels = b.op("ArgMax", [values], "rare_labels", axis=2, keepdims=0)  # (M3, Bx)
+    labels = b.op("ScatterND", [labels, rare, r_labels])
+    # the table is uint8, or int32 past 256 classes (ONNX Runtime's Resize has no uint16); cast at the end
+    table_type = dtype if dtype == TensorProto.UINT8 else TensorProto.INT32
+    seg_labels = b.op("Cast", [labels], "seg_labels", to=table_type)
+    # 5. segment table (N, Hm, w+1, Bx): uniform segments repeat their label, mixed ones get their pixels
+    # (Resize nearest repeats bytes several times faster than Expand on ONNX Runtime CPU)
+    table_shape = b.op("Concat", [b.op("Shape", [left]), bx], axis=0)
+    table = b.op("Resize", [b.op("Unsqueeze", [b.op("Cast", [left], to=table_type), b.i64(3)]), "", "", table_shape],
+                 mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    table = b.op("ScatterND", [table, idx, seg_labels], "table")
+    flat = b.op("Reshape", [table, b.op("Concat", [n, hm, b.i64(-1)], axis=0)], "flat")
+    # 6. table -> mask columns: a Slice where the pixel map is one run, a Gather otherwise
+    offset = b.op("Gather", [pix, b.i64(0)], axis=0)
+    contiguous = b.op("Equal", [b.op("Squeeze", [b.op("ReduceSum", [b.op("Abs", [
+        b.op("Sub", [pix, b.op("Add", [xs, offset])])]), b.i64(0)], keepdims=1)]), b.const(np.int64(0))])
+    then_out = f"{PREFIX}mask_sliced"
+    else_out = f"{PREFIX}mask_gathered"
+    sliced = helper.make_node("Slice", [flat, offset, b.op("Add", [offset, wm]), b.i64(2)], [then_out],
+                              name=b.name("Slice"))
+    gathered = helper.make_node("Gather", [flat, pix], [else_out], name=b.name("Gather"), axis=2)
+    then_graph = helper.make_graph([sliced], "contiguous", [],
+                                   [helper.make_tensor_value_info(then_out, table_type, None)])
+    else_graph = helper.make_graph([gathered], "gathered", [],
+                                   [helper.make_tensor_value_info(else_out, table_type, None)])
+    mask = MASK_OUTPUT if table_type == dtype else b.name("mask_i32")
+    b.nodes.append(helper.make_node("If", [contiguous], [mask], name=b.name("If"), then_branch=then_graph,
+                                    else_branch=else_graph))
+    if mask != MASK_OUTPUT:
+        b.op("Cast", [mask], out=MASK_OUTPUT, to=dtype)
+
+
+# ---------------------------------------------------------------------------------------- back to logits
+
+
+def network_of(frame_model: onnx.ModelProto) -> onnx.ModelProto:
+    """The logits-form network inside a frame-form model (its nodes, initializers, functions and metadata)."""
+    raw = _raw_metadata(frame_model)
+    extra = raw.get("extra") or {}
+    if raw.get("form") != "frame" or "network_input" not in extra or "network_output" not in extra:
+        raise ExportError("the model is not a segrt frame-form graph (no form 'frame' / network_input / "
+                          "network_output in its metadata)")
+    net_in, net_out = extra["network_input"], extra["network_output"]
+    result = copy.deepcopy(frame_model)
+    graph = result.graph
+    described = {v.name: v for v in graph.value_info}
+    if net_in not in described or net_out not in described:
+        raise ExportError(f"the frame-form graph does not describe its network's tensors {net_in!r}/{net_out!r}")
+    keep = [n for n in graph.node if not n.name.startswith(PREFIX)]
+    inits = [i for i in graph.initializer if not i.name.startswith(PREFIX)]
+    values = [v for v in graph.value_info if v.name not in (net_in, net_out) and not v.name.startswith(PREFIX)]
+    inp, out = copy.deepcopy(described[net_in]), copy.deepcopy(described[net_out])
+    del graph.node[:], graph.initializer[:], graph.value_info[:], graph.input[:], graph.output[:]
+    graph.node.extend(keep)
+    graph.initializer.extend(inits)
+    graph.value_info.extend(values)
+    graph.input.append(inp)
+    graph.output.append(out)
+    network_meta = extra.get("network_metadata")
+    for p in result.metadata_props:
+        if p.key == METADATA_KEY and network_meta:
+            p.value = network_meta
+    return result
+
+
+# ---------------------------------------------------------------------------------------- verification
+
+MIN_AGREEMENT = 0.995  # the contract's pixel agreement with the float reference path
+
+
+def reference_masks(logits_session, frames: Sequence[np.ndarray], metadata: ModelMetadata,
+                    output_stride: int = 1) -> list[np.ndarray]:
+    """What the float reference path (runtime/preprocess.py) makes of ``frames`` with the logits-form model
+    (an ONNX Runtime session): one mask per frame at ceil(frame size / output_stride)."""
+    from segrt.runtime.preprocess import frames_to_input, logits_to_mask
+
+    name = logits_session.get_inputs()[0].name
+    masks = []
+    for frame in frames:
+        x = frames_to_input([frame], metadata.input_size, metadata.mean, metadata.std)
+        logits = logits_session.run(None, {name: x})[0][0].astype(np.float32)
+        size = (-(-frame.shape[0] // output_stride), -(-frame.shape[1] // output_stride))
+        masks.append(logits_to_mask(logits, size))
+    return masks
+
+
+def frame_agreement(frame_model: onnx.ModelProto | bytes, logits_model: onnx.ModelProto | bytes,
+                    frames: Sequence[np.ndarray], batch: int = 1) -> list[float]:
+    """Per-frame share of mask pixels where the frame-form graph agrees with the reference path run on the
+    logits-form model, both in ONNX Runtime (CPU). Frames are run ``batch`` at a time (all of one size)."""
+    import onnxruntime as ort
+
+    def session(model):
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    logits_proto = logits_model if isinstance(logits_model, onnx.ModelProto) else onnx.load_from_string(logits_model)
+    frame_proto = frame_model if isinstance(frame_model, onnx.ModelProto) else onnx.load_from_string(frame_model)
+    meta = ModelMetadata.from_onnx(logits_proto)
+    stride = int(json.loads(next(p.value for p in frame_proto.metadata_props if p.key == METADATA_KEY))
+                 .get("output_stride", 1))
+    if meta is None:
+        raise ExportError("the logits-form model carries no segrt metadata")
+    expected = reference_masks(session(logits_proto), frames, meta, stride)
+    graph = session(frame_proto)
+    agreement = []
+    for start in range(0, len(frames), batch):
+        chunk = np.stack([np.ascontiguousarray(f) for f in frames[start:start + batch]])
+        masks = graph.run(None, {FRAME_INPUT: chunk})[0]
+        for mask, want in zip(masks, expected[start:start + batch]):
+            if mask.shape != want.shape:
+                raise ExportError(f"the frame-form graph returned a {mask.shape} mask; the reference is {want.shape}")
+            agreement.append(float((mask.astype(np.int64) == want.astype(np.int64)).mean()))
+    return agreement
+
+
+SECOND_SIZE = (720, 1280)  # a dynamic frame input is also verified at this camera size
+
+
+def verification_sizes(frames: Sequence[np.ndarray], frame_size: tuple[int, int] | None) -> list[list[np.ndarray]]:
+    """Frame sets to verify a frame-form graph on: the fixed camera size, or (any size) the frames' own sizes
+    and a second, larger camera size."""
+    import cv2
+
+    def at(size):
+        return [f if f.shape[:2] == tuple(size) else cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                for f in frames]
+
+    if frame_size is not None:
+        return [at(frame_size)]
+    return [list(frames), at(SECOND_SIZE)]
+
+
+def wrap_verified(logits_model: onnx.ModelProto, frames: Sequence[np.ndarray], *,
+                  frame_size: tuple[int, int] | None = None, output_stride: int = 1, post: str = "refine",
+                  mask_int32: bool = False, min_agreement: float = MIN_AGREEMENT) -> tuple[onnx.ModelProto, float]:
+    """:func:`to_frame_form`, then the frame graph checked against the float reference path on real frames;
+    returns (frame model, worst per-frame agreement). Raises ExportVerificationError below ``min_agreement``."""
+    from segrt.runtime.errors import ExportVerificationError
+
+    if not frames:
+        raise ExportError("frame-form verification needs at least one real frame")
+    frame_model = to_frame_form(logits_model, frame_size=frame_size, output_stride=output_stride, post=post,
+                                mask_int32=mask_int32)
+    frame_bytes, logits_bytes = frame_model.SerializeToString(), logits_model.SerializeToString()
+    worst = 1.0
+    for chunk in verification_sizes(frames, frame_size):
+        worst = min(worst, *frame_agreement(frame_bytes, logits_bytes, chunk))
+    if worst < min_agreement:
+        raise ExportVerificationError(
+            f"the frame-form graph ({post}) agrees with the reference path (cv2 resize, logits, bilinear "
+            f"upsampling, argmax) on only {worst:.4%} of mask pixels (< {min_agreement:.2%}) on {len(frames)} real "
+            "frames")
+    return frame_model, worst
+
+
+def wrap_file(source, out, frames: Sequence[np.ndarray], **options) -> float:
+    """:func:`wrap_verified` of the logits-form ONNX file ``source``, written atomically to ``out`` (which may be
+    ``source``); returns the worst agreement. ``options`` are those of :func:`to_frame_form`."""
+    import io
+
+    from segrt.runtime import sinks
+
+    try:
+        logits_model = onnx.load(str(source))
+    except Exception as exc:  # a truncated or foreign file
+        raise ExportError(f"cannot read {source} as ONNX: {exc}") from exc
+    frame_model, agreement = wrap_verified(logits_model, frames, **options)
+    buf = io.BytesIO()
+    onnx.save_model(frame_model, buf)
+    sinks.write_bytes(out, buf.getvalue(), "ONNX model")
+    return agreement
