@@ -52,7 +52,8 @@ def main() -> None:
     size = tuple(bundled.metadata.input_size)
     torch_metrics = evaluate(TorchPredictor(bundled.model, bundled.metadata), val, description="eval PyTorch")
     onnx_path = HERE / f"{args.name}.onnx"
-    result = export_onnx(bundled.model, bundled.metadata, onnx_path, size=size)
+    # The deploy form: uint8 frames in, masks out, any frame size and batch (models/deploy_form.py).
+    result = export_onnx(bundled.model, bundled.metadata, onnx_path, size=size, form="frame", dynamic_batch=True)
     engine = Engine(onnx_path)
     onnx_metrics = evaluate(engine.infer, val, description="eval ONNX")
 

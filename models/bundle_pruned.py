@@ -81,7 +81,8 @@ def main() -> None:
         TorchPredictor(bundled.model, bundled.metadata), val, limit=args.limit, description="eval PyTorch"
     )
     onnx_path = out / f"{args.name}.onnx"
-    result = export_onnx(bundled.model, bundled.metadata, onnx_path, size=size)
+    # The deploy form: uint8 frames in, masks out, any frame size and batch (models/deploy_form.py).
+    result = export_onnx(bundled.model, bundled.metadata, onnx_path, size=size, form="frame", dynamic_batch=True)
     engine = Engine(onnx_path)
     onnx_metrics = evaluate(engine.infer, val, limit=args.limit, description="eval ONNX")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,9 @@ class Engine:
 
     def _run(self, x: np.ndarray, what: str) -> np.ndarray:
         """The backend's output for batch ``x``, checked to hold one result per frame."""
-        out = self.backend.run(x)
+        return self._checked(self.backend.run(x), x, what)
+
+    def _checked(self, out: Any, x: np.ndarray, what: str) -> np.ndarray:
         if not isinstance(out, np.ndarray) or out.ndim not in (3, 4) or out.shape[0] != x.shape[0]:
             shape = getattr(out, "shape", None)
             got = describe(out) if shape is None else f"shape {shape}"
@@ -176,15 +179,29 @@ class Engine:
         for i, hw in enumerate(sizes):
             groups.setdefault(self._network_size(hw), []).append(i)
         for size, idx in groups.items():
-            step = self._fixed_batch or max(1, min(len(idx), MAX_BATCH_VALUES // (3 * size[0] * size[1])))
-            for start in range(0, len(idx), step):
-                chunk = idx[start : start + step]
-                bgr = [as_bgr(items[i], f"frames[{i}]") for i in chunk]
-                x = frames_to_input(bgr, size, self.metadata.mean, self.metadata.std)
-                out = self._run(x, f"frames {chunk[0]}..{chunk[-1]}")
+            limit = max(1, MAX_BATCH_VALUES // (3 * size[0] * size[1]))
+            chunks = self._chunks(idx, limit)
+            inputs = [frames_to_input([as_bgr(items[i], f"frames[{i}]") for i in chunk], size, self.metadata.mean,
+                                      self.metadata.std) for chunk in chunks]
+            for chunk, out in zip(chunks, self._run_chunks(inputs, chunks), strict=True):
                 for i, m in zip(chunk, self._masks(out, [sizes[i] for i in chunk]), strict=True):
                     masks[i] = m
         return masks  # type: ignore[return-value]
+
+    def _chunks(self, idx: list[int], limit: int) -> list[list[int]]:
+        """Frame indices in the batches the backend runs: the model's fixed batch, else split over the
+        backend's concurrent lanes (CPU cores), each at most ``limit`` frames."""
+        lanes = getattr(self.backend, "lanes", 1)
+        step = self._fixed_batch or max(1, min(limit, -(-len(idx) // lanes)))
+        return [idx[start : start + step] for start in range(0, len(idx), step)]
+
+    def _run_chunks(self, inputs: list[np.ndarray], chunks: list[list[int]]) -> list[np.ndarray]:
+        run_many = getattr(self.backend, "run_many", None)
+        if run_many is None or len(inputs) < 2:
+            return [self._run(x, f"frames {c[0]}..{c[-1]}") for x, c in zip(inputs, chunks, strict=True)]
+        outs = run_many(inputs)
+        return [self._checked(out, x, f"frames {c[0]}..{c[-1]}")
+                for out, x, c in zip(outs, inputs, chunks, strict=True)]
 
     def _infer_frames(self, items: list, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Frame form: frames of one (H, W) stacked as one uint8 (N, H, W, 3) batch; the graph does the rest."""
@@ -201,11 +218,9 @@ class Engine:
         for i, hw in enumerate(sizes):
             groups.setdefault(hw, []).append(i)
         for (h, w), idx in groups.items():
-            step = self._fixed_batch or max(1, min(len(idx), MAX_BATCH_BYTES // (3 * h * w)))
-            for start in range(0, len(idx), step):
-                chunk = idx[start : start + step]
-                x = _stack_frames([items[i] for i in chunk], chunk, h, w)
-                out = self._run(x, f"frames {chunk[0]}..{chunk[-1]}")
+            chunks = self._chunks(idx, max(1, MAX_BATCH_BYTES // (3 * h * w)))
+            inputs = [_stack_frames([items[i] for i in chunk], chunk, h, w) for chunk in chunks]
+            for chunk, out in zip(chunks, self._run_chunks(inputs, chunks), strict=True):
                 # One independent array per frame: a caller writing into one mask cannot touch another's.
                 for j, i in enumerate(chunk):
                     masks[i] = out[0] if len(chunk) == 1 else out[j].copy()

@@ -78,6 +78,21 @@ def tiny_frame_onnx() -> Path:
     return TINY_FRAME_ONNX
 
 
+@pytest.fixture(scope="session")
+def bundled_logits_onnx(tmp_path_factory) -> Path:
+    """The network inside the bundled deploy model (frame form) as a logits-form ONNX, for tests of the float
+    path (Engine.logits); torch-free (onnx and segrt's ONNX passes only)."""
+    import onnx
+
+    from segrt.export.passes.frame_graph import is_frame_form, network_of
+    from segrt.runtime.models import models_dir
+
+    model = onnx.load(str(models_dir() / "camvid-b0.onnx"))
+    path = tmp_path_factory.mktemp("bundled") / "camvid-b0-logits.onnx"
+    onnx.save(network_of(model) if is_frame_form(model) else model, str(path))
+    return path
+
+
 @pytest.fixture
 def regular_file(tmp_path) -> Path:
     """A regular file where a folder would have to be: writes under it fail even for root (tests run as root,

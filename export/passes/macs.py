@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from segrt.export.passes.frame_graph import is_frame_form, network_of
 from segrt.runtime.errors import ConfigError, ModelLoadError
 
 # op type -> (index of the data input "A"/"X", index of the weight input "B"/"W")
@@ -154,8 +155,12 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
 
 
 def count_macs(model: str | Path | onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> MacCount:
-    """MACs of one forward pass. ``input_shape`` (N, C, H, W) is required for dynamic models."""
+    """MACs of one forward pass. ``input_shape`` (N, C, H, W) is required for dynamic models. A frame-form
+    model is counted by its network (the frame's own size, which the pre- and post-processing scale with, is
+    not part of the model)."""
     proto = _load(model)
+    if is_frame_form(proto):
+        proto = network_of(proto)
     if proto.functions:  # model-local functions (segrt token-merge ops) hide MatMuls inside their bodies
         from onnx import inliner
 

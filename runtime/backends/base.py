@@ -35,4 +35,7 @@ class Backend(Protocol):
         graph output is converted), every label checked to be below the class count."""
         ...
 
+    # Optional: ``lanes`` (int) and ``run_many(batches) -> outputs``, batches run concurrently where that is
+    # faster than one after another (ONNX Runtime on the CPU); Engine uses them for several frames at once.
+
     def close(self) -> None: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,7 @@ class OnnxRuntimeBackend:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        self._opts = opts
         self.providers = choose_providers(device)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
@@ -149,6 +152,13 @@ class OnnxRuntimeBackend:
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
         self.form = self.metadata.form
+        # Several batches at once (several cameras): on the CPU, one single-threaded run per core beats one
+        # multi-threaded run after another (benchmarks/multicam.py), so each lane runs on its own thread.
+        cpu_only = self.providers == ["CPUExecutionProvider"]
+        self.lanes = max(1, threads or os.cpu_count() or 1) if cpu_only else 1
+        self._lane_session = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def _read_metadata(self, output, input_dtype: np.dtype) -> ModelMetadata:
         """The model's segrt metadata (or, for a foreign ONNX, today's defaults from its shapes), checked against
@@ -176,8 +186,36 @@ class OnnxRuntimeBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> logits or labels (form "tensor"); uint8 (N, H, W, 3) BGR frames -> (N, Hm, Wm)
         masks in the metadata's mask dtype (form "frame")."""
+        return self._run_on(self.session, batch)
+
+    def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`run` of each batch, up to :attr:`lanes` at once on a single-threaded session of the same model
+        (ONNX Runtime sessions take concurrent runs); outputs in the order of ``batches``."""
+        if len(batches) < 2 or self.lanes < 2:
+            return [self.run(b) for b in batches]
+        session, pool = self._lanes()
+        return list(pool.map(lambda b: self._run_on(session, b), batches))
+
+    def _lanes(self):
+        with self._lock:  # created on first use: an Engine that never gets two batches at once pays nothing
+            if self._lane_session is None or self._pool is None:
+                ort = _ort()
+                opts = ort.SessionOptions()
+                opts.graph_optimization_level = self._opts.graph_optimization_level
+                opts.log_severity_level = 3
+                opts.intra_op_num_threads = 1
+                opts.inter_op_num_threads = 1
+                try:
+                    self._lane_session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                              providers=self.providers)
+                except Exception as exc:
+                    raise _classify_load_error(self.path, exc) from exc
+                self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="segrt-lane")
+            return self._lane_session, self._pool
+
+    def _run_on(self, session, batch: np.ndarray) -> np.ndarray:
         try:
-            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+            out = session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
         # a dynamic graph's output shape is only known now: it must still be what the metadata says
@@ -185,6 +223,10 @@ class OnnxRuntimeBackend:
         return check_output(self.metadata, out, batch.shape[0], self.path, frame_hw=frame_hw)
 
     def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool, self._lane_session = None, None
         self.session = None  # type: ignore[assignment]
 
 

@@ -35,6 +35,12 @@ def _raw(model: onnx.ModelProto) -> dict:
     return json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
 
 
+def bundled_logits(name: str) -> onnx.ModelProto:
+    """The network of a bundled model (the bundled files are the deploy form since issue 18)."""
+    model = onnx.load(f"{REPO}/models/{name}.onnx")
+    return fg.network_of(model) if fg.is_frame_form(model) else model
+
+
 @pytest.fixture(scope="module")
 def frames(camvid_root) -> list[np.ndarray]:
     """Two CamVid val frames and one real bikes.mp4 frame (its own size, 272x640)."""
@@ -68,7 +74,7 @@ def tiny(tiny_onnx) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("post", fg.POSTS)
 def test_bundled_model_matches_reference_at_camera_sizes(post, frames):
-    logits = onnx.load(f"{REPO}/models/camvid-b0.onnx")
+    logits = bundled_logits("camvid-b0")
     framed = fg.to_frame_form(logits, post=post)
     for size in CAMERA_SIZES:
         assert _agreement(framed, logits, _at(frames, size)) >= MIN_AGREEMENT, size
@@ -76,7 +82,7 @@ def test_bundled_model_matches_reference_at_camera_sizes(post, frames):
 
 
 def test_pruned_bundled_model(frames):
-    logits = onnx.load(f"{REPO}/models/camvid-b0-p30.onnx")
+    logits = bundled_logits("camvid-b0-p30")
     framed = fg.to_frame_form(logits)
     assert _agreement(framed, logits, _at(frames, (720, 1280))) >= MIN_AGREEMENT
 
@@ -363,7 +369,7 @@ def test_dense_form_passes_tensorrt_check(merged_logits):
     from segrt.engines.targets import get_target
 
     target = get_target("jetson-orin")
-    bundled = onnx.load(f"{REPO}/models/camvid-b0.onnx")
+    bundled = bundled_logits("camvid-b0")
     for logits in (bundled, merged_logits):
         for frame_size in (None, (720, 1280)):
             dense = fg.to_frame_form(logits, post="dense", frame_size=frame_size, mask_int32=True)

@@ -95,11 +95,9 @@ def test_streams_sharing_one_engine_match_single_frame_inference(engine, frames)
         assert all(np.array_equal(mask, expected[i % len(frames)]) for i, mask in out)
 
 
-def test_many_threads_call_logits_on_one_engine_like_one_thread(frames):
-    """``logits`` shares the engine across threads like ``infer`` does (bundled model: no torch)."""
-    from segrt.runtime.models import models_dir
-
-    with Engine(models_dir() / "camvid-b0.onnx", threads=1) as engine:
+def test_many_threads_call_logits_on_one_engine_like_one_thread(frames, bundled_logits_onnx):
+    """``logits`` shares the engine across threads like ``infer`` does (the bundled network: no torch)."""
+    with Engine(bundled_logits_onnx, threads=1) as engine:
         expected = [engine.logits(f) for f in frames]
         order = [n % len(frames) for n in range(THREADS * 2)]
         results = run_concurrently([lambda i=i: engine.logits(frames[i]) for i in order])

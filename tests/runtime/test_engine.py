@@ -86,7 +86,7 @@ def test_bad_model_files(tmp_path):
         Engine(tmp_path / "corrupt.onnx", backend="warp-drive")
 
 
-def test_every_entry_point_raises_a_typed_error_naming_the_argument(tmp_path):
+def test_every_entry_point_raises_a_typed_error_naming_the_argument(tmp_path, tiny_onnx):
     """One hostile call per public entry point: the exact SegrtError subclass, the argument in the message
     (tests/runtime/test_arguments.py has the full tables). Uses the bundled model: no torch."""
     from segrt.runtime.errors import ConfigError, SourceError
@@ -102,7 +102,8 @@ def test_every_entry_point_raises_a_typed_error_naming_the_argument(tmp_path):
         (lambda: Engine(models_dir() / "camvid-b0.onnx", threads="2"), ConfigError, "threads"),
         (lambda: Engine(models_dir() / "camvid-b0.onnx", device=1.5), ConfigError, "device"),
         (lambda: engine.infer(frame.astype(np.float64)), InputError, "frame dtype"),
-        (lambda: engine.logits(frame[:, :, :2]), InputError, "frame has 2 channels"),
+        (lambda: Engine(tiny_onnx).logits(frame[:, :, :2]), InputError, "frame has 2 channels"),
+        (lambda: engine.logits(frame), ConfigError, "--form logits"),  # the bundled model is frame form
         (lambda: engine.infer_batch(None), InputError, "frames"),
         (lambda: engine.infer_batch(frame), InputError, "single array"),
         (lambda: engine.infer_batch([frame, "x"]), InputError, "frames[1]"),
@@ -145,3 +146,36 @@ def test_overlay_colours_each_class(engine, camvid_frame):
     assert tuple(colour[0, 0]) == (b, g, r)
     blended = overlay(camvid_frame, mask, engine.palette, alpha=0.5)
     assert blended.shape == camvid_frame.shape and blended.dtype == np.uint8
+
+
+def test_several_frames_run_concurrently_on_the_cpu_and_equal_one_at_a_time(bikes_frames_for_lanes):
+    """On ONNX Runtime's CPU provider a batch of frames is split over one single-threaded run per core
+    (benchmarks/multicam.py: faster than one multi-threaded run after another); every mask is the one that frame
+    gets alone, in order."""
+    from segrt.runtime.models import models_dir
+
+    frames = bikes_frames_for_lanes
+    with Engine(models_dir() / "camvid-b0.onnx", threads=2) as engine:
+        assert engine.backend.lanes == 2
+        alone = [engine.infer(f) for f in frames]
+        calls: list[int] = []
+        run_many = engine.backend.run_many
+        engine.backend.run_many = lambda batches: calls.append(len(batches)) or run_many(batches)
+        together = engine.infer_batch(frames)
+    assert calls == [2]  # four frames of one size: two batches of two, run at once
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+    with Engine(models_dir() / "camvid-b0.onnx", threads=1) as engine:
+        assert engine.backend.lanes == 1  # threads=1 means one core: nothing runs beside it
+
+
+@pytest.fixture
+def bikes_frames_for_lanes():
+    import cv2
+
+    from conftest import BIKES
+
+    cap = cv2.VideoCapture(str(BIKES))
+    frames = [cap.read()[1] for _ in range(4)]
+    cap.release()
+    assert all(f is not None for f in frames)
+    return frames
