@@ -146,6 +146,8 @@ def plot(data: dict, path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logits = onnx.load(str(args.model))
+    if fg.is_frame_form(logits):  # a deploy-form model (the bundled ones): measure the network inside it
+        logits = fg.network_of(logits)
     meta = ModelMetadata.from_onnx(logits)
     if meta is None:
         sys.exit(f"{args.model} carries no segrt metadata")
