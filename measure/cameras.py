@@ -21,30 +21,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segrt.measure.bench import summarize
+from segrt.measure.bench import network_path, summarize
 from segrt.measure.harness import run_interleaved
 from segrt.runtime.errors import SegrtError
 
 CAMERA_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (720, 1280), (1080, 1920))
-
-
-def network_path(path: Path, scratch: Path) -> Path | None:
-    """The logits-form network of the ONNX at ``path`` as a file (``path`` itself when it is logits form);
-    None for a TensorRT engine, whose network cannot be cut out."""
-    from segrt.runtime.engine import ENGINE_SUFFIXES
-
-    if path.suffix.lower() in ENGINE_SUFFIXES:
-        return None
-    import onnx
-
-    from segrt.export.passes.frame_graph import is_frame_form, network_of
-
-    model = onnx.load(str(path))
-    if not is_frame_form(model):
-        return path
-    out = scratch / f"{path.stem}.network.onnx"
-    onnx.save(network_of(model), str(out))
-    return out
 
 
 def camera_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

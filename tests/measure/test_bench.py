@@ -187,3 +187,16 @@ def test_peer_candidates_run_in_one_benchmark(tmp_path, camvid_frame):
     assert hf["info"]["max_rel_error_vs_segrt"] < 1e-4
     assert plain["info"]["backend"].endswith("(default session options)")
     assert hf["macs"] == ours["macs"] == plain["macs"]  # one network, counted three ways
+
+
+def test_a_frame_form_model_is_benchmarked_by_its_network(camvid_frame):
+    """The bundled model is frame form: the latency rows time its network on the prepared input (its end to
+    end time is the camera-size section), never a float tensor fed to a uint8 frame input."""
+    from segrt.measure.bench import benchmark_size, segrt_candidate
+    from segrt.runtime.models import models_dir
+
+    cand = segrt_candidate(models_dir() / "camvid-b0.onnx", name="bundled", threads=1)
+    assert cand.note == "network of a frame-form model" and cand.fixed_size == (384, 512)
+    result = benchmark_size([cand], (384, 512), camvid_frame, runs=2, warmup=1)
+    row = result["results"][0]
+    assert not result["skipped"] and row["note"] == cand.note and row["latency_ms"]["p50"] > 0
