@@ -171,7 +171,6 @@ def test_several_frames_run_concurrently_on_the_cpu_and_equal_one_at_a_time(bike
 @pytest.fixture
 def bikes_frames_for_lanes():
     import cv2
-
     from conftest import BIKES
 
     cap = cv2.VideoCapture(str(BIKES))
