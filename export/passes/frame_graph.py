@@ -10,11 +10,13 @@ Two post-processing forms compute the same argmax(bilinear(logits)):
 
 - ``dense``: Resize of all K logit planes to the mask size, ArgMax, Cast. For TensorRT (ArgMax runs as TopK
   k=1; UINT8 only at the I/O, next to a Cast).
-- ``refine``: exact and cheaper on a CPU (:func:`_refine`). Logits are resized vertically only; each mask row
-  is then made of segments between two neighbouring low-resolution columns. Along a segment the logits are
-  a convex combination of its two ends, so a segment whose ends have the same argmax has that label for every
-  pixel in it (a convex combination keeps the dominant class dominant). Only the mixed segments (~10%) are
-  interpolated pixel by pixel, so no K full-resolution float planes are ever made.
+- ``refine``: exact and cheaper on a CPU (:func:`_refine`). Each mask row is made of segments between two
+  neighbouring low-resolution columns. Along a segment the logits are a convex combination of its two ends, so
+  a segment whose ends have the same argmax has that label for every pixel in it (a convex combination keeps
+  the dominant class dominant). Only the mixed segments (~10%) are interpolated pixel by pixel, so no K
+  full-resolution float planes are ever made. The end labels (the argmax of the vertically resized logits at
+  the low-resolution columns) come from the same argument along columns (:func:`_column_labels`), so not even
+  the K planes at full height are made.
 
 Needs onnx and numpy (ONNX Runtime for the verification helpers at the end), no torch: ``segrt build`` runs it.
 """
@@ -337,12 +339,11 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
     shape = b.op("Shape", [logits], "lshape")
     n, w = b.dim(shape, 0), b.dim(shape, 3)
     hm, wm = b.dim(mask_hw, 0), b.dim(mask_hw, 1)
-    # 1. vertical bilinear resize, K last (ONNX Runtime's NHWC resize kernel): R (N, Hm, w, K)
+    # 1. labels of the vertically resized logits at the low-resolution columns: (N, Hm, w), by the same segment
+    # argument along columns (_column_labels), without resizing K planes to Hm rows
     lt = b.op("Transpose", [logits], "nhwk", perm=[0, 2, 3, 1])
-    k = b.dim(shape, 1)
-    rows = b.op("Resize", [lt, "", "", b.op("Concat", [n, hm, w, k], axis=0)], "rows", mode="linear",
-                coordinate_transformation_mode="half_pixel")
-    col_labels = b.op("ArgMax", [rows], "col_labels", axis=3, keepdims=0)  # (N, Hm, w)
+    k, h = b.dim(shape, 1), b.dim(shape, 2)
+    col_labels, top_flat, bottom_flat, seg_y, t_y = _column_labels(b, lt, h, w, k, hm)
     # 2. segments j = 0..w of each row lie between columns j-1 and j (clamped): left/right end labels
     first = b.op("Slice", [col_labels, b.i64(0), b.i64(1), b.i64(2)])
     last = b.op("Slice", [col_labels, b.i64(-1), b.i64(np.iinfo(np.int64).max), b.i64(2)])
@@ -383,11 +384,25 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
     # a wins at t = 0 and b at t = 1, and their upper envelope has its one kink where a and b cross, at t*. A third
     # class can win somewhere in [0, 1] only if it beats both at t*. So a segment whose argmax at t* is a or b is
     # "a below t*, b above" (an (M, Bx) comparison); only the rest (rare) interpolate all K logits per pixel.
-    idx = b.op("Transpose", [b.op("NonZero", [mixed])], "mixed_idx", perm=[1, 0])  # (M, 3): n, y, j
-    idx_a = b.op("Sub", [idx, b.i64(0, 0, 1)])
-    end_a, end_b = b.op("GatherND", [rows, idx_a], "end_a"), b.op("GatherND", [rows, idx], "end_b")  # (M, K)
-    label_a = b.op("Unsqueeze", [b.op("GatherND", [left, idx]), b.i64(1)], "label_a")  # (M, 1)
-    label_b = b.op("Unsqueeze", [b.op("GatherND", [right, idx]), b.i64(1)], "label_b")
+    # Flat indices (NonZero of a 1-D tensor, Gather on axis 0) cost a fraction of NonZero/GatherND on (N, Hm, w+1).
+    # Mixed segments are inner (j in 1..w-1: segments 0 and w have equal ends), between columns j-1 and j.
+    flat_idx = b.op("Squeeze", [b.op("NonZero", [b.op("Reshape", [mixed, b.i64(-1)])]), b.i64(0)], "mixed_idx")
+    w1 = b.op("Add", [w, b.i64(1)])
+    row = b.op("Div", [flat_idx, w1])  # n * Hm + y
+    seg_j = b.op("Sub", [flat_idx, b.op("Mul", [row, w1])], "seg_j")  # (M,)
+    at_b = b.op("Add", [b.op("Mul", [row, w]), seg_j])  # index of column j in the flattened (N * Hm * w) rows
+    at_a = b.op("Sub", [at_b, b.i64(1)])
+    # the segment's end logits: the vertical interpolation at its row of columns j-1 and j
+    image = b.op("Div", [row, hm])
+    y = b.op("Sub", [row, b.op("Mul", [image, hm])])
+    src_b = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [image, b.op("Add", [h, b.i64(1)])]),
+                                                   b.op("Gather", [seg_y, y], axis=0)]), w]), seg_j])
+    t_row = b.op("Unsqueeze", [b.op("Gather", [t_y, y], axis=0), b.i64(1)])  # (M, 1)
+    end_a, end_b = (_lerp(b, top_flat, bottom_flat, src, t_row, f"end_{e}")
+                    for e, src in (("a", b.op("Sub", [src_b, b.i64(1)])), ("b", src_b)))
+    labels_flat = b.op("Reshape", [col_labels, b.i64(-1)])
+    label_a, label_b = (b.op("Unsqueeze", [b.op("Gather", [labels_flat, i], axis=0), b.i64(1)], f"label_{e}")
+                        for e, i in (("a", at_a), ("b", at_b)))  # (M, 1)
     at = {(e, c): b.op("GatherElements", [e, c], axis=1) for e in (end_a, end_b) for c in (label_a, label_b)}
     lead_a = b.op("Sub", [at[end_a, label_a], at[end_a, label_b]])  # >= 0
     lead_b = b.op("Sub", [at[end_b, label_b], at[end_b, label_a]])  # >= 0, and not both 0 since a != b
@@ -395,25 +410,31 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
     diff = b.op("Sub", [end_b, end_a])
     at_cross = b.op("ArgMax", [b.op("Add", [end_a, b.op("Mul", [diff, cross])])], axis=1, keepdims=1)
     two = b.op("Or", [b.op("Equal", [at_cross, label_a]), b.op("Equal", [at_cross, label_b])], "two_classes")
-    seg_j = b.op("Squeeze", [b.op("Gather", [idx, b.i64(2)], axis=1), b.i64(1)])  # (M,)
     t = b.op("Gather", [weight, seg_j], "t", axis=0)  # (M, Bx)
-    labels = b.op("Where", [b.op("Less", [t, cross]), label_a, label_b], "two_labels")  # (M, Bx)
-    rare = b.op("NonZero", [b.op("Not", [b.op("Squeeze", [two, b.i64(1)])])])  # (1, M3)
-    rare = b.op("Transpose", [rare], "rare_idx", perm=[1, 0])  # (M3, 1)
-    r_a, r_diff, r_t = (b.op("GatherND", [x, rare]) for x in (end_a, diff, t))
+    # a + (b - a) [t >= t*] in float (exact for labels < 2^24): ONNX Runtime's broadcasting Where is several
+    # times slower than this Mul and Add
+    label_a_f = b.op("Cast", [label_a], to=f32)
+    step = b.op("Cast", [b.op("GreaterOrEqual", [t, cross])], to=f32)
+    labels = b.op("Add", [label_a_f, b.op("Mul", [step, b.op("Cast", [b.op("Sub", [label_b, label_a])], to=f32)])],
+                  "two_labels")  # (M, Bx)
+    rare = b.op("Squeeze", [b.op("NonZero", [b.op("Not", [b.op("Squeeze", [two, b.i64(1)])])]), b.i64(0)])  # (M3,)
+    r_a, r_diff, r_t = (b.op("Gather", [x, rare], axis=0) for x in (end_a, diff, t))
     values = b.op("Add", [b.op("Unsqueeze", [r_a, b.i64(1)]),
                           b.op("Mul", [b.op("Unsqueeze", [r_diff, b.i64(1)]), b.op("Unsqueeze", [r_t, b.i64(2)])])])
     r_labels = b.op("ArgMax", [values], "rare_labels", axis=2, keepdims=0)  # (M3, Bx)
-    labels = b.op("ScatterND", [labels, rare, r_labels])
-    # the table is uint8, or int32 past 256 classes (ONNX Runtime's Resize has no uint16); cast at the end
+    labels = b.op("ScatterND", [labels, b.op("Unsqueeze", [rare, b.i64(1)]), b.op("Cast", [r_labels], to=f32)])
+    # the table is uint8, or int32 past 256 classes (cast to uint16 at the end)
     table_type = dtype if dtype == TensorProto.UINT8 else TensorProto.INT32
     seg_labels = b.op("Cast", [labels], "seg_labels", to=table_type)
-    # 5. segment table (N, Hm, w+1, Bx): uniform segments repeat their label, mixed ones get their pixels
-    # (Resize nearest repeats bytes several times faster than Expand on ONNX Runtime CPU)
-    table_shape = b.op("Concat", [b.op("Shape", [left]), bx], axis=0)
-    table = b.op("Resize", [b.op("Unsqueeze", [b.op("Cast", [left], to=table_type), b.i64(3)]), "", "", table_shape],
-                 mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    table = b.op("ScatterND", [table, idx, seg_labels], "table")
+    # 5. segment table (N, Hm, w+1, Bx): uniform segments repeat their label, mixed ones get their pixels. The
+    # repeat is a float outer product with ones (exact for labels < 2^24) and a Cast: on ONNX Runtime CPU about
+    # twice as fast as Resize nearest on the bytes, and five times Expand or Tile
+    ones = b.op("ConstantOfShape", [b.op("Concat", [b.i64(1), bx], axis=0)], "ones",
+                value=numpy_helper.from_array(np.ones(1, np.float32)))
+    repeated = b.op("MatMul", [b.op("Unsqueeze", [b.op("Cast", [left], to=f32), b.i64(3)]), ones])
+    table = b.op("Cast", [repeated], to=table_type)
+    table = b.op("Reshape", [table, b.op("Concat", [b.i64(-1), bx], axis=0)])  # (N * Hm * (w+1), Bx)
+    table = b.op("ScatterND", [table, b.op("Unsqueeze", [flat_idx, b.i64(1)]), seg_labels], "table")
     flat = b.op("Reshape", [table, b.op("Concat", [n, hm, b.i64(-1)], axis=0)], "flat")
     # 6. table -> mask columns: a Slice where the pixel map is one run, a Gather otherwise
     offset = b.op("Gather", [pix, b.i64(0)], axis=0)
@@ -433,6 +454,101 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
                                     else_branch=else_graph))
     if mask != MASK_OUTPUT:
         b.op("Cast", [mask], out=MASK_OUTPUT, to=dtype)
+
+
+def _lerp(b: _Builder, top: str, bottom: str, index: str, t: str, hint: str) -> str:
+    lo = b.op("Gather", [top, index], axis=0)
+    return b.op("Add", [lo, b.op("Mul", [b.op("Sub", [b.op("Gather", [bottom, index], axis=0), lo]), t])], hint)
+
+
+def _segments(b: _Builder, n_lo: str, n_hi: str):
+    """Half_pixel bilinear segments of one axis, low resolution ``n_lo`` to ``n_hi`` (int64 (1,) tensors), in
+    integers so that they are exact: per output index Y, its segment seg(Y) in 0..n_lo (between inputs seg-1 and
+    seg, clamped) and the weight t(Y) of the segment's second end; per segment i, its outputs [start_i, end_i)."""
+    f32 = TensorProto.FLOAT
+    ys = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [n_hi]), b.const(np.int64(1))])
+    two = b.op("Mul", [n_hi, b.i64(2)])
+    num = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [ys, b.i64(2)]), b.i64(1)]), n_lo]), n_hi])
+    seg = b.op("Clip", [b.op("Div", [num, two]), b.const(np.int64(0)), b.op("Squeeze", [n_lo])], "seg_y")
+    rem = b.op("Cast", [b.op("Sub", [num, b.op("Mul", [seg, two])])], to=f32)
+    t = b.op("Clip", [b.op("Div", [rem, b.op("Cast", [two], to=f32)]), b.const(np.float32(0)),
+                      b.const(np.float32(1))], "t_y")
+    i = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [b.op("Add", [n_lo, b.i64(1)])]), b.const(np.int64(1))])
+    q = b.op("Div", [b.op("Sub", [b.op("Mul", [n_hi, b.op("Add", [b.op("Mul", [i, b.i64(2)]), b.i64(1)])]),
+                                  b.i64(1)]), n_lo])
+    ends = b.op("Min", [b.op("Div", [b.op("Add", [q, b.i64(1)]), b.i64(2)]), n_hi])
+    starts = b.op("Concat", [b.i64(0), b.op("Slice", [ends, b.i64(0), b.i64(-1)])], axis=0)
+    return seg, t, starts, ends
+
+
+def _column_labels(b: _Builder, lt: str, h: str, w: str, k: str, hm: str):
+    """argmax of the logits (N, h, w, K) resized vertically to Hm rows, as (N, Hm, w) labels.
+
+    Column j of mask row Y lies on the vertical segment between low-resolution rows i-1 and i (clamped): where
+    their argmax agree, so does every row of the segment; where they differ, the two-class crossing weight t*
+    decides ("top below t*, bottom above"), as along rows in _refine; only segments where a third class wins
+    at t* (rare) interpolate all K logits per row. Returns the labels, the flattened (N * (h+1) * w, K) top and
+    bottom end logits of every segment, and per mask row its segment and weight."""
+    i64 = TensorProto.INT64
+    seg_y, t_y, starts, ends = _segments(b, h, hm)
+    end = b.i64(np.iinfo(np.int64).max)
+    low = b.op("ArgMax", [lt], "low_labels", axis=3, keepdims=1)  # (N, h, w, 1)
+
+    def ends_of(x):  # (top, bottom) of the h+1 segments: x with its first / last row repeated
+        first, last = b.op("Slice", [x, b.i64(0), b.i64(1), b.i64(1)]), b.op("Slice", [x, b.i64(-1), end, b.i64(1)])
+        return b.op("Concat", [first, x], axis=1), b.op("Concat", [x, last], axis=1)
+
+    (top, bottom), (top_l, bottom_l) = ends_of(lt), ends_of(low)  # (N, h+1, w, K), (N, h+1, w, 1)
+    h1 = b.op("Add", [h, b.i64(1)])
+    flat_k = b.op("Concat", [b.i64(-1), k], axis=0)
+    top_flat, bottom_flat = b.op("Reshape", [top, flat_k]), b.op("Reshape", [bottom, flat_k])
+    # the crossing weight t* of the mixed segments only (Mv of them, flat indices into (N, h+1, w))
+    mixed = b.op("Squeeze", [b.op("NonZero", [b.op("Reshape", [b.op("Not", [b.op("Equal", [top_l, bottom_l])]),
+                                                               b.i64(-1)])]), b.i64(0)])  # (Mv,)
+    a, c = (b.op("Unsqueeze", [b.op("Gather", [b.op("Reshape", [x, b.i64(-1)]), mixed], axis=0), b.i64(1)])
+            for x in (top_l, bottom_l))  # (Mv, 1) top and bottom labels
+    e_a, e_b = (b.op("Gather", [x, mixed], axis=0) for x in (top_flat, bottom_flat))  # (Mv, K)
+    lead_a = b.op("Sub", [b.op("GatherElements", [e_a, a], axis=1), b.op("GatherElements", [e_a, c], axis=1)])
+    lead_b = b.op("Sub", [b.op("GatherElements", [e_b, c], axis=1), b.op("GatherElements", [e_b, a], axis=1)])
+    cross = b.op("Div", [lead_a, b.op("Add", [lead_a, lead_b])])  # (Mv, 1)
+    at_cross = b.op("ArgMax", [b.op("Add", [e_a, b.op("Mul", [b.op("Sub", [e_b, e_a]), cross])])], axis=1,
+                    keepdims=1)
+    two = b.op("Squeeze", [b.op("Or", [b.op("Equal", [at_cross, a]), b.op("Equal", [at_cross, c])]), b.i64(1)])
+    # every row: top, or bottom from t* on (uniform segments: a threshold of 2 that no weight reaches)
+    grid = b.op("Shape", [b.op("Squeeze", [top_l, b.i64(3)])])  # (N, h+1, w)
+    threshold = b.op("ConstantOfShape", [b.op("ReduceProd", [grid], keepdims=1)],
+                     value=numpy_helper.from_array(np.full(1, 2, np.float32)))
+    threshold = b.op("ScatterND", [threshold, b.op("Unsqueeze", [mixed, b.i64(1)]), b.op("Squeeze", [cross, b.i64(1)])])
+    squeeze = b.i64(3)
+    top_rows, bottom_rows = (b.op("Gather", [b.op("Squeeze", [x, squeeze]), seg_y], axis=1) for x in (top_l, bottom_l))
+    thr_rows = b.op("Gather", [b.op("Reshape", [threshold, grid]), seg_y], axis=1)  # (N, Hm, w): whole-row copies
+    step = b.op("Cast", [b.op("GreaterOrEqual", [b.op("Unsqueeze", [t_y, b.i64(1)]), thr_rows])], to=i64)
+    labels = b.op("Add", [top_rows, b.op("Mul", [b.op("Sub", [bottom_rows, top_rows]), step])])
+    # rare segments with rows (downsampling leaves some segments without any): per row, all K logits
+    filled = b.op("Greater", [ends, starts])  # (h+1,)
+    m_row = b.op("Div", [mixed, w])
+    m_i = b.op("Sub", [m_row, b.op("Mul", [b.op("Div", [m_row, h1]), h1])])
+    rare = b.op("Squeeze", [b.op("NonZero", [b.op("And", [b.op("Not", [two]), b.op("Gather", [filled, m_i], axis=0)])]),
+                            b.i64(0)])
+    rare = b.op("Gather", [mixed, rare], axis=0)  # (R,) flat indices into (N, h+1, w)
+    seg_row = b.op("Div", [rare, w])  # n * (h+1) + i
+    col = b.op("Sub", [rare, b.op("Mul", [seg_row, w])])
+    image = b.op("Div", [seg_row, h1])
+    i = b.op("Sub", [seg_row, b.op("Mul", [image, h1])])
+    first, last = b.op("Gather", [starts, i], axis=0), b.op("Sub", [b.op("Gather", [ends, i], axis=0), b.i64(1)])
+    length = b.reduce_max(b.op("Concat", [b.op("Sub", [ends, starts]), b.i64(0)], axis=0))
+    slots = b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [length]), b.const(np.int64(1))])
+    ys = b.op("Min", [b.op("Add", [b.op("Unsqueeze", [first, b.i64(1)]), slots]),
+                      b.op("Unsqueeze", [last, b.i64(1)])])  # (R, L) rows, the segment's last one repeated
+    t = b.op("Unsqueeze", [b.op("Gather", [t_y, ys], axis=0), b.i64(2)])  # (R, L, 1)
+    lo = b.op("Unsqueeze", [b.op("Gather", [top_flat, rare], axis=0), b.i64(1)])  # (R, 1, K)
+    hi = b.op("Unsqueeze", [b.op("Gather", [bottom_flat, rare], axis=0), b.i64(1)])
+    rare_labels = b.op("ArgMax", [b.op("Add", [lo, b.op("Mul", [b.op("Sub", [hi, lo]), t])])], axis=2, keepdims=0)
+    at = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [b.op("Unsqueeze", [image, b.i64(1)]), hm]), ys]), w]),
+                      b.op("Unsqueeze", [col, b.i64(1)])])  # (R, L) flat (N * Hm * w) positions; repeats agree
+    flat = b.op("ScatterND", [b.op("Reshape", [labels, b.i64(-1)]), b.op("Unsqueeze", [at, b.i64(2)]), rare_labels])
+    col_labels = b.op("Reshape", [flat, b.op("Shape", [labels])], "col_labels")
+    return col_labels, top_flat, bottom_flat, seg_y, t_y
 
 
 # ---------------------------------------------------------------------------------------- back to logits

@@ -98,6 +98,36 @@ def test_post_forms_agree_with_each_other_exactly(tiny, frames):
         assert (a == b).mean() >= 0.9999
 
 
+def _noisy(num_classes: int, size=(64, 80), seed=1) -> onnx.ModelProto:
+    """A logits-form model whose logits vary from pixel to pixel (a random 4x4 stride-4 convolution), so that
+    segments where a third class wins between two others (the refine form's rare paths) are common."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((num_classes, 3, 4, 4)).astype(np.float32)
+    conv = helper.make_node("Conv", ["pixel_values", "weight"], ["output"], strides=[4, 4])
+    graph = helper.make_graph([conv], "noisy",
+                              [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, *size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT,
+                                                             [1, num_classes, size[0] // 4, size[1] // 4])],
+                              [numpy_helper.from_array(weight, "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    ModelMetadata(classes=[f"class {i}" for i in range(num_classes)], input_size=size).to_onnx(model)
+    return model
+
+
+@pytest.mark.parametrize("size", [(720, 1280), (500, 701)])
+def test_refine_equals_dense_on_noisy_logits(size, frames):
+    """Column and row segments with three classes crossing (rare paths) and non-integer scales: refine computes
+    the same argmax(bilinear(logits)) as dense, pixel for pixel but for float near-ties."""
+    logits = _noisy(11)
+    refine, dense = (_session(fg.to_frame_form(logits, post=p)) for p in fg.POSTS)
+    for frame in _at(frames, size):
+        a = refine.run(None, {"frame": frame[None]})[0]
+        b = dense.run(None, {"frame": frame[None]})[0]
+        assert a.shape == b.shape == (1, *size)
+        assert (a == b).mean() >= 0.9999
+    assert _agreement(fg.to_frame_form(logits), logits, _at(frames, size)) >= MIN_AGREEMENT
+
+
 def test_preprocessing_is_cv2_bit_exact(tiny, frames):
     """The in-graph resize reproduces cv2.resize(INTER_LINEAR) on uint8 exactly (network input equal)."""
     for post in fg.POSTS:
