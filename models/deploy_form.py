@@ -37,7 +37,11 @@ def logits_difference(old: Path, new_network: onnx.ModelProto, frames: list[np.n
     from segrt.runtime.metadata import ModelMetadata
     from segrt.runtime.preprocess import frames_to_input
 
-    old_sess = ort.InferenceSession(str(old), providers=["CPUExecutionProvider"])
+    from segrt.export.passes.frame_graph import is_frame_form
+
+    previous = onnx.load(str(old))  # a file already in the deploy form is compared by its network
+    previous = network_of(previous) if is_frame_form(previous) else previous
+    old_sess = ort.InferenceSession(previous.SerializeToString(), providers=["CPUExecutionProvider"])
     new_sess = ort.InferenceSession(new_network.SerializeToString(), providers=["CPUExecutionProvider"])
     meta = ModelMetadata.from_onnx(old_sess.get_modelmeta().custom_metadata_map)
     worst = 0.0
