@@ -174,10 +174,11 @@ def _timed_pipeline(live: _Live, frame: np.ndarray, size: tuple[int, int], track
 
 def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame: np.ndarray, *, runs: int = 20,
                    warmup: int = 3, probes: Sequence[Probe] = (), progress=None, schedule: Schedule | None = None,
-                   rewarm: int = 1, threads: int | None = None) -> dict:
+                   rewarm: int = 1, threads: int | None = None, calibration: dict | None = None) -> dict:
     """Load, warm up and time ``candidates`` (and ``probes``) at one input size with the harness's methodology
     (:mod:`segrt.measure.harness`: interleaved, ``rewarm`` untimed runs before each timed one); ``threads``
-    is recorded with the run's conditions.
+    is recorded with the run's conditions. ``calibration`` (:func:`segrt.measure.peak.measure_peaks`) supplies
+    best-of peaks and the memory bandwidth; a peak is the best of it and of the interleaved probes' best runs.
 
     Returns ``{"size", "results", "probes", "skipped", "conditions"}``; results keep the candidates' order
     and carry ``speedup_vs_first`` (how many times faster than the first measured candidate).
@@ -213,7 +214,7 @@ def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame
     if schedule is not None:
         schedule.order.extend(names[i] for i in order)
     probe_results = [_probe_result(lp) for lp in live_probes]
-    peaks = machine_peaks(probe_results)
+    peaks = machine_peaks(probe_results, (calibration or {}).get("peaks_gmacs_per_s"))
     results = [_result(item, size, runs, warmup, peaks) for item in live]
     for item in live:
         item.runner.close()
@@ -224,6 +225,7 @@ def benchmark_size(candidates: Sequence[Candidate], size: tuple[int, int], frame
             r["speedup_vs_first"] = base / r["latency_ms"]["p50"]
             r["end_to_end_speedup_vs_first"] = base_e2e / r["end_to_end_ms"]["p50"]
     return {"size": list(size), "results": results, "probes": probe_results, "peaks_gmacs_per_s": peaks,
+            "bandwidth_gbs": (calibration or {}).get("bandwidth_gbs"), "peak_calibration": calibration,
             "skipped": skipped, "conditions": conditions.to_dict()}
 
 
@@ -273,14 +275,17 @@ def _probe_result(lp: _LiveProbe) -> dict:
     latency = summarize(lp.times)
     return {"name": lp.probe.name, "precision": lp.probe.precision, "macs": lp.probe.macs,
             "threads": lp.probe.threads, "latency_ms": latency,
-            "gmacs_per_s": lp.probe.macs / (latency["p50"] / 1000) / 1e9}
+            "gmacs_per_s": lp.probe.macs / (latency["p50"] / 1000) / 1e9,
+            "best_gmacs_per_s": lp.probe.macs / (latency["min"] / 1000) / 1e9}
 
 
-def machine_peaks(probe_results: Sequence[dict]) -> dict[str, float]:
-    """Best measured GMAC/s per precision; a float16 model is held against the float32 peak."""
-    peaks: dict[str, float] = {}
+def machine_peaks(probe_results: Sequence[dict], calibrated: dict[str, float] | None = None) -> dict[str, float]:
+    """Best measured GMAC/s per precision (a probe's best run, not its median: a peak is what the machine
+    reaches), and at least the ``calibrated`` best-of peaks; a float16 model is held against the float32 peak."""
+    peaks: dict[str, float] = dict(calibrated or {})
     for p in probe_results:
-        peaks[p["precision"]] = max(peaks.get(p["precision"], 0.0), p["gmacs_per_s"])
+        best = max(p["gmacs_per_s"], p.get("best_gmacs_per_s", 0.0))
+        peaks[p["precision"]] = max(peaks.get(p["precision"], 0.0), best)
     return peaks
 
 

@@ -28,6 +28,7 @@ class OpTypeTime:
     ms_per_run: float
     nodes: int  # distinct graph nodes of this type
     input_types: list[str] = field(default_factory=list)  # element types of the first input, e.g. ["uint8"]
+    bytes_per_run: float = 0.0  # inputs + weights + outputs the kernels touched (the profiler's sizes)
 
     @property
     def integer(self) -> bool:
@@ -55,7 +56,8 @@ class KernelProfile:
         return {"model": self.model, "runs": self.runs, "threads": self.threads,
                 "total_ms_per_run": self.total_ms_per_run,
                 "op_types": [{"op_type": o.op_type, "ms_per_run": o.ms_per_run, "nodes": o.nodes,
-                              "input_types": o.input_types} for o in self.top(len(self.op_types))],
+                              "input_types": o.input_types, "bytes_per_run": o.bytes_per_run}
+                             for o in self.top(len(self.op_types))],
                 "integer_kernels": self.integer_kernels()}
 
 
@@ -64,6 +66,7 @@ def parse_profile(events: list[dict], runs: int) -> tuple[float, list[OpTypeTime
     totals: dict[str, float] = defaultdict(float)
     nodes: dict[str, set[str]] = defaultdict(set)
     types: dict[str, set[str]] = defaultdict(set)
+    moved: dict[str, float] = defaultdict(float)
     for ev in events:
         if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
             continue
@@ -71,11 +74,31 @@ def parse_profile(events: list[dict], runs: int) -> tuple[float, list[OpTypeTime
         op = args.get("op_name", "?")
         totals[op] += float(ev.get("dur", 0)) / 1000.0
         nodes[op].add(ev["name"])
+        moved[op] += _bytes_of(args)
         shapes = args.get("input_type_shape") or []
         if shapes and isinstance(shapes[0], dict):
             types[op].update(shapes[0].keys())
-    ops = [OpTypeTime(op, totals[op] / runs, len(nodes[op]), sorted(types[op])) for op in totals]
+    ops = [OpTypeTime(op, totals[op] / runs, len(nodes[op]), sorted(types[op]), moved[op] / runs) for op in totals]
     return sum(totals.values()) / runs, ops
+
+
+ELEMENT_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int64": 8, "int32": 4, "int16": 2,
+                 "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def _bytes_of(args: dict) -> float:
+    """Bytes a kernel read and wrote: the profiler's activation + parameter + output sizes, else the
+    element counts of its input and output shapes."""
+    try:
+        return float(sum(int(args[k]) for k in ("activation_size", "parameter_size", "output_size")))
+    except (KeyError, TypeError, ValueError):
+        pass
+    total = 0.0
+    for entry in (args.get("input_type_shape") or []) + (args.get("output_type_shape") or []):
+        if isinstance(entry, dict):
+            for kind, shape in entry.items():
+                total += ELEMENT_BYTES.get(kind, 4) * float(np.prod(shape or [1]))
+    return total
 
 
 def profile_kernels(model: str | Path, batch: np.ndarray, runs: int = 5, threads: int | None = None,

@@ -99,7 +99,8 @@ def main() -> None:
     c = bundled.model.config
     prune_cmd = (
         f"segrt prune models/{args.reference}.safetensors --flops {pruning['flops']} --data ../shared/data/camvid "
-        f"-o b0-p.safetensors --rounds {prune_cfg.get('rounds', '?')} --steps {prune_cfg.get('steps', '?')}"
+        f"-o b0-p.safetensors --rounds {prune_cfg.get('rounds', '?')} --steps {prune_cfg.get('steps', '?')} "
+        f"--align {pruning.get('align', 1)}"
     )
     distill_cmd = (
         f"segrt distill --teacher models/{args.reference}.safetensors --student b0-p.safetensors "

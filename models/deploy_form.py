@@ -34,10 +34,9 @@ def logits_difference(old: Path, new_network: onnx.ModelProto, frames: list[np.n
     """Largest relative difference between the old file's logits and the new file's network, same inputs."""
     import onnxruntime as ort
 
+    from segrt.export.passes.frame_graph import is_frame_form
     from segrt.runtime.metadata import ModelMetadata
     from segrt.runtime.preprocess import frames_to_input
-
-    from segrt.export.passes.frame_graph import is_frame_form
 
     previous = onnx.load(str(old))  # a file already in the deploy form is compared by its network
     previous = network_of(previous) if is_frame_form(previous) else previous

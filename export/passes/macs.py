@@ -78,9 +78,12 @@ def _fix_input_shape(proto: onnx.ModelProto, shape: tuple[int, ...] | None) -> t
     dims = inputs[0].type.tensor_type.shape.dim
     current = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if shape is None:
-        if any(d is None for d in current):
+        if current and current[0] is None and all(d is not None for d in current[1:]):
+            shape = (1, *current[1:])  # only the batch is open: MACs of one image
+        elif any(d is None for d in current):
             raise ConfigError(f"input {inputs[0].name} has dynamic dimensions {current}: pass the input shape")
-        return tuple(current)  # type: ignore[arg-type]
+        else:
+            return tuple(current)  # type: ignore[arg-type]
     if len(shape) != len(current) or any(c is not None and c != s for c, s in zip(current, shape)):
         raise ConfigError(f"input shape {tuple(shape)} does not fit the model's {current}")
     for d, s in zip(dims, shape):

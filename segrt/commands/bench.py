@@ -103,6 +103,11 @@ def print_group(console: Console, group: dict) -> None:
     console.print(table)
     for p in group["probes"]:
         console.print(f"  peak probe {p['name']} (threads {p['threads']}): {p['gmacs_per_s']:.1f} GMAC/s")
+    if group.get("peaks_gmacs_per_s"):
+        bw = group.get("bandwidth_gbs")
+        console.print("  peaks (best of the sweep and the probes): " + ", ".join(
+            f"{k} {v:.1f} GMAC/s" for k, v in sorted(group["peaks_gmacs_per_s"].items()))
+            + (f"; memory bandwidth {bw:.1f} GB/s" if bw else ""))
     for s in group["skipped"]:
         console.print(f"  [yellow]skipped[/] {s['name']}: {s['reason']}")
 
@@ -110,14 +115,19 @@ def print_group(console: Console, group: dict) -> None:
 def report_profiles(console: Console, candidates: list, frame, threads: int, group: dict) -> None:
     """ONNX Runtime's profiler on every ONNX candidate of ``group``: kept in the group, summarised on screen."""
     from segrt.measure.profile import profile_group
+    from segrt.measure.roofline import profile_roofline, summary_line
 
     h, w = group["size"]
-    for name, prof in profile_group(candidates, group, frame, threads).items():
+    profiles = profile_group(candidates, group, frame, threads)
+    for name, prof in profiles.items():
         top = ", ".join(f"{o.op_type} {o.ms_per_run:.1f}" for o in prof.top(8))
         kernels = ", ".join(prof.integer_kernels()) or "none (float kernels only)"
         console.print(f"[bold]{name}[/] {h}x{w}: {prof.total_ms_per_run:.1f} ms of kernels per run; "
                       f"top ms: {top}; integer kernels: {kernels}")
         group.setdefault("kernel_profiles", {})[name] = prof.to_dict()
+    group["roofline"] = profile_roofline(group, profiles)
+    for name, split in group["roofline"].items():
+        console.print("  " + summary_line(name, split), highlight=False)
 
 
 def bench(
@@ -145,6 +155,9 @@ def bench(
                                  callback=output_folder),
     profile: bool = typer.Option(False, "--profile", help="also run ONNX Runtime's profiler on each ONNX model: "
                                  "which kernels ran (QLinearConv, QLinearMatMul ...) and time per operator type"),
+    roofline: Path = typer.Option(None, "--roofline", help="write a roofline plot (PNG) of the profiled models: "
+                                  "compute- vs memory-bound kernel time against the measured peaks (implies "
+                                  "--profile)", callback=output_file),
     e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="for ONNX/engines: end-to-end Engine.infer (frame to "
                              "mask) beside the network alone, at camera sizes"),
     camera_size: list[str] = typer.Option(None, "--camera-size", help="camera size HxW for --e2e; repeat for "
@@ -162,7 +175,7 @@ def bench(
 
     from segrt.measure.bench import benchmark_size, environment
     from segrt.measure.harness import default_threads
-    from segrt.measure.peak import default_probes
+    from segrt.measure.peak import default_probes, measure_peaks
     from segrt.measure.report import markdown_table, write_json, write_text
     from segrt.runtime.progress import make_progress
     from segrt.runtime.samples import sample_frames
@@ -186,16 +199,30 @@ def bench(
                   f"{threads} thread(s), {warmup} warm-up + {runs} interleaved runs each "
                   f"({rewarm} untimed before each)")
     groups = []
+    calibration = None
+    if peak:
+        with console.status("peak sweep: large GEMMs and array streams (best of 3 each)") as status:
+            calibration = measure_peaks(threads, progress=lambda what: status.update(f"peak sweep: {what}"))
     with make_progress() as progress:
         for hw in sizes:
             groups.append(benchmark_size(candidates, hw, frame, runs=runs, warmup=warmup, rewarm=rewarm,
-                                         threads=threads, probes=default_probes(threads) if peak else (),
-                                         progress=progress))
+                                         threads=threads, progress=progress, calibration=calibration,
+                                         probes=default_probes(threads, calibration["best_size"]) if calibration
+                                         else ()))
     for group in groups:
         print_group(console, group)
-    if profile:
+    if profile or roofline:
         for group in groups:
             report_profiles(console, candidates, frame, threads, group)
+    if roofline:
+        from segrt.measure.roofline import plot_roofline
+
+        splits = {(f"{n} {g['size'][0]}x{g['size'][1]}" if len(groups) > 1 else n): s
+                  for g in groups for n, s in g.get("roofline", {}).items()}
+        if splits and plot_roofline(splits, groups[0]["peaks_gmacs_per_s"], groups[0].get("bandwidth_gbs"), roofline):
+            console.print(f"wrote {roofline}")
+        else:
+            console.print("[yellow]no roofline plot[/]: no ONNX Runtime model was profiled, or matplotlib is missing")
     exported = [(name or Path(spec).stem, spec) for name, spec in map(_split_label, models) if is_exported(spec)]
     camera_sizes = [parse_size(s, "--camera-size") for s in camera_size] if camera_size else None
     end_to_end, multicam = camera_reports(console, exported if e2e else [], exported[:1] if cameras else [],

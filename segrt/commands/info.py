@@ -26,7 +26,24 @@ def info_command(model: str = typer.Argument("camvid-b0", help="ONNX file, engin
         ("source", str(meta.source or "-")), ("source sha256", str(meta.source_sha256 or "-")),
     ]:
         table.add_row(key, Text(value))  # Text: class names or paths with [brackets] are not markup
+    if "pruning" in meta.extra:
+        table.add_row("pruning", Text(_pruning_summary(meta.extra["pruning"])))
     Console().print(table)
+
+
+def _pruning_summary(text: str) -> str:
+    """``0.512 of 1.034 GMACs, widths aligned to 16`` from the record `segrt prune` writes."""
+    import json
+
+    try:
+        record = json.loads(text)
+        macs = f"{float(record['gmacs']):.3f} of {float(record['source_gmacs']):.3f} GMACs"
+    except (ValueError, TypeError, KeyError):
+        return "(unreadable pruning record)"
+    align = record.get("align")
+    if align is None:
+        return f"{macs}, widths not rounded (pruned before --align)"
+    return f"{macs}, " + ("widths not rounded (--align 1)" if align == 1 else f"widths multiples of {align} channels")
 
 
 def register(root: typer.Typer) -> None:

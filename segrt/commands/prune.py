@@ -41,6 +41,9 @@ def prune_command(
     cls_weight: float = opt.weight_option("--cls-weight", 1.0, "weight of the image-level task's importance"),
     min_keep: float = typer.Option(0.125, "--min-keep", help="fraction of every group family that is always kept",
                                    callback=fraction),
+    align: int = typer.Option(16, "--align", callback=at_least_one,
+                              help="round pruned widths (MLP hidden, attention, decoder) to multiples of this many "
+                                   "channels, as close below the budget as possible (1: no rounding)"),
     time_budget: float = opt.time_budget_option("seconds; stop with resumable state when exceeded"),
     threads: int = opt.threads_option(),
     seed: int = opt.seed_option(),
@@ -55,7 +58,7 @@ def prune_command(
     console = Console()
     cfg = PruneConfig(data=str(data), format=fmt, flops=flops, count=count,
                       size=parse_size(size) if size else None, rounds=rounds, steps=steps, batch_size=batch_size,
-                      crop=parse_size(crop, "--crop"), cls_weight=cls_weight, min_keep=min_keep,
+                      crop=parse_size(crop, "--crop"), cls_weight=cls_weight, min_keep=min_keep, align=align,
                       time_budget=time_budget, threads=threads, seed=seed)
     with console.status("loading checkpoint"):
         source = load_model(model)
@@ -65,7 +68,9 @@ def prune_command(
                       f"({result['state']})")
         return
     console.print(f"[green]wrote[/] {output}: {result['gmacs']:.3f} GMACs ({result['fraction']:.1%} of "
-                  f"{result['source_gmacs']:.3f}, {count}); recover accuracy with `segrt distill`")
+                  f"{result['source_gmacs']:.3f}, {count}; "
+                  + (f"widths multiples of {align}" if align > 1 else "widths not rounded")
+                  + "); recover accuracy with `segrt distill`")
 
 
 def register(root: typer.Typer) -> None:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segrt.export.methods.pruning.align import align_plan, widths
 from segrt.export.methods.pruning.groups import Gates, PrunePlan, apply_plan, config_macs, group_costs, shrunk
 from segrt.export.model.checkpoints import LoadedModel, save_checkpoint
 from segrt.export.model.segformer import SegFormer
@@ -61,6 +62,7 @@ class PruneConfig:
     cls_lr: float = 1e-3
     loss: str = "balanced"
     min_keep: float = 0.125  # every group family keeps at least this fraction of its channels
+    align: int = 16  # pruned widths are multiples of this many channels (1: no rounding); see .align
     seed: int = 0
     threads: int | None = None
     time_budget: float | None = None
@@ -93,15 +95,17 @@ def _min_kept(plan_full: PrunePlan, kind: str, s: int, b: int, frac: float) -> i
 
 
 def select(cfg, plan: PrunePlan, scores: dict[tuple, np.ndarray], target: int, size, folded: bool,
-           min_keep: float) -> PrunePlan:
+           min_keep: float, align: int = 1) -> PrunePlan:
     """Greedily remove the group with the least importance per MAC until the model fits ``target``.
 
     ``plan`` is in the original model's (``cfg``'s) indices; ``scores[(kind, s, b)]`` holds one
     importance per group ``plan`` keeps, in its order (the order of the gates of the model it builds).
     Costs are recomputed as the structure shrinks (a channel's cost depends on the heads left, etc.).
+    ``align`` > 1 then rounds the widths to multiples of it (:func:`.align.align_plan`), still within ``target``.
     """
     full = PrunePlan.full(cfg)
     plan = PrunePlan.from_json(plan.to_json())
+    score_of = {key: dict(zip(plan.kept(*key), vals.tolist())) for key, vals in scores.items()}
     queue = {key: sorted(zip(vals.tolist(), plan.kept(*key))) for key, vals in scores.items()}
     macs = config_macs(plan.config(cfg), size, folded)
     costs = group_costs(cfg, plan, size, folded)
@@ -123,6 +127,9 @@ def select(cfg, plan: PrunePlan, scores: dict[tuple, np.ndarray], target: int, s
         # only the families of the touched block change cost (a head's cost depends on its channels ...)
         fresh = group_costs(cfg, plan, size, folded) if key[0] != "mlp" else None
         costs = fresh if fresh is not None else {**costs, key: _cost_of(cfg, plan, key, size, folded)}
+    if align > 1:
+        plan = align_plan(cfg, plan, score_of, target, size, folded, align,
+                          lambda key: _min_kept(full, *key, min_keep))
     return plan
 
 
@@ -290,7 +297,8 @@ class PruneRun:
         scorer.close()
         self.current = None
         round_target = int(self.macs0 * self.cfg.flops ** ((rnd + 1) / self.cfg.rounds))
-        self.plan = select(self.model_cfg, self.plan, scores, round_target, self.size, self.folded, self.cfg.min_keep)
+        self.plan = select(self.model_cfg, self.plan, scores, round_target, self.size, self.folded, self.cfg.min_keep,
+                           self.cfg.align)
         macs = config_macs(self.plan.config(self.model_cfg), self.size, self.folded)
         self.rounds.append({"round": rnd + 1, "gmacs": macs / 1e9, "fraction": macs / self.macs0})
         self.log(f"round {rnd + 1}/{self.cfg.rounds}: {macs / 1e9:.3f} GMACs ({macs / self.macs0:.1%} of "
@@ -330,6 +338,8 @@ def prune(source: LoadedModel, cfg: PruneConfig, out: str | Path, state_path: st
     """Prune ``source`` to ``cfg.flops`` of its MACs; writes the smaller model to ``out`` (safetensors)."""
     if not 0.0 < cfg.flops <= 1.0:
         raise ConfigError(f"--flops must be in (0, 1], got {cfg.flops}")
+    if isinstance(cfg.align, bool) or not isinstance(cfg.align, int) or cfg.align < 1:
+        raise ConfigError(f"--align must be a whole number of channels >= 1 (1: no rounding), got {cfg.align!r}")
     if cfg.count not in ("folded", "unfolded"):
         raise ConfigError(f"count must be 'folded' or 'unfolded', got {cfg.count!r}")
     if cfg.threads:
@@ -358,7 +368,8 @@ def write_pruned(run: PruneRun, out: Path) -> dict:
     meta = run.source.metadata
     record = {"method": "multi-task channel pruning", "flops": run.cfg.flops, "count": run.cfg.count,
               "size": list(run.size), "source_sha256": run.source.sha256, "source_gmacs": run.macs0 / 1e9,
-              "gmacs": gmacs, "plan": json.loads(run.plan.to_json())}
+              "gmacs": gmacs, "align": run.cfg.align, "widths": widths(run.model_cfg, run.plan),
+              "plan": json.loads(run.plan.to_json())}
     meta.extra = {**meta.extra, "pruning": json.dumps(record)}
     save_checkpoint(pruned, meta, out)
     return {"finished": True, "out": str(out), "source_gmacs": run.macs0 / 1e9, "gmacs": gmacs,
@@ -366,5 +377,6 @@ def write_pruned(run: PruneRun, out: Path) -> dict:
 
 
 def _settings(raw: dict) -> dict:
-    # what must match for a resumed run to continue the same one (time budget and threads may change)
-    return {k: v for k, v in json.loads(json.dumps(raw)).items() if k not in ("time_budget", "threads")}
+    # what must match for a resumed run to continue the same one (time budget and threads may change);
+    # states written before --align existed rounded nothing
+    return {"align": 1, **{k: v for k, v in json.loads(json.dumps(raw)).items() if k not in ("time_budget", "threads")}}
