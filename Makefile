@@ -29,7 +29,7 @@ typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
 	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends
 
 lint: $(STAMP)  ## ruff, lines at most 120 columns included
-	$(BIN)/ruff check runtime export engines measure segrt tests benchmarks models tools examples
+	$(BIN)/ruff check runtime export engines measure serving segrt tests benchmarks models tools examples
 
 imports: $(STAMP)  ## architecture contracts (.importlinter): layers, no circles, no torch below export
 	bash tools/check_imports.sh
