@@ -75,9 +75,12 @@ def draw_title(image: np.ndarray, text: str, margin: int = 8) -> np.ndarray:
 
 class Tiler:
     """The latest view of each of ``cameras`` cameras in one grid image of a fixed size (for a window or a
-    video): ``columns`` per row (default: a near-square grid), every tile ``tile_size`` (W, H) (default: the
-    first view's size, scaled down so that the grid is at most ``max_width`` wide). Views keep their aspect
-    ratio (letterboxed in black); a camera with no view yet is a black tile."""
+    video): ``columns`` per row (default: a near-square grid), every tile ``tile_size`` (W, H) (default:
+    640x360, scaled down so that the grid is at most ``max_width`` wide; fixed before any view, because which
+    camera delivers first is up to the cameras and a video's size is fixed by its first frame). Views keep
+    their aspect ratio (letterboxed in black); a camera with no view yet is a black tile."""
+
+    DEFAULT_TILE = (640, 360)
 
     def __init__(self, cameras: int, columns: int | None = None, tile_size: tuple[int, int] | None = None,
                  max_width: int = 1920):
@@ -86,16 +89,15 @@ class Tiler:
         self.columns = check_int(columns, "columns", minimum=1, optional=True) or math.ceil(math.sqrt(cameras))
         self.rows = math.ceil(cameras / self.columns)
         self.max_width = check_int(max_width, "max_width", minimum=16)
+        if tile_size is None:
+            tw = min(self.DEFAULT_TILE[0], self.max_width // self.columns)
+            tile_size = (max(1, tw), max(1, round(tw * self.DEFAULT_TILE[1] / self.DEFAULT_TILE[0])))
         self.tile_size = tile_size
         self._grid: np.ndarray | None = None
 
     def update(self, camera: int, image: np.ndarray) -> None:
         """Show ``image`` (HxWx3 uint8) as camera ``camera``'s view."""
         check_int(camera, "camera", minimum=0, maximum=self.cameras - 1)
-        if self.tile_size is None:
-            h, w = image.shape[:2]
-            scale = min(1.0, self.max_width / (self.columns * w))
-            self.tile_size = (max(1, round(w * scale)), max(1, round(h * scale)))
         tw, th = self.tile_size
         if self._grid is None:
             self._grid = np.zeros((th * self.rows, tw * self.columns, 3), np.uint8)

@@ -183,6 +183,7 @@ def bench(
     # Wide enough for the table when the output is a log file rather than a terminal.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     threads = threads or default_threads()
+    camera_sizes = [parse_size(s, "--camera-size") for s in camera_size] if camera_size else None  # before any work
     if frame_path is not None:
         from segrt.runtime.image_header import check_image_file
 
@@ -224,7 +225,6 @@ def bench(
         else:
             console.print("[yellow]no roofline plot[/]: no ONNX Runtime model was profiled, or matplotlib is missing")
     exported = [(name or Path(spec).stem, spec) for name, spec in map(_split_label, models) if is_exported(spec)]
-    camera_sizes = [parse_size(s, "--camera-size") for s in camera_size] if camera_size else None
     end_to_end, multicam = camera_reports(console, exported if e2e else [], exported[:1] if cameras else [],
                                           frame, camera_sizes, backend, threads, runs, warmup, rewarm, cameras,
                                           camera_source, camera_frames)

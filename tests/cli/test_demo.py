@@ -99,7 +99,7 @@ def test_demo_tiles_several_sources_into_one_video(b0_onnx, camvid_root, tmp_pat
     grids = []
     while (frame := cap.read())[0]:
         grids.append(frame[1])
-    assert grids and grids[-1].shape == (272, 1280, 3)  # two tiles side by side, each the first camera's size
+    assert grids and grids[-1].shape == (360, 1280, 3)  # two 640x360 tiles side by side
     assert 4 <= count_frames(out) <= 8  # one grid per inference tick
     right = grids[-1][:, 640:]  # the last tick: both cameras have shown a frame (the first may have only one)
     assert right.std() > 10  # the CamVid camera's view is in its tile, letterboxed (black bars left and right)

@@ -249,21 +249,21 @@ def test_options_are_checked_before_any_source_opens():
 def test_tiles_keep_each_view_in_its_cell_at_a_fixed_size(bikes_frames, camvid_frame):
     from segrt.runtime.hud import Tiler
 
-    tiles = Tiler(cameras=3)  # 2 columns, 2 rows; tiles the size of the first view (640x272)
+    tiles = Tiler(cameras=3)  # 2 columns, 2 rows of 640x360 tiles, whichever camera delivers first
     with pytest.raises(ConfigError, match="before any view"):
         tiles.image()
-    tiles.update(0, bikes_frames[0])
-    tiles.update(2, camvid_frame)  # 480x360: letterboxed into 363x272
+    tiles.update(2, camvid_frame)  # 480x360: letterboxed left and right into 640x360
+    tiles.update(0, bikes_frames[0])  # 640x272: letterboxed above and below
     grid = tiles.image()
-    assert grid.shape == (544, 1280, 3)
-    assert np.array_equal(grid[:272, :640], bikes_frames[0])
-    assert not grid[:272, 640:].any()  # camera 1 has no view yet
-    cell = grid[272:, :640]
-    assert not cell[:, :138].any() and not cell[:, 502:].any() and cell[:, 140:500].std() > 10
+    assert grid.shape == (720, 1280, 3)
+    assert np.array_equal(grid[44:316, :640], bikes_frames[0]) and not grid[:44, :640].any()
+    assert not grid[:360, 640:].any()  # camera 1 has no view yet
+    cell = grid[360:, :640]
+    assert np.array_equal(cell[:, 80:560], camvid_frame) and not cell[:, :80].any() and not cell[:, 560:].any()
     tiles.update(0, bikes_frames[1])
-    assert np.array_equal(tiles.image()[:272, :640], bikes_frames[1]) and tiles.image().shape == grid.shape
+    assert np.array_equal(tiles.image()[44:316, :640], bikes_frames[1]) and tiles.image().shape == grid.shape
     with pytest.raises(ConfigError):
         tiles.update(3, bikes_frames[0])
-    wide = Tiler(cameras=4, max_width=640)  # 2x2 of 320x136: the grid fits the width asked for
+    wide = Tiler(cameras=4, max_width=640)  # 2x2 of 320x180: the grid fits the width asked for
     wide.update(1, bikes_frames[0])
-    assert wide.image().shape == (272, 640, 3)
+    assert wide.image().shape == (360, 640, 3)
