@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BIKES
 
 from segrt import Engine
 from segrt.runtime.errors import BackendUnavailableError, InputError, ModelLoadError, SegrtError
@@ -171,7 +172,6 @@ def test_several_frames_run_concurrently_on_the_cpu_and_equal_one_at_a_time(bike
 @pytest.fixture
 def bikes_frames_for_lanes():
     import cv2
-    from conftest import BIKES
 
     cap = cv2.VideoCapture(str(BIKES))
     frames = [cap.read()[1] for _ in range(4)]
