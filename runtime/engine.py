@@ -173,20 +173,34 @@ class Engine:
         items = _frame_list(frames)
         sizes = [frame_size(f, f"frames[{i}]")[:2] for i, f in enumerate(items)]
         if self.form == "frame":
-            return self._infer_frames(items, sizes)
+            self._check_frame_size(sizes)
         masks: list[np.ndarray | None] = [None] * len(items)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, hw in enumerate(sizes):
-            groups.setdefault(self._network_size(hw), []).append(i)
+        for i, hw in enumerate(sizes):  # a frame model's batch shares the frames' size, a tensor model's the network's
+            groups.setdefault(hw if self.form == "frame" else self._network_size(hw), []).append(i)
         for size, idx in groups.items():
-            limit = max(1, MAX_BATCH_VALUES // (3 * size[0] * size[1]))
-            chunks = self._chunks(idx, limit)
-            inputs = [frames_to_input([as_bgr(items[i], f"frames[{i}]") for i in chunk], size, self.metadata.mean,
-                                      self.metadata.std) for chunk in chunks]
+            chunks = self._chunks(idx, max(1, self._batch_limit(size)))
+            inputs = [self._input([items[i] for i in chunk], chunk, size) for chunk in chunks]
             for chunk, out in zip(chunks, self._run_chunks(inputs, chunks), strict=True):
-                for i, m in zip(chunk, self._masks(out, [sizes[i] for i in chunk]), strict=True):
+                for i, m in zip(chunk, self._chunk_masks(out, [sizes[i] for i in chunk]), strict=True):
                     masks[i] = m
         return masks  # type: ignore[return-value]
+
+    def _batch_limit(self, size: tuple[int, int]) -> int:
+        """Frames per backend call at ``size``: float32 values of network input, or bytes of uint8 frames."""
+        return (MAX_BATCH_BYTES if self.form == "frame" else MAX_BATCH_VALUES) // (3 * size[0] * size[1])
+
+    def _input(self, frames: list, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+        if self.form == "frame":  # the graph resizes and normalises: one uint8 batch of the frames as they are
+            return _stack_frames(frames, indices, *size)
+        bgr = [as_bgr(f, f"frames[{i}]") for f, i in zip(frames, indices, strict=True)]
+        return frames_to_input(bgr, size, self.metadata.mean, self.metadata.std)
+
+    def _chunk_masks(self, out: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        if self.form != "frame":
+            return self._masks(out, shapes)
+        # One independent array per frame: a caller writing into one mask cannot touch another's.
+        return [out[0]] if len(out) == 1 else [m.copy() for m in out]
 
     def _chunks(self, idx: list[int], limit: int) -> list[list[int]]:
         """Frame indices in the batches the backend runs: the model's fixed batch, else split over the
@@ -203,28 +217,15 @@ class Engine:
         return [self._checked(out, x, f"frames {c[0]}..{c[-1]}")
                 for out, x, c in zip(outs, inputs, chunks, strict=True)]
 
-    def _infer_frames(self, items: list, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Frame form: frames of one (H, W) stacked as one uint8 (N, H, W, 3) batch; the graph does the rest."""
+    def _check_frame_size(self, sizes: list[tuple[int, int]]) -> None:
+        """A frame-form model exported for one camera size takes frames of that size only."""
         fixed = self.metadata.frame_size
-        if fixed is not None:
-            for i, hw in enumerate(sizes):
-                if hw != fixed:
-                    name = "frame" if len(items) == 1 else f"frames[{i}]"
-                    raise InputError(f"{name} is {hw[1]}x{hw[0]} (WxH) but this model was exported for "
-                                     f"{fixed[1]}x{fixed[0]} frames only; resize the frame, or export the model for "
-                                     "any frame size (`segrt export --form frame` without a fixed frame size)")
-        masks: list[np.ndarray | None] = [None] * len(items)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, hw in enumerate(sizes):
-            groups.setdefault(hw, []).append(i)
-        for (h, w), idx in groups.items():
-            chunks = self._chunks(idx, max(1, MAX_BATCH_BYTES // (3 * h * w)))
-            inputs = [_stack_frames([items[i] for i in chunk], chunk, h, w) for chunk in chunks]
-            for chunk, out in zip(chunks, self._run_chunks(inputs, chunks), strict=True):
-                # One independent array per frame: a caller writing into one mask cannot touch another's.
-                for j, i in enumerate(chunk):
-                    masks[i] = out[0] if len(chunk) == 1 else out[j].copy()
-        return masks  # type: ignore[return-value]
+        for i, hw in enumerate(sizes if fixed is not None else []):
+            if hw != fixed:
+                name = "frame" if len(sizes) == 1 else f"frames[{i}]"
+                raise InputError(f"{name} is {hw[1]}x{hw[0]} (WxH) but this model was exported for "
+                                 f"{fixed[1]}x{fixed[0]} frames only; resize the frame, or export the model for "
+                                 "any frame size (`segrt export --form frame` without a fixed frame size)")
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Raw network output for one frame (K, h, w), for evaluation and debugging (tensor-form models)."""
