@@ -414,13 +414,7 @@ def _check_tensor_input(metadata: ModelMetadata, input_shape: Shape, where: str)
         hint = " (an (N, H, W, 3) input is a frame-form graph: its metadata must say form 'frame')" \
             if len(input_shape) == 4 and input_shape[3] == 3 else ""
         raise ModelLoadError(f"{where}input shape {tuple(input_shape)} is not (N, 3, H, W){hint}")
-    h, w = input_shape[2], input_shape[3]
-    _check_batch(input_shape, where)
-    _check_sides(h, w, where)
-    _check_declared("input_size", metadata.input_size, h, w, where)
-    if metadata.input_size is None and h is not None and w is not None:
-        metadata = dataclasses.replace(metadata, input_size=(h, w))
-    return metadata
+    return _checked_size(metadata, "input_size", input_shape, input_shape[2], input_shape[3], where)
 
 
 def _check_frame_input(metadata: ModelMetadata, input_shape: Shape, where: str) -> ModelMetadata:
@@ -428,12 +422,19 @@ def _check_frame_input(metadata: ModelMetadata, input_shape: Shape, where: str) 
     if len(input_shape) != 4 or input_shape[3] != 3:
         raise _bad("form", f"is 'frame' but the graph's input shape {tuple(input_shape)} is not (N, H, W, 3) "
                            f"({where.rstrip(': ')})")
-    h, w = input_shape[1], input_shape[2]
+    return _checked_size(metadata, "frame_size", input_shape, input_shape[1], input_shape[2], where)
+
+
+def _checked_size(metadata: ModelMetadata, field: str, input_shape: Shape, h: int | None, w: int | None,
+                  where: str) -> ModelMetadata:
+    """The graph's batch and (h, w) checked against the metadata's ``field`` (input_size or frame_size); a
+    static graph fills in a field the record left open."""
     _check_batch(input_shape, where)
     _check_sides(h, w, where)
-    _check_declared("frame_size", metadata.frame_size, h, w, where)
-    if metadata.frame_size is None and h is not None and w is not None:
-        metadata = dataclasses.replace(metadata, frame_size=(h, w))
+    _check_declared(field, getattr(metadata, field), h, w, where)
+    if getattr(metadata, field) is None and h is not None and w is not None:
+        filled: dict[str, Any] = {field: (h, w)}
+        metadata = dataclasses.replace(metadata, **filled)
     return metadata
 
 
