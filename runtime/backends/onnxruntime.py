@@ -116,22 +116,13 @@ class OnnxRuntimeBackend:
     input_shape: tuple[int | None, int | None, int | None, int | None]
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
-        ort = _ort()
+        _ort()  # no onnxruntime: BackendUnavailableError before the file is looked at
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist")
         check_external_data(self.path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self._opts = opts
         self.providers = choose_providers(device)
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
-        except Exception as exc:
-            raise _classify_load_error(self.path, exc) from exc
+        self.session = self._open_session(threads)
         self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
@@ -152,8 +143,9 @@ class OnnxRuntimeBackend:
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
         self.form = self.metadata.form
-        # Several batches at once (several cameras): on the CPU, one single-threaded run per core beats one
-        # multi-threaded run after another (benchmarks/multicam.py), so each lane runs on its own thread.
+        # Several batches at once (several cameras): on the CPU, one single-threaded run per core. Measured on 2
+        # cores: 1.65x over multi-threaded runs one after another while another process held a core, ~1.0x on
+        # an idle machine (benchmarks/multicam.py); a multi-threaded run waits for its slowest thread.
         cpu_only = self.providers == ["CPUExecutionProvider"]
         self.lanes = max(1, threads or os.cpu_count() or 1) if cpu_only else 1
         self._lane_session = None
@@ -199,19 +191,24 @@ class OnnxRuntimeBackend:
     def _lanes(self):
         with self._lock:  # created on first use: an Engine that never gets two batches at once pays nothing
             if self._lane_session is None or self._pool is None:
-                ort = _ort()
-                opts = ort.SessionOptions()
-                opts.graph_optimization_level = self._opts.graph_optimization_level
-                opts.log_severity_level = 3
-                opts.intra_op_num_threads = 1
-                opts.inter_op_num_threads = 1
-                try:
-                    self._lane_session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                              providers=self.providers)
-                except Exception as exc:
-                    raise _classify_load_error(self.path, exc) from exc
+                self._lane_session = self._open_session(threads=1)
                 self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="segrt-lane")
             return self._lane_session, self._pool
+
+    def _open_session(self, threads: int | None):
+        """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default)."""
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        if threads == 1:
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        except Exception as exc:
+            raise _classify_load_error(self.path, exc) from exc
 
     def _run_on(self, session, batch: np.ndarray) -> np.ndarray:
         try:
