@@ -121,6 +121,18 @@ def test_run_all(camvid_root, tmp_path):
     assert set(data["kernels"]) == {"transformers -> ONNX Runtime", "segrt FP32", "segrt INT8"}
     assert data["kernels"]["segrt INT8"]["integer_kernels"]  # the INT8 tier really runs integer kernels
     assert "| segrt INT8 |" in md
+    # the roofline: peaks swept before the timing, every profiled tier split into compute and memory time
+    sweep = data["group"]["peak_calibration"]
+    assert sweep["gemm"] and data["group"]["bandwidth_gbs"] > 0
+    assert data["group"]["peaks_gmacs_per_s"]["fp32"] >= max(g["gmacs_per_s"] for g in sweep["gemm"]
+                                                              if g["precision"] == "fp32")
+    by_name = {r["name"]: r for r in data["rows"]}
+    for name in ("segrt FP32", "segrt INT8"):
+        assert 0.0 < by_name[name]["compute_share"] < 1.0 and by_name[name]["compute_pct_of_roof"] > 0
+    int8 = by_name["segrt INT8"]
+    assert int8["int8_vs_fp32"] == pytest.approx(by_name["segrt FP32"]["p50_ms"] / int8["p50_ms"])
+    assert data["goals"]["int8_vs_fp32"] == {"segrt INT8": pytest.approx(int8["int8_vs_fp32"])}
+    assert (tmp_path / "out" / "roofline.png").stat().st_size > 0
 
 
 def test_stream_bench(b0_onnx, tmp_path):
@@ -159,3 +171,22 @@ def test_multicam(b0_onnx, tmp_path):
     assert [r["camera"] for r in rows] == [[240, 320], [480, 640]] and all(r["ratio"] > 0 for r in rows)
     assert "| **ratio** (median of rounds) |" in md and "| 480x640 | 256x320 |" in md
     assert (tmp_path / "multicam.png").stat().st_size > 0
+
+
+def test_headline_goals_skip_tiers_that_shrink_the_image():
+    """merge-downsample feeds the network a half-size image: the fastest tier, listed, never the goal's best."""
+    run_all = script("run_all")
+
+    def row(name, ms, delta, reduces=False, int8_vs_fp32=None):
+        return {"name": name, "p50_ms": ms, "delta_miou_points": delta, "vs_eager": 300 / ms, "vs_plain_ort": 150 / ms,
+                "reduces_resolution": reduces, "int8_vs_fp32": int8_vs_fp32}
+
+    rows = [row(run_all.EAGER, 300, 0.0), row(run_all.PLAIN, 150, 0.0), row("segrt FP32", 90, 0.0),
+            row("segrt INT8", 60, -0.1, int8_vs_fp32=1.5), row("segrt merge-downsample FP32", 20, -0.2, True),
+            row("segrt p30 FP32", 36, -1.5)]
+    g = run_all.goals(rows)
+    assert g["best"] == "segrt INT8" and not g["met_vs_plain_ort"] and g["met_int8"]
+    rows[-1]["delta_miou_points"] = -0.9  # the student within a point now: 150 / 36 >= 4x
+    g = run_all.goals(rows)
+    assert g["best"] == "segrt p30 FP32" and g["met_vs_plain_ort"] and not g["met_vs_eager"]
+    assert run_all.goals(rows[:2] + rows[4:5])["best"] is None

@@ -104,8 +104,9 @@ def align_plan(cfg, plan: PrunePlan, score_of: dict[Key, dict[int, float]], targ
             if saved > 0 and (best is None or -lost / saved < best[0]):
                 best = (-lost / saved, new)
         if best is None:
-            raise ConfigError(f"cannot reach {target / 1e9:.3f} GMACs with widths aligned to {align}; "
-                              "lower --align or --min-keep, or raise --flops")
+            raise ConfigError(f"cannot reach {target / 1e9:.3f} GMACs with widths aligned to {align}: the smallest "
+                              f"aligned model has {macs / 1e9:.3f} GMACs; lower --align or --min-keep, or raise "
+                              "--flops")
         plan = best[1]
         macs = macs_of(plan)
     while True:  # fill the budget back, most importance per MAC first
