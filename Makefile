@@ -21,8 +21,10 @@ demo: $(STAMP)  ## the main job: segment the bundled street video with the bundl
 
 test: test-python typecheck lint imports test-runtime-without-torch  ## everything CI checks (GPU tests skip cleanly without a GPU)
 
+# Two workers or more (pytest-xdist), a test file per worker: the suite is mostly single-threaded Python and
+# export work, so it runs in about half the time on two cores.
 test-python: $(STAMP)  ## the test suite
-	$(BIN)/python -m pytest -q -x --durations=10
+	$(BIN)/python -m pytest -q -x -n auto --dist loadfile --durations=10
 
 typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
 	$(BIN)/python tools/trt_typings.py

@@ -12,6 +12,8 @@ only the uint8 hand-over for the frame form).
 
 from __future__ import annotations
 
+import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -104,6 +106,30 @@ def _time_sizes(engine, network, frame, sizes, runs, warmup, rewarm, threads, pr
 # ----------------------------------------------------------------------------------------------- several cameras
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far, all its threads: capture, decode and inference."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _with_cpu(run: Callable[[], dict]) -> dict:
+    """``run()``'s result plus the CPU time it took and the share of the usable cores it kept busy: a pass that
+    already keeps every core busy can only get faster by doing less work, not by scheduling it differently."""
+    cpu0 = _cpu_seconds()
+    out = run()
+    out["cpu_s"] = _cpu_seconds() - cpu0
+    out["cpu_busy"] = out["cpu_s"] / (out["wall_s"] * _usable_cpus()) if out["wall_s"] > 0 else None
+    out["cpu_ms_per_frame"] = 1000 * out["cpu_s"] / out["frames"] if out["frames"] else None
+    return out
+
+
 def _batched_pass(engine, sources: list[str], frames: int) -> dict:
     start = time.perf_counter()
     seen: list[list[int]] = [[] for _ in sources]
@@ -163,8 +189,8 @@ def multicam_throughput(model: str | Path, source: str, *, cameras: int = 4, fra
         for frame in list(open_source(source))[:3]:  # warm-up: arenas and kernels, outside the timed passes
             engine.infer(frame)
         passes: list[dict] = [{} for _ in range(rounds)]
-        kinds = {"batched": lambda: _batched_pass(engine, sources, frames),
-                 "sequential": lambda: _sequential_pass(engine, sources, frames)}
+        kinds = {"batched": lambda: _with_cpu(lambda: _batched_pass(engine, sources, frames)),
+                 "sequential": lambda: _with_cpu(lambda: _sequential_pass(engine, sources, frames))}
         names = list(kinds)
 
         def timed(i: int, r: int) -> None:
@@ -189,7 +215,22 @@ def multicam_throughput(model: str | Path, source: str, *, cameras: int = 4, fra
             "lost": sum(p["batched"]["lost"] + p["sequential"]["lost"] for p in passes),
             "mean_batch": float(np.mean([p["batched"]["mean_batch"] for p in passes])),
             "max_batch": engine.backend.input_shape[0] or None,
+            "cpus": _usable_cpus(), "cpu": _cpu_summary(passes),
             "per_camera": per_camera, "per_round": passes, "conditions": conditions.to_dict()}
+
+
+def _cpu_summary(passes: list[dict]) -> dict:
+    """Per mode: the median share of the usable cores kept busy and CPU ms per frame; and the ceiling any
+    re-scheduling of the one-after-another work could reach (1 / its busy share: all cores busy all the time)."""
+    out: dict[str, Any] = {}
+    for mode in ("batched", "sequential"):
+        busy = [p[mode]["cpu_busy"] for p in passes if p[mode].get("cpu_busy") is not None]
+        per_frame = [p[mode]["cpu_ms_per_frame"] for p in passes if p[mode].get("cpu_ms_per_frame") is not None]
+        out[mode] = {"busy": float(np.median(busy)) if busy else None,
+                     "cpu_ms_per_frame": float(np.median(per_frame)) if per_frame else None}
+    seq = out["sequential"]["busy"]
+    out["ceiling"] = 1.0 / seq if seq else None
+    return out
 
 
 def e2e_markdown(r: dict) -> str:
@@ -211,6 +252,16 @@ def multicam_markdown(r: dict) -> str:
         [f"{r['cameras']} cameras one after another (Stream each)", fmt(r["sequential_fps"], ".2f"),
          str(sum(p["sequential"]["lost"] for p in r["per_round"]))],
         ["**ratio** (median of rounds)", f"**{r['ratio']:.3f}**", ""]])
+    cpu = r.get("cpu")
+    if cpu and cpu["sequential"]["busy"]:
+        lines += ["", *table(["mode", "cores kept busy", "CPU ms per frame"], "lrr", [
+            [m, f"{100 * cpu[m]['busy']:.0f}% of {r['cpus']}", fmt(cpu[m]["cpu_ms_per_frame"])]
+            for m in ("batched", "sequential")])]
+        lines += ["", (f"One after another already keeps {100 * cpu['sequential']['busy']:.0f}% of the {r['cpus']} "
+                       f"usable cores busy, so no scheduling of the same work can deliver more than "
+                       f"{cpu['ceiling']:.2f}x; batching pays only where a batch costs less CPU per frame than "
+                       f"single frames ({fmt(cpu['batched']['cpu_ms_per_frame'])} vs "
+                       f"{fmt(cpu['sequential']['cpu_ms_per_frame'])} ms here).")]
     lines += ["", *table(["camera", "batched latency p50 ms", "batched p99 ms", "alone p50 ms"], "lrrr", [
         [str(c["camera"]), fmt(c["latency_ms_p50"]), fmt(c["latency_ms_p99"]), fmt(c["sequential_latency_ms_p50"])]
         for c in r["per_camera"]])]

@@ -166,6 +166,11 @@ def test_multicam(b0_onnx, tmp_path):
     assert all(p["batched"]["frames"] == 12 == p["sequential"]["frames"] for p in multi["per_round"])
     assert [c["camera"] for c in multi["per_camera"]] == [0, 1, 2]
     assert all(0 < c["latency_ms_p50"] <= c["latency_ms_p99"] for c in multi["per_camera"])
+    cpu = multi["cpu"]  # how busy the cores were bounds what any scheduling could gain
+    for mode in ("batched", "sequential"):
+        assert 0 < cpu[mode]["busy"] <= 1.05 and cpu[mode]["cpu_ms_per_frame"] > 0
+    assert cpu["ceiling"] == pytest.approx(1 / cpu["sequential"]["busy"])
+    assert "cores kept busy" in md
     assert multi["conditions"]["rounds"] == 2 and multi["conditions"]["rewarm"] == 0
     rows = data["end_to_end"]["rows"]
     assert [r["camera"] for r in rows] == [[240, 320], [480, 640]] and all(r["ratio"] > 0 for r in rows)
