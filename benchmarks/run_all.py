@@ -5,10 +5,11 @@
 
 Steps, all at one input size (default 512x512):
 
-1. export segrt's tiers from the checkpoint: FP32 (verified export, folded decoder), INT8 (calibrated on
-   CamVid train), and, when ``segrt.export.methods.merging.model`` is installed, token-merging tiers in FP32
-   and INT8; then every bundled student (pruned + distilled) alone, merged, and both in INT8. Tiers that
-   shrink the image the network sees (``merge-downsample``) are marked and do not count toward the goals;
+1. export segrt's tiers from the checkpoint: FP32 (verified export, folded decoder), INT8 (the CPU form of
+   :mod:`segrt.export.passes.quantize_cpu`, calibrated on CamVid train), and, when
+   ``segrt.export.methods.merging.model`` is installed, token-merging tiers in FP32 and INT8; then every
+   bundled student (pruned + distilled) alone, merged, and both in INT8. Tiers that shrink the image the
+   network sees (``merge-downsample``) are marked and do not count toward the goals;
 2. build the peers from the same weights: transformers ``SegformerForSemanticSegmentation`` in eager
    PyTorch, and its plain ``torch.onnx.export`` run by ONNX Runtime with default session options;
 3. sweep the machine's peaks (large GEMMs fp32/int8, array streams: :func:`segrt.measure.peak.measure_peaks`),
@@ -152,7 +153,7 @@ def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[in
                 progress, task) -> list[Tier]:
     from segrt.export.loading import load_model
     from segrt.export.onnx_export import export_onnx
-    from segrt.export.passes.quantize import quantize_int8
+    from segrt.export.passes.quantize_cpu import quantize_int8_cpu
 
     loaded = load_model(source)
     model, label = loaded.model, prefix
@@ -170,7 +171,7 @@ def export_tier(source: str, prefix: str, merge: str, int8: bool, size: tuple[in
     if int8:
         progress.update(task, info=f"{label} int8")
         path = work / f"{label.replace(' ', '_')}_int8.onnx"
-        quantize_int8(fp32, path, args.data / "train", args.calib_count, show_progress=False)
+        quantize_int8_cpu(fp32, path, args.data / "train", args.calib_count, show_progress=False)
         tiers.append(Tier(f"{label} INT8", path, "int8", merge))
         progress.advance(task)
     return tiers

@@ -372,7 +372,8 @@ class _Checker:
             return
         if op in QOPERATOR_OPS:
             self.add("error", "unsupported-op", f"{op} (QOperator/dynamic quantization) does not parse; export "
-                     "explicit Q/DQ (QuantizeLinear/DequantizeLinear, QDQ format) instead", name, op)
+                     "explicit Q/DQ instead (`segrt export --precision int8 --int8-form qdq`: QuantizeLinear/"
+                     "DequantizeLinear only)", name, op)
             return
         feature = OPERATORS.get(op)
         if feature is not None:

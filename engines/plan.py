@@ -8,7 +8,7 @@ TensorRT version that will build it. The builder only applies it, so each decisi
   overflow in FP16 in transformer segmentation models.
 - TensorRT 11: no precision flags exist. Every network is strongly typed, so FP16 means building from
   an FP16 ONNX that already keeps those layers in FP32 (``segrt.export.passes.fp16``).
-- INT8 is explicit quantization in both: a Q/DQ ONNX (``segrt export --precision int8``). TensorRT 10
+- INT8 is explicit quantization in both: a Q/DQ ONNX (``segrt export --precision int8 --int8-form qdq``). TensorRT 10
   needs the INT8 flag (plus FP16 for the unquantized layers); TensorRT 11 reads the types from the graph.
 """
 
@@ -135,7 +135,8 @@ def _choose_precision(target: Target, info: ModelInfo, requested: str | None) ->
                           "--precision int8, or pass the unquantized ONNX")
     if precision == "int8" and not info.quantized:
         raise ConfigError(f"--precision int8 needs a Q/DQ ONNX: make one with `segrt export MODEL --precision int8 "
-                          f"--calib DIR`; {info.path.name} has no QuantizeLinear/DequantizeLinear nodes "
+                          f"--int8-form qdq --calib DIR`; {info.path.name} has no QuantizeLinear/DequantizeLinear "
+                          "nodes "
                           "(implicit INT8 calibration is deprecated in TensorRT 10 and gone in 11)")
     if info.float16 and precision == "fp32":
         raise ConfigError(f"{info.path.name} already computes in FP16; build the FP32 ONNX for --precision fp32")

@@ -20,6 +20,10 @@ TensorRT read. Choices, and why:
 
 Calibration runs the float model over real images with the model's own preprocessing
 (:func:`segrt.runtime.preprocess.frames_to_input` and the metadata's size, mean and std).
+
+This file is the TensorRT form. ONNX Runtime's CPU provider runs it slower than FP32 (unfused bias Adds and
+GELU, a Q and a DQ pass per quantized tensor, transposes around each NHWC QLinearConv);
+:mod:`segrt.export.passes.quantize_cpu` writes the form that CPU provider runs fastest.
 """
 
 from __future__ import annotations
@@ -198,9 +202,14 @@ def quantize_int8(
     quantize_attention: bool = False,
     per_channel: bool = True,
     show_progress: bool = True,
+    op_types: Sequence[str] = QUANTIZED_OP_TYPES,
+    exclude: Sequence[str] = (),
 ) -> QuantizeResult:
     """Statically quantize ``onnx_in`` to a symmetric int8 Q/DQ graph calibrated on ``count`` images of
-    ``calib_dir``; the segrt metadata of the source is carried over (with ``extra["precision"] = "int8"``)."""
+    ``calib_dir``; the segrt metadata of the source is carried over (with ``extra["precision"] = "int8"``).
+
+    ``op_types`` (a subset of :data:`QUANTIZED_OP_TYPES`) and ``exclude`` (more node names to keep in float)
+    narrow what is quantized; :mod:`segrt.export.passes.quantize_cpu` uses them for its Q/DQ convolutions."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -211,10 +220,14 @@ def quantize_int8(
     except Exception as exc:
         raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
     meta = require_metadata(proto, onnx_in)
+    unknown = sorted(set(op_types) - set(QUANTIZED_OP_TYPES))
+    if not op_types or unknown:
+        raise ConfigError(f"op types to quantize must be a non-empty subset of {', '.join(QUANTIZED_OP_TYPES)}, "
+                          f"got {list(op_types)}")
     input_name, hw = _input_name_and_size(proto, meta, size)
     images = calibration_images(calib_dir, count)
     excluded = [n.name for n in proto.graph.node if n.op_type in FLOAT_OP_TYPES]
-    excluded += output_heads(proto) + upsampled_convs(proto)
+    excluded += output_heads(proto) + upsampled_convs(proto) + list(exclude)
     if not quantize_attention:
         excluded += attention_matmuls(proto)
     unnamed = [n for n in proto.graph.node if not n.name]
@@ -255,7 +268,7 @@ def quantize_int8(
                     raw,
                     reader,
                     quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                    op_types_to_quantize=list(op_types),
                     per_channel=per_channel,
                     reduce_range=False,
                     activation_type=QuantType.QInt8,

@@ -25,6 +25,7 @@ from segrt.commands._args import (
 )
 
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_FORMS = ("cpu", "qdq")  # segrt.export.passes.quantize_cpu.INT8_FORMS (not imported: the CLI starts fast)
 FORMS = ("frame", "logits")
 POSTS = ("refine", "dense")
 MERGE_OPS = ("function", "inline", "plugin")
@@ -72,7 +73,11 @@ def export_command(
                                     help="max relative error vs PyTorch on real images (default 1e-4; 1e-3 with "
                                          "bipartite token merging, see segrt.export.methods.merging.model)"),
     precision: str = typer.Option("fp32", "--precision", callback=choice(*PRECISIONS),
-                                  help="fp32; fp16 (mixed, for TensorRT); int8 (static Q/DQ, needs --calib)"),
+                                  help="fp32; fp16 (mixed, for TensorRT); int8 (needs --calib; see --int8-form)"),
+    int8_form: str = typer.Option(None, "--int8-form", callback=choice(*INT8_FORMS),
+                                  help="int8: cpu (default: fastest on ONNX Runtime's CPU provider; dynamic weight "
+                                       "MatMuls + Q/DQ reduction convs, standard ONNX ops TensorRT does not parse) or "
+                                       "qdq (symmetric explicit Q/DQ, the file `segrt build` needs for TensorRT)"),
     calib: Path = typer.Option(None, "--calib", callback=existing_folder,
                                help="int8: folder of calibration images (e.g. CamVid train) or a dataset root with "
                                     "train/"),
@@ -96,7 +101,7 @@ def export_command(
     from segrt.export.loading import load_model
     from segrt.export.onnx_export import export_onnx
 
-    check_precision(precision, calib)
+    check_precision(precision, calib, int8_form)
     merge_ops = check_merge_ops(merge_ops, inline_merge_ops, merge, precision)
     form = form or ("logits" if merge_ops == "plugin" else "frame")
     check_form(form, labels, frame_size, output_stride, post)
@@ -127,7 +132,7 @@ def export_command(
         console.print(f"[green]rewrote[/] {result.path} in plugin form: {count} segrt::TokenMerge AOT plugin nodes "
                       "(verified above in function form; builds on TensorRT >= 10.9 only, see docs/plugins.md)")
     if precision != "fp32":
-        convert_precision(console, precision, fp32_out, output, calib, calib_count, hw)
+        convert_precision(console, precision, fp32_out, output, calib, calib_count, hw, int8_form or "cpu")
         if form == "frame":
             wrap_converted(console, output, frame_size, output_stride, post)
 
@@ -205,11 +210,15 @@ def wrap_converted(console: Console, path: Path, frame_size: str | None, output_
                   f"converted network {agreement:.4%} (worst frame)")
 
 
-def check_precision(precision: str, calib: Path | None) -> None:
+def check_precision(precision: str, calib: Path | None, int8_form: str | None = None) -> None:
     from segrt.runtime.errors import ConfigError
 
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if int8_form is not None and precision != "int8":
+        raise ConfigError(f"--int8-form {int8_form} applies to --precision int8 only (got --precision {precision})")
+    if int8_form is not None and int8_form not in INT8_FORMS:
+        raise ConfigError(f"unknown INT8 form {int8_form!r}; expected one of {', '.join(INT8_FORMS)}")
     if precision == "int8" and calib is None:
         raise ConfigError("--precision int8 needs --calib DIR: a folder of real images to calibrate on "
                           "(e.g. CamVid train)")
@@ -219,7 +228,7 @@ def check_precision(precision: str, calib: Path | None) -> None:
 
 
 def convert_precision(console: Console, precision: str, fp32_path: Path, output: Path, calib: Path | None,
-                      calib_count: int, hw: tuple[int, int]) -> None:
+                      calib_count: int, hw: tuple[int, int], int8_form: str = "cpu") -> None:
     """The FP32 export (kept next to the output as NAME.fp32.onnx, the reference) -> fp16 or int8."""
     from segrt.runtime.samples import sample_frames
 
@@ -231,11 +240,14 @@ def convert_precision(console: Console, precision: str, fp32_path: Path, output:
         console.print(f"[green]wrote[/] {fp16.path} (FP16; {fp16.fp32_nodes} nodes kept in FP32): relative error "
                       f"{fp16.max_rel_error:.2e}, label agreement {fp16.label_agreement:.4%} vs FP32")
         return
-    from segrt.export.passes.quantize import label_agreement, quantize_int8
+    from segrt.export.passes.quantize import label_agreement
+    from segrt.export.passes.quantize_cpu import quantize_int8_form
 
-    q = quantize_int8(fp32_path, output, calib, calib_count, size=hw)  # type: ignore[arg-type]
+    q = quantize_int8_form(fp32_path, output, calib, calib_count, form=int8_form, size=hw)  # type: ignore[arg-type]
     agree = label_agreement(fp32_path, output, sample_frames(), size=hw)
-    console.print(f"[green]wrote[/] {q.path} (INT8 Q/DQ, calibrated on {q.calibration_images} images; quantized "
+    what = ("INT8 CPU form for ONNX Runtime (dynamic weight MatMuls, Q/DQ reduction convs; TensorRT needs "
+            "--int8-form qdq)" if int8_form == "cpu" else "INT8 Q/DQ")
+    console.print(f"[green]wrote[/] {q.path} ({what}, calibrated on {q.calibration_images} images; quantized "
                   f"{', '.join(f'{n} {k}' for k, n in q.quantized_nodes.items())}): label agreement with FP32 "
                   f"{min(agree):.4%} (worst of {len(agree)} sample frames)")
 
