@@ -6,10 +6,12 @@ at 640x480 and above), ONNX Runtime CPU:
 - ``network``: the logits-form network alone on a prepared input (the bar to reach: within 1.15x of it);
 - ``reference``: frames_to_input (cv2 resize, normalise) + network + logits_to_mask (upsample, argmax);
 - ``post numpy``: logits_to_mask alone (today's post-processing);
-- ``frame dense`` / ``frame refine``: the frame-form graph (uint8 frame in, mask out), end to end.
+- ``frame dense`` / ``frame refine``: the frame-form graph (uint8 frame in, mask out), end to end, with the
+  default bit-exact pre-processing (``pre="exact"``: cv2's fixed-point resize emulated in the graph);
+- ``frame refine resize``: the refine form with ``pre="resize"`` (ONNX Resize on the float frame, channels last).
 
-Reports p50 latencies, the ratio of each to the network alone, and the worst per-frame pixel agreement of the
-frame graphs with the reference masks. Writes ``post_forms.json``, ``post_forms.md`` and ``post_forms.png``
+Reports p50 latencies, the ratio of each to the network alone, and the worst and mean per-frame pixel agreement
+of the frame graphs with the reference masks. Writes ``post_forms.json``, ``post_forms.md`` and ``post_forms.png``
 under ``benchmarks/results/``. Usage::
 
     python benchmarks/post_forms.py                  # bundled camvid-b0, 640x480, 1280x720, 1920x1080
@@ -38,7 +40,9 @@ from segrt.runtime.samples import sample_frames
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SIZES = [(480, 640), (720, 1280), (1080, 1920)]
-CANDIDATES = ("network", "reference", "post numpy", "frame dense", "frame refine")
+CANDIDATES = ("network", "reference", "post numpy", "frame dense", "frame refine", "frame refine resize")
+GRAPHS = {"frame dense": {"post": "dense"}, "frame refine": {"post": "refine"},
+          "frame refine resize": {"post": "refine", "pre": "resize"}}  # to_frame_form options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,7 +79,7 @@ def camera_frames(args, size: tuple[int, int]) -> list[np.ndarray]:
 def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple[int, int]) -> dict:
     frames = camera_frames(args, size)
     net = session(logits, args.threads)
-    graphs = {f"frame {post}": session(fg.to_frame_form(logits, post=post), args.threads) for post in fg.POSTS}
+    graphs = {k: session(fg.to_frame_form(logits, **options), args.threads) for k, options in GRAPHS.items()}
     name = net.get_inputs()[0].name
     prepared = [frames_to_input([f], meta.input_size, meta.mean, meta.std) for f in frames]
     outputs = [net.run(None, {name: x})[0][0] for x in prepared]
@@ -104,12 +108,14 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
 
     conditions = run_interleaved(len(names), untimed, timed, rounds=args.rounds, warmup=2, threads=args.threads)
     expected = [reference(i) for i in range(len(frames))]
-    agreement = {k: min(float((runs[k](i) == expected[i]).mean()) for i in range(len(frames))) for k in graphs}
+    per_frame = {k: [float((runs[k](i) == expected[i]).mean()) for i in range(len(frames))] for k in graphs}
+    agreement = {k: min(v) for k, v in per_frame.items()}
     p50 = {n: float(np.median(v)) for n, v in ms.items()}
     return {"size": list(size), "frames": len(frames), "p50_ms": p50,
             "p90_ms": {n: float(np.percentile(v, 90)) for n, v in ms.items()},
             "ratio_to_network": {n: p50[n] / p50["network"] for n in names},
-            "agreement": agreement, "conditions": conditions.to_dict()}
+            "agreement": agreement, "agreement_mean": {k: float(np.mean(v)) for k, v in per_frame.items()},
+            "conditions": conditions.to_dict()}
 
 
 def markdown(data: dict) -> str:
@@ -117,14 +123,15 @@ def markdown(data: dict) -> str:
     lines = [f"Frame to mask on ONNX Runtime CPU ({data['threads']} threads), model `{data['model']}`, "
              f"{data['rounds']} interleaved rounds per size; load average at start {load} "
              "(the machine was shared with other jobs: compare ratios, not absolute times).", ""]
-    header = ["frame", *[f"{n} ms" for n in CANDIDATES], "dense / network", "refine / network", "reference / network",
-              "agreement dense", "agreement refine"]
+    ratios = ("frame dense", "frame refine", "frame refine resize", "reference")
+    header = ["frame", *[f"{n} ms" for n in CANDIDATES], *[f"{n} / network" for n in ratios],
+              *[f"agreement {n[6:]} (min / mean)" for n in GRAPHS]]
     rows = []
     for g in data["groups"]:
         h, w = g["size"]
         rows.append([f"{w}x{h}", *[f"{g['p50_ms'][n]:.1f}" for n in CANDIDATES],
-                     *[f"{g['ratio_to_network'][n]:.2f}x" for n in ("frame dense", "frame refine", "reference")],
-                     f"{g['agreement']['frame dense']:.4%}", f"{g['agreement']['frame refine']:.4%}"])
+                     *[f"{g['ratio_to_network'][n]:.2f}x" for n in ratios],
+                     *[f"{g['agreement'][n]:.4%} / {g['agreement_mean'][n]:.4%}" for n in GRAPHS]])
     return "\n".join(lines + table(header, "l" + "r" * (len(header) - 1), rows))
 
 
@@ -157,7 +164,7 @@ def main(argv=None) -> None:
         g = groups[-1]
         print(f"{size[1]}x{size[0]}: " + ", ".join(f"{n} {g['p50_ms'][n]:.1f} ms ({g['ratio_to_network'][n]:.2f}x)"
                                                    for n in CANDIDATES)
-              + f"; agreement dense {g['agreement']['frame dense']:.4%}, refine {g['agreement']['frame refine']:.4%}")
+              + "; agreement (worst frame) " + ", ".join(f"{n[6:]} {g['agreement'][n]:.4%}" for n in GRAPHS))
     data = {"model": str(args.model.relative_to(REPO)) if args.model.is_relative_to(REPO) else str(args.model),
             "threads": args.threads, "rounds": args.rounds, "machine": platform.processor() or platform.machine(),
             "load_average_end": load_average(), "groups": groups}

@@ -25,6 +25,7 @@ from segrt.export.passes.frame_graph import network_of
 from segrt.runtime.datasets import open_dataset
 from segrt.runtime.engine import Engine
 from segrt.runtime.evaluate import evaluate
+from segrt.runtime.metadata import ModelMetadata
 
 HERE = Path(__file__).resolve().parent
 MAX_MIOU_CHANGE = 0.0005  # 0.05 points
@@ -35,7 +36,6 @@ def logits_difference(old: Path, new_network: onnx.ModelProto, frames: list[np.n
     import onnxruntime as ort
 
     from segrt.export.passes.frame_graph import is_frame_form
-    from segrt.runtime.metadata import ModelMetadata
     from segrt.runtime.preprocess import frames_to_input
 
     previous = onnx.load(str(old))  # a file already in the deploy form is compared by its network
@@ -74,15 +74,18 @@ def main() -> None:
             before = evaluate(Engine(kept).infer, val, description=f"{name} before")
             after = evaluate(Engine(fresh).infer, val, description=f"{name} deploy form")
             change = after.miou - before.miou
+            pre = ModelMetadata.from_onnx(onnx.load(str(fresh))).extra.get("pre", "exact")  # the in-graph resize
             report[name] = {"logits_max_rel_difference": difference, "miou_before": before.miou,
                             "miou_after": after.miou, "frame_agreement": result.frame_agreement,
-                            "export_max_rel_error": result.max_rel_error}
+                            "export_max_rel_error": result.max_rel_error, "pre": pre}
             print(name, json.dumps(report[name]))
             if difference > 1e-5 or abs(change) > MAX_MIOU_CHANGE:
                 raise SystemExit(f"{name}: the deploy form differs from the bundled model (logits {difference:.2e}, "
                                  f"mIoU {change:+.4f}); {old} left as it was")
             shutil.copy(fresh, old)
-    (HERE / "deploy_form.json").write_text(json.dumps(report, indent=2) + "\n")
+    record = HERE / "deploy_form.json"  # the models not converted this time keep their entries
+    merged = {**(json.loads(record.read_text()) if record.exists() else {}), **report}
+    record.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

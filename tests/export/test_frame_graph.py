@@ -134,10 +134,47 @@ def test_preprocessing_is_cv2_bit_exact(tiny, frames):
         framed = fg.to_frame_form(tiny, post=post)
         framed.graph.output.append(helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, None))
         session = _session(framed)
-        for frame in frames + _at(frames[:1], (1080, 1920)) + _at(frames[:1], (100, 150)):
+        noise = [np.random.default_rng(size[0]).integers(0, 256, (*size, 3), dtype=np.uint8)
+                 for size in ((1, 1), (37, 1999), (2001, 7))]  # rounding everywhere, edges, upscaling
+        for frame in frames + _at(frames[:1], (1080, 1920)) + _at(frames[:1], (100, 150)) + noise:
             got = session.run(None, {"frame": frame[None]})[1]
             want = frames_to_input([frame], (256, 320), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_resize_pre_form(tiny, frames):
+    """pre="resize": ONNX Resize of the float frame, channels last, instead of the bit-exact integer emulation;
+    recorded in the metadata; its network input stays within a grey level of cv2's (never bit-exact: cv2 rounds
+    in 11-bit fixed point)."""
+    exact, fast = fg.to_frame_form(tiny), fg.to_frame_form(tiny, pre="resize")
+    assert _raw(exact)["extra"]["pre"] == "exact" and _raw(fast)["extra"]["pre"] == "resize"
+    resizes = [n for n in fast.graph.node if n.op_type == "Resize" and n.name.startswith(fg.PREFIX)]
+    assert len(resizes) == 1 and not any(n.op_type == "Resize" and n.name.startswith(fg.PREFIX)
+                                         for n in exact.graph.node)
+    assert not any("src_row" in n.output[0] for n in fast.graph.node)
+    fast.graph.output.append(helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, None))
+    session = _session(fast)
+    level = 1 / (255 * 0.225)  # one grey level in the normalised input (the largest std)
+    off = []
+    for frame in _at(frames[:2], (720, 1280)) + _at(frames[:1], (1080, 1920)):
+        got = session.run(None, {"frame": frame[None]})[1]
+        want = frames_to_input([frame], (256, 320), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        assert np.abs(got - want).max() <= level
+        off.append(float((np.abs(got - want) > 1e-5).mean()))
+    assert max(off) > 0.01  # not the exact form under another name
+    with pytest.raises(ExportError, match="pre-processing"):
+        fg.to_frame_form(tiny, pre="nearest")
+
+
+def test_resize_pre_form_on_the_bundled_model(frames):
+    """The bundled model through pre="resize" on real CamVid frames at 720p: close to the reference, below the
+    exact form (which agrees on every pixel but float near-ties)."""
+    logits = bundled_logits("camvid-b0")
+    camvid = _at(frames[:2], (720, 1280))
+    fast = fg.frame_agreement(fg.to_frame_form(logits, pre="resize"), logits, camvid)
+    exact = fg.frame_agreement(fg.to_frame_form(logits), logits, camvid)
+    assert min(exact) >= 0.99999
+    assert MIN_AGREEMENT <= min(fast) and max(fast) < 1.0
 
 
 def test_uniform_frame_has_no_mixed_segments(tiny):
@@ -241,6 +278,7 @@ def test_int8_export(tiny_onnx, camvid_root, tmp_path, frames):
     logits = onnx.load(str(out))
     framed = fg.to_frame_form(logits)
     qdq = [n for n in framed.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    # the network's Q/DQ kept, and none added (a Q/DQ node makes engines/model_info.py read a model as quantized)
     assert len(qdq) == len([n for n in logits.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]) > 0
     assert _agreement(framed, logits, _at(frames, (720, 1280))) >= MIN_AGREEMENT
 
@@ -405,6 +443,8 @@ def test_dense_form_passes_tensorrt_check(merged_logits):
             dense = fg.to_frame_form(logits, post="dense", frame_size=frame_size, mask_int32=True)
             report = check_model(dense, target, "10.3", "fp16")
             assert report.ok, report.to_text()
+    dense = fg.to_frame_form(bundled, post="dense", pre="resize", mask_int32=True)  # a Cast, then a float Resize
+    assert check_model(dense, target, "10.3", "fp16").ok
     refine = check_model(fg.to_frame_form(bundled), target, "10.3", "fp16")
     assert refine.find("uint8-tensor")
 
