@@ -27,4 +27,11 @@ python benchmarks/pruning.py --pruned50 $RUNS/prune-b0/b0-50.safetensors --disti
   --pruned30 $RUNS/prune-b0/b0-30.safetensors --distilled30 models/camvid-b0-p30.safetensors \
   --control $RUNS/control-b0/best.safetensors --distilled-variants fold fold+merge \
   --cache $RUNS/prune-b0/onnx-v2 --torch-threads 1 --rounds 60
+# session 5 (issue 20): p30's widths aligned to 16 channels (a second pruning of the distilled p30 to 90% of its
+# MACs), distilled again from camvid-b0 (500 iterations took 16 min on 1 thread), bundled as camvid-b0-p27
+segrt prune models/camvid-b0-p30.safetensors --flops 0.9 --align 16 --data $DATA -o $RUNS/prune-b0/p30-aligned.safetensors \
+  --threads 1 --rounds 1 --steps 8
+segrt distill --teacher $SRC --student $RUNS/prune-b0/p30-aligned.safetensors --data $DATA -o $RUNS/distill-p30-aligned \
+  --iterations 500 --stage1 0.2 --lr 1e-4 --val-every 100 --threads 1
+python models/bundle_pruned.py $RUNS/distill-p30-aligned --name camvid-b0-p27 --source camvid-b0-p30 --data $DATA
 echo "done at $(date -u +%H:%M:%S)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +37,18 @@ def onnx_params(path: Path) -> int:
     return sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
 
 
+def repo_relative(value):
+    """``value`` with every absolute path made relative to the repository: a committed checkpoint must not name
+    the folders of the machine that made it (runs usually live next to the repository, so ``../runs/...``)."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, HERE.parent)
+    return value
+
+
 def interleaved_latency(engines: dict[str, Engine], frame, rounds: int = 20) -> dict[str, float]:
     """p50 ms of Engine.infer per model, alternating models every call (load from other jobs hits all alike)."""
     times: dict[str, list[float]] = {k: [] for k in engines}
@@ -54,7 +67,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path, help="segrt distill run folder (best.safetensors, best.json, distill_state.pt)")
     ap.add_argument("--name", default="camvid-b0-p30")
-    ap.add_argument("--reference", default="camvid-b0", help="bundled model it was pruned from (for ratios)")
+    ap.add_argument("--reference", default="camvid-b0", help="bundled teacher and reference (for ratios)")
+    ap.add_argument("--source", default=None,
+                    help="bundled model the student was pruned from, when not the reference (a second pruning of an "
+                    "already distilled student, e.g. to align its widths)")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--format", default="camvid")
     ap.add_argument("--limit", type=int, default=None, help="smoke run: evaluate on the first N val images only")
@@ -72,6 +88,9 @@ def main() -> None:
     prune_state = student.with_name(student.name + ".prune_state.json")
     prune_cfg = json.loads(prune_state.read_text())["config"] if prune_state.exists() else {}
 
+    for key, value in extra.items():  # the recorded run folders, relative to the repository like the commands
+        if isinstance(value, str) and value.startswith("{"):
+            extra[key] = json.dumps(repo_relative(json.loads(value)))
     ckpt = out / f"{args.name}.safetensors"
     save_checkpoint(loaded.model, loaded.metadata, ckpt, dtype=torch.float16)
     bundled = load_checkpoint(ckpt)
@@ -97,11 +116,17 @@ def main() -> None:
         for n, v in torch_metrics.per_class_iou.items()
     )
     c = bundled.model.config
+    source = args.source or args.reference
+    min_keep = prune_cfg.get("min_keep")
     prune_cmd = (
-        f"segrt prune models/{args.reference}.safetensors --flops {pruning['flops']} --data ../shared/data/camvid "
+        f"segrt prune models/{source}.safetensors --flops {pruning['flops']} --data ../shared/data/camvid "
         f"-o b0-p.safetensors --rounds {prune_cfg.get('rounds', '?')} --steps {prune_cfg.get('steps', '?')} "
-        f"--align {pruning.get('align', 1)}"
+        f"--align {pruning.get('align', 1)}" + (f" --min-keep {min_keep}" if min_keep not in (None, 0.125) else "")
     )
+    origin = (f"`{args.reference}` pruned to {100 * macs / ref_macs:.1f}% of its MACs" if source == args.reference else
+              f"`{source}` (itself a pruned, distilled `{args.reference}`) pruned again to "
+              f"{100 * pruning['gmacs'] / pruning['source_gmacs']:.0f}% of its MACs with widths aligned to "
+              f"{pruning.get('align', 1)} channels ({100 * macs / ref_macs:.1f}% of `{args.reference}`'s)")
     distill_cmd = (
         f"segrt distill --teacher models/{args.reference}.safetensors --student b0-p.safetensors "
         f"--data ../shared/data/camvid -o runs/distill \\\n  --iterations {cfg['iterations']} --stage1 {cfg['stage1']} "
@@ -109,7 +134,7 @@ def main() -> None:
     )
     card = f"""# {args.name}
 
-`{args.reference}` pruned to {100 * pruning["gmacs"] / pruning["source_gmacs"]:.1f}% of its MACs by segrt's multi-task channel
+{origin} by segrt's multi-task channel
 pruning (segmentation + image-level class-presence importance; Mix-FFN hidden channels, attention heads and
 q/k channels, decoder channels removed: a smaller dense model, not masks), then distilled from `{args.reference}`
 (TransKD-style: CSF feature maps + patch-embedding alignment in stage 1, logit KD from iteration
@@ -128,7 +153,7 @@ q/k channels, decoder channels removed: a smaller dense model, not masks), then 
 |---|---|
 | architecture | SegFormer MiT-{c.variant.upper()} widths {list(c.widths)}, pruned: MLP hidden {c.mlp_hidden}, attention q/k dims {c.attn_dims}, heads {c.block_heads}, decoder {c.decoder_dim} |
 | files | `{ckpt.name}` (fp16 weights + config + metadata incl. the pruning plan), `{onnx_path.name}` (opset 17, fp32, decoder folded) |
-| pruning | {pruning["gmacs"]:.3f} of {pruning["source_gmacs"]:.3f} GMACs (folded graph), {prune_cfg.get("rounds", "?")} rounds x {prune_cfg.get("steps", "?")} scoring batches |
+| pruning | {pruning["gmacs"]:.3f} of `{source}`'s {pruning["source_gmacs"]:.3f} GMACs (folded graph, {pruning["size"][0]}x{pruning["size"][1]}), widths aligned to {pruning.get("align", 1)}, {prune_cfg.get("rounds", "?")} rounds x {prune_cfg.get("steps", "?")} scoring batches |
 | distillation | {state["iteration"]} of {cfg["iterations"]} iterations x batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, stage 1 (features) {cfg["stage1"]:.0%}; best val checkpoint at iteration {best["iteration"]} (validated every {cfg["val_every"]}) |
 | wall time | distillation {float(state["elapsed"]) / 60:.0f} min on {cpu_name()} ({cfg["threads"]} thread(s), bf16 autocast), shared with other work |
 | export check | max relative error vs PyTorch {result.max_rel_error:.2e} on {result.images} real frames |

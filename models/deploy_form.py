@@ -1,6 +1,6 @@
 """Re-export the bundled ONNX models in their deploy form from the bundled checkpoints, and check it.
 
-    python models/deploy_form.py --data ../shared/data/camvid [--names camvid-b0 camvid-b0-p30]
+    python models/deploy_form.py --data ../shared/data/camvid [--names camvid-b0 camvid-b0-p30 camvid-b0-p27]
 
 The deploy form (issue 18) takes the camera's uint8 BGR frame (any size, any batch) and returns the mask:
 resize, normalisation, bilinear upsampling and argmax run inside the graph (export/passes/frame_graph.py).
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--format", default="camvid")
-    ap.add_argument("--names", nargs="+", default=["camvid-b0", "camvid-b0-p30"])
+    ap.add_argument("--names", nargs="+", default=["camvid-b0", "camvid-b0-p30", "camvid-b0-p27"])
     args = ap.parse_args()
     val = open_dataset(args.data, args.format, "val")
     report = {}
