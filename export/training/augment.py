@@ -1,4 +1,5 @@
-"""Training augmentation for segmentation: random scale, crop, flip and photometric jitter.
+"""Training augmentation for segmentation: random scale (and, optionally, aspect ratio), crop, flip and
+photometric jitter.
 
 numpy/OpenCV on uint8 images, driven by an explicit ``numpy.random.Generator`` so that a resumed
 run replays exactly the same crops as an uninterrupted one.
@@ -19,6 +20,10 @@ class AugmentConfig:
     base_size: tuple[int, int] = (384, 512)  # (H, W) the image is first resized to
     crop: tuple[int, int] = (320, 320)
     scale: tuple[float, float] = (0.75, 1.5)
+    # Height/width stretch factor range (log-uniform). A model that will see frames squeezed to another aspect
+    # ratio than the one it was trained at (a 4:3 camera fed at 512x512, say) learns that geometry from it.
+    # (1, 1) draws nothing, so runs without it replay exactly as before.
+    aspect: tuple[float, float] = (1.0, 1.0)
     flip: bool = True
     photometric: bool = True
 
@@ -41,10 +46,20 @@ def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def scaled_size(cfg: AugmentConfig, rng: np.random.Generator) -> tuple[int, int]:
+    """The (H, W) the image is resized to before cropping: base size x a random scale, stretched by a random
+    aspect factor (height x sqrt(a), width / sqrt(a): the area stays the scale's) when ``cfg.aspect`` allows."""
+    s = rng.uniform(*cfg.scale)
+    a = 1.0
+    if tuple(cfg.aspect) != (1.0, 1.0):
+        lo, hi = cfg.aspect
+        a = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return int(round(cfg.base_size[0] * s * np.sqrt(a))), int(round(cfg.base_size[1] * s / np.sqrt(a)))
+
+
 def augment(img: np.ndarray, label: np.ndarray, cfg: AugmentConfig,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s = rng.uniform(*cfg.scale)
-    h, w = int(round(cfg.base_size[0] * s)), int(round(cfg.base_size[1] * s))
+    h, w = scaled_size(cfg, rng)
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
     ch, cw = cfg.crop

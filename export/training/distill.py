@@ -68,6 +68,7 @@ class DistillConfig:
     loss: str = "balanced"
     crop: tuple[int, int] = (320, 320)
     scale: tuple[float, float] = (0.75, 1.5)
+    aspect: tuple[float, float] = (1.0, 1.0)  # height/width stretch range (AugmentConfig.aspect)
     base_size: tuple[int, int] | None = None  # default: the teacher's input size
     val_every: int = 250
     val_limit: int | None = None
@@ -244,7 +245,8 @@ def distill(teacher: LoadedModel, student: LoadedModel, cfg: DistillConfig, log=
     named = list(s_model.named_parameters()) + [("distiller." + n, p) for n, p in distiller.named_parameters()]
     opt = adamw(named, cfg.lr, cfg.weight_decay, hooks.lr_scale)
     weights = class_weights(train_set, len(train_set)).to(device) if cfg.loss == "balanced" else None
-    samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale)), cfg.seed,
+    samples = TrainSamples(train_set, AugmentConfig(base_size, tuple(cfg.crop), tuple(cfg.scale),
+                                                          tuple(cfg.aspect)), cfg.seed,
                            meta.mean, meta.std)
     dtype = amp_dtype(cfg, device)
 

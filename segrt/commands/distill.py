@@ -22,6 +22,11 @@ def distill_command(
     batch_size: int = opt.batch_size_option(),
     lr: float = opt.lr_option(2e-4),
     crop: str = opt.crop_option(),
+    aspect: str = typer.Option("1:1", "--aspect",
+                               help="LO:HI range of random height/width stretch factors (log-uniform) applied with "
+                                    "the scale augmentation, e.g. 0.75:1.5 for a student that will run on frames "
+                                    "squeezed to another aspect ratio than its base size; 1:1 (default) stretches "
+                                    "nothing"),
     temperature: float = typer.Option(1.0, "--temperature", help="logit KD temperature", callback=positive),
     kd_weight: float = opt.weight_option("--kd-weight", 1.0, "logit KD weight"),
     feature_weight: float = opt.weight_option("--feature-weight", 1.0, "CSF feature-map loss weight"),
@@ -47,13 +52,26 @@ def distill_command(
                              lr=lr, temperature=temperature, kd_weight=kd_weight, feature_weight=feature_weight,
                              embed_weight=embed_weight, stage1=stage1, assistant=assistant, val_every=val_every,
                              time_budget=time_budget, amp=amp, device=device, workers=workers, threads=threads,
-                             seed=seed)
+                             seed=seed, aspect=parse_aspect(aspect))
     with console.status("loading teacher and student"):
         t, s = load_model(teacher), load_model(student)
     result = distill(t, s, cfg, log=console.print)
     state = "finished" if result["finished"] else "resumable: run the same command again"
     console.print(f"stopped at iteration {result['iteration']} ({state}); best val mIoU {result['best_miou']:.4f}; "
                   f"weights in {out / 'best.safetensors'}")
+
+
+def parse_aspect(text: str) -> tuple[float, float]:
+    """'LO:HI' -> (LO, HI), 0 < LO <= HI; a ConfigError naming the option otherwise."""
+    from segrt.runtime.errors import ConfigError
+
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--aspect takes LO:HI (e.g. 0.75:1.5), got {text!r}") from None
+    if not (0 < lo <= hi < float("inf")):
+        raise ConfigError(f"--aspect needs 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def register(root: typer.Typer) -> None:
