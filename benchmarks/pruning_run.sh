@@ -34,4 +34,8 @@ segrt prune models/camvid-b0-p30.safetensors --flops 0.9 --align 16 --data $DATA
 segrt distill --teacher $SRC --student $RUNS/prune-b0/p30-aligned.safetensors --data $DATA -o $RUNS/distill-p30-aligned \
   --iterations 500 --stage1 0.2 --lr 1e-4 --val-every 100 --threads 1
 python models/bundle_pruned.py $RUNS/distill-p30-aligned --name camvid-b0-p27 --source camvid-b0-p30 --data $DATA
+# then once more with random aspect-ratio stretch (a 4:3 student that also runs at 512x512), 400 iterations, 5 min
+segrt distill --teacher $SRC --student models/camvid-b0-p27.safetensors --data $DATA -o $RUNS/distill-p27-aspect \
+  --iterations 400 --stage1 0.1 --lr 1e-4 --val-every 100 --aspect 0.75:1.5 --threads 2
+python models/bundle_pruned.py $RUNS/distill-p27-aspect --name camvid-b0-p27 --source camvid-b0-p30 --data $DATA
 echo "done at $(date -u +%H:%M:%S)"

@@ -131,6 +131,7 @@ def main() -> None:
         f"segrt distill --teacher models/{args.reference}.safetensors --student b0-p.safetensors "
         f"--data ../shared/data/camvid -o runs/distill \\\n  --iterations {cfg['iterations']} --stage1 {cfg['stage1']} "
         f"--lr {cfg['lr']} --val-every {cfg['val_every']}"
+        + (f" --aspect {cfg['aspect'][0]:g}:{cfg['aspect'][1]:g}" if tuple(cfg.get("aspect", (1, 1))) != (1, 1) else "")
     )
     card = f"""# {args.name}
 
