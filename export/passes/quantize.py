@@ -182,11 +182,14 @@ def upsampled_convs(proto: onnx.ModelProto) -> list[str]:
 def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     """(quantized, float) counts of the heavy op types: quantized means its weight (second input) comes
     from a DequantizeLinear; the data input alone says nothing, as a float node may share a dequantized
-    activation with a quantized one."""
+    activation with a quantized one. A MatMulInteger (the CPU form's dynamically quantized MatMul) counts as a
+    quantized MatMul."""
     dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized, floating = Counter(), Counter()
     for n in proto.graph.node:
-        if n.op_type in QUANTIZED_OP_TYPES:
+        if n.op_type == "MatMulInteger":
+            quantized["MatMul"] += 1
+        elif n.op_type in QUANTIZED_OP_TYPES:
             (quantized if n.input[1] in dq_outputs else floating)[n.op_type] += 1
     return dict(quantized), dict(floating)
 

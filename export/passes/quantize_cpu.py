@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from segrt.export.passes.quantize import (
     QuantizeResult,
     _restore_metadata,
     attention_matmuls,
+    census,
     output_heads,
     quantize_int8,
     require_metadata,
@@ -80,19 +80,6 @@ def conv_kinds(proto: onnx.ModelProto) -> dict[str, str]:
         else:
             kinds[node.name] = "other"
     return kinds
-
-
-def cpu_census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """(quantized, float) counts of Conv and MatMul in a CPU-form graph: a Conv is quantized when its weight
-    comes from a DequantizeLinear, a MatMul when it became a MatMulInteger (counted as ``MatMul``)."""
-    dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    quantized, floating = Counter(), Counter()
-    for n in proto.graph.node:
-        if n.op_type == "MatMulInteger":
-            quantized["MatMul"] += 1
-        elif n.op_type in ("Conv", "MatMul", "Gemm"):
-            (quantized if n.input[1] in dq_outputs else floating)[n.op_type] += 1
-    return dict(quantized), dict(floating)
 
 
 def quantize_int8_cpu(
@@ -173,7 +160,7 @@ def quantize_int8_cpu(
     except Exception as exc:
         raise ExportError(f"quantized graph fails onnx.checker: {exc}") from exc
     sinks.write_bytes(onnx_out, quantized.SerializeToString(), "INT8 model")
-    q, f = cpu_census(quantized)
+    q, f = census(quantized)
     return QuantizeResult(onnx_out, images, q, f)
 
 

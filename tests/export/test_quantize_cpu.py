@@ -8,11 +8,10 @@ import cv2
 import onnx
 import pytest
 
-from segrt.export.passes.quantize import attention_matmuls, label_agreement, read_metadata
+from segrt.export.passes.quantize import attention_matmuls, census, label_agreement, read_metadata
 from segrt.export.passes.quantize_cpu import (
     CPU_CONV_KINDS,
     conv_kinds,
-    cpu_census,
     quantize_int8_cpu,
     quantize_int8_form,
 )
@@ -38,7 +37,7 @@ def test_cpu_form_quantizes_weight_matmuls_and_reduction_convs_only(cpu_model, b
     source = onnx.load(str(b0_onnx))
     kinds = conv_kinds(source)
     weight_matmuls = sum(n.op_type == "MatMul" for n in source.graph.node) - len(attention_matmuls(source))
-    quantized, floating = cpu_census(proto)
+    quantized, floating = census(proto)
     assert quantized == {"Conv": sum(k in CPU_CONV_KINDS for k in kinds.values()), "MatMul": weight_matmuls}
     assert floating == {"Conv": sum(k not in CPU_CONV_KINDS for k in kinds.values()),
                         "MatMul": len(attention_matmuls(source))}
@@ -55,7 +54,7 @@ def test_onnxruntime_fuses_bias_and_gelu_around_the_int8_matmuls(cpu_model, b0_o
     import onnxruntime as ort
 
     result, proto = cpu_model
-    quantized, _ = cpu_census(proto)
+    quantized, _ = census(proto)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     opts.log_severity_level = 3
