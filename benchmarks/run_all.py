@@ -308,7 +308,9 @@ def markdown(report: dict) -> str:
                    "compute-class kernels (Conv, MatMul, Gemm and their fused and integer forms), their attained "
                    "GMAC/s as % of the attainable roof (the peak, or intensity x bandwidth below the ridge), and the "
                    "memory-class kernels' GB/s as % of the measured bandwidth (bytes the kernels touched, much of "
-                   "it in cache, so above 100% is possible). Plot: roofline.png.")]
+                   "it in cache, so above 100% is possible). INT8 tiers are held against the int8 peak although "
+                   "their attention MatMuls, most convolutions and the classifier stay float, so their compute "
+                   "share of the roof reads low. Plot: roofline.png.")]
     if any(r.get("reduces_resolution") for r in report["rows"]):
         lines += ["", (f"{REDUCED_MARK.strip()} feeds the network a smaller image (Segformer++'s downsampling "
                        "baseline): listed for comparison, not counted toward the goals.")]

@@ -13,7 +13,6 @@ only the uint8 hand-over for the frame form).
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -108,8 +107,8 @@ def _time_sizes(engine, network, frame, sizes, runs, warmup, rewarm, threads, pr
 
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process so far, all its threads: capture, decode and inference."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    times = os.times()  # portable; on Linux the same as getrusage(RUSAGE_SELF)
+    return times.user + times.system
 
 
 def _usable_cpus() -> int:
@@ -255,7 +254,8 @@ def multicam_markdown(r: dict) -> str:
     cpu = r.get("cpu")
     if cpu and cpu["sequential"]["busy"]:
         lines += ["", *table(["mode", "cores kept busy", "CPU ms per frame"], "lrr", [
-            [m, f"{100 * cpu[m]['busy']:.0f}% of {r['cpus']}", fmt(cpu[m]["cpu_ms_per_frame"])]
+            [m, f"{fmt(None if cpu[m]['busy'] is None else 100 * cpu[m]['busy'], '.0f')}% of {r['cpus']}",
+             fmt(cpu[m]["cpu_ms_per_frame"])]
             for m in ("batched", "sequential")])]
         lines += ["", (f"One after another already keeps {100 * cpu['sequential']['busy']:.0f}% of the {r['cpus']} "
                        f"usable cores busy, so no scheduling of the same work can deliver more than "

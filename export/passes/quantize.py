@@ -87,6 +87,17 @@ def require_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
     return meta
 
 
+def require_logits_form(proto: onnx.ModelProto, path: Path) -> None:
+    """Quantization calibrates and rewrites the network; a frame-form graph (uint8 frames in, masks out) has the
+    network inside a wrapper whose integer resize and label table must not be touched."""
+    from segrt.export.passes.frame_graph import is_frame_form
+
+    if is_frame_form(proto):
+        raise ConfigError(f"{path} is a frame-form model (frames in, masks out); quantize its logits form "
+                          "(`segrt export --form logits`, or `segrt export --precision int8`, which quantizes the "
+                          "network and then wraps it)")
+
+
 read_metadata = require_metadata  # former name, still imported by tests/export/test_quantize.py
 
 
@@ -223,6 +234,7 @@ def quantize_int8(
     except Exception as exc:
         raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
     meta = require_metadata(proto, onnx_in)
+    require_logits_form(proto, onnx_in)
     unknown = sorted(set(op_types) - set(QUANTIZED_OP_TYPES))
     if not op_types or unknown:
         raise ConfigError(f"op types to quantize must be a non-empty subset of {', '.join(QUANTIZED_OP_TYPES)}, "

@@ -46,6 +46,7 @@ from segrt.export.passes.quantize import (
     census,
     output_heads,
     quantize_int8,
+    require_logits_form,
     require_metadata,
 )
 from segrt.runtime import sinks
@@ -111,6 +112,7 @@ def quantize_int8_cpu(
     except Exception as exc:
         raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
     meta = require_metadata(proto, onnx_in)
+    require_logits_form(proto, onnx_in)
     if any(not n.name for n in proto.graph.node):
         raise ExportError(f"{onnx_in}: some nodes have no name; node exclusion needs names")
     kinds = conv_kinds(proto)
@@ -121,7 +123,9 @@ def quantize_int8_cpu(
         scratch = tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize-cpu.")
     calibration, images = None, 0
     with scratch as tmp:
-        source = onnx_in
+        # the loaded model, not its path: given a path, ONNX Runtime writes a "-inferred.onnx" next to it
+        source: onnx.ModelProto | Path = onnx.ModelProto()
+        source.CopyFrom(proto)  # ONNX Runtime may rewrite the graph it is given
         if len(float_convs) < len(kinds):
             source = Path(tmp) / "convs.onnx"
             convs_only = quantize_int8(onnx_in, source, calib_dir, count, size=size, method=method,
@@ -148,7 +152,10 @@ def quantize_int8_cpu(
             raise ExportError(f"dynamic INT8 quantization of {onnx_in} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             quant_logger.setLevel(saved_level)
-        quantized = onnx.load(str(raw))
+        try:
+            quantized = onnx.load(str(raw))
+        except Exception as exc:
+            raise ExportError(f"dynamic INT8 quantization of {onnx_in} wrote no readable model: {exc}") from exc
     what = "weight MatMuls dynamic (uint8 x int8)"
     if calibration:
         what += f"; {', '.join(k for k in CONV_KINDS if k in convs)} convs static Q/DQ ({calibration})"
@@ -171,6 +178,10 @@ def quantize_int8_form(
     CPU provider) or ``form="qdq"`` (:func:`quantize_int8`, the symmetric explicit Q/DQ file TensorRT builds)."""
     if form not in INT8_FORMS:
         raise ConfigError(f"unknown INT8 form {form!r}; expected one of {', '.join(INT8_FORMS)}")
+    cpu_options = {"size", "method", "convs", "per_channel", "show_progress"}
+    if form == "cpu" and set(kwargs) - cpu_options:
+        raise ConfigError(f"the cpu INT8 form takes {', '.join(sorted(cpu_options))}; not "
+                          f"{', '.join(sorted(set(kwargs) - cpu_options))} (options of the qdq form)")
     if form == "qdq":
         return quantize_int8(onnx_in, onnx_out, calib_dir, count, **kwargs)
     return quantize_int8_cpu(onnx_in, onnx_out, calib_dir, count, **kwargs)

@@ -247,7 +247,8 @@ def convert_precision(console: Console, precision: str, fp32_path: Path, output:
     agree = label_agreement(fp32_path, output, sample_frames(), size=hw)
     what = ("INT8 CPU form for ONNX Runtime (dynamic weight MatMuls, Q/DQ reduction convs; TensorRT needs "
             "--int8-form qdq)" if int8_form == "cpu" else "INT8 Q/DQ")
-    console.print(f"[green]wrote[/] {q.path} ({what}, calibrated on {q.calibration_images} images; quantized "
+    calibrated = f"calibrated on {q.calibration_images} images" if q.calibration_images else "no calibration needed"
+    console.print(f"[green]wrote[/] {q.path} ({what}, {calibrated}; quantized "
                   f"{', '.join(f'{n} {k}' for k, n in q.quantized_nodes.items())}): label agreement with FP32 "
                   f"{min(agree):.4%} (worst of {len(agree)} sample frames)")
 

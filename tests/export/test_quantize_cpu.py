@@ -120,3 +120,30 @@ def test_export_cli_checks_int8_form_before_loading(tmp_path):
     assert isinstance(res.exception, ConfigError) and "--int8-form" in str(res.exception)
     res = runner.invoke(app, [*base, "--precision", "fp16", "--int8-form", "cpu"])
     assert isinstance(res.exception, ConfigError) and "int8 only" in str(res.exception)
+
+
+def test_weight_matmuls_only_writes_nothing_beside_the_input(b0_onnx, tmp_path):
+    """convs=() quantizes without calibration; ONNX Runtime, given a path, would leave a "-inferred.onnx" there."""
+    import shutil
+
+    src = tmp_path / "in" / "net.onnx"
+    src.parent.mkdir()
+    shutil.copyfile(b0_onnx, src)
+    result = quantize_int8_cpu(src, tmp_path / "out" / "q.onnx", tmp_path, 4, convs=(), show_progress=False)
+    assert sorted(p.name for p in src.parent.iterdir()) == ["net.onnx"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.onnx"]
+    assert result.calibration_images == 0 and result.quantized_nodes.get("MatMul", 0) > 0
+    assert "Conv" not in result.quantized_nodes
+
+
+@pytest.mark.parametrize("form", ["cpu", "qdq"])
+def test_frame_form_models_are_refused_with_the_way_out(tiny_frame_onnx, camvid_root, tmp_path, form):
+    with pytest.raises(ConfigError, match="frame-form model .* --form logits"):
+        quantize_int8_form(tiny_frame_onnx, tmp_path / "q.onnx", camvid_root / "train", 2, form=form,
+                           show_progress=False)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cpu_form_names_options_it_does_not_take(b0_onnx, tmp_path):
+    with pytest.raises(ConfigError, match="quantize_attention"):
+        quantize_int8_form(b0_onnx, tmp_path / "q.onnx", tmp_path, 4, form="cpu", quantize_attention=True)
