@@ -28,7 +28,12 @@ from segrt.runtime.metrics import SegMetrics
 from segrt.runtime.progress import make_progress
 
 # The loop's own entries in a state file; everything else belongs to the run.
-LOOP_KEYS = ("iteration", "best_miou", "history", "elapsed", "torch_rng")
+LOOP_KEYS = ("iteration", "best_miou", "history", "elapsed", "torch_rng", "replay")
+# Config fields that decide which batches the iterations see: a resumed run must keep them, or it would switch
+# its data stream half-way while its config.json claims the whole run used the new values. A field missing from
+# an older state file held its default (REPLAY_DEFAULTS), e.g. no aspect stretch.
+REPLAY_FIELDS = ("seed", "batch_size", "crop", "scale", "aspect", "base_size")
+REPLAY_DEFAULTS: dict[str, Any] = {"aspect": [1.0, 1.0]}
 
 
 class LoopSettings(Protocol):
@@ -174,6 +179,7 @@ def resume(job: Job, log: Callable[[str], Any]) -> RunState:
     state = job.store.load()
     if state is None:
         return RunState()
+    check_replay(job, state)
     job.load_state({k: v for k, v in state.items() if k not in LOOP_KEYS})
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
@@ -184,9 +190,30 @@ def resume(job: Job, log: Callable[[str], Any]) -> RunState:
     return run
 
 
+def replay_settings(config: Any) -> dict[str, Any]:
+    """The :data:`REPLAY_FIELDS` of a run config (a dataclass), as JSON values (tuples become lists)."""
+    values = asdict(config) if config is not None else {}
+    return {k: json.loads(json.dumps(values[k])) for k in REPLAY_FIELDS if k in values}
+
+
+def check_replay(job: Job, state: dict) -> None:
+    """A state saved by an older segrt has no record (nothing to compare); otherwise every recorded field must
+    match the command's."""
+    if "replay" not in state or job.config is None:
+        return
+    saved, now = json.loads(state["replay"]), replay_settings(job.config)
+    for key in now:
+        before = saved.get(key, REPLAY_DEFAULTS.get(key, now[key]))
+        if before != now[key]:
+            raise ConfigError(f"{job.store.path} was started with {key} {before}, this command has {now[key]}: "
+                              "resuming would change the data stream half-way; rerun with the same settings or "
+                              "use another output folder")
+
+
 def save(job: Job, run: RunState) -> None:
     job.store.save({**job.state(), "torch_rng": torch.get_rng_state(), "iteration": run.iteration,
-                    "best_miou": run.best, "history": json.dumps(run.history), "elapsed": run.elapsed()})
+                    "best_miou": run.best, "history": json.dumps(run.history), "elapsed": run.elapsed(),
+                    "replay": json.dumps(replay_settings(job.config))})
     run.saved_at = run.iteration
 
 

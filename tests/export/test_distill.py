@@ -19,6 +19,7 @@ from segrt.export.training.distill import (
     logit_kd_loss,
     stage_weights,
 )
+from segrt.runtime.errors import ConfigError
 
 SIZE = (128, 160)
 
@@ -105,12 +106,12 @@ def test_distill_resumes_exactly(random_b0, pruned_student, camvid_root, tmp_pat
 
     teacher = LoadedModel(copy.deepcopy(random_b0.model), random_b0.metadata, random_b0.source, random_b0.sha256)
 
-    def run(out, budget):
+    def run(out, budget, aspect=(1.0, 1.0)):
         student = LoadedModel(apply_plan(pruned_student, _identity_plan(pruned_student)), random_b0.metadata,
                               "pruned-student", "0" * 64)
         cfg = DistillConfig(data=str(camvid_root), out=str(out), iterations=2, batch_size=1, crop=(64, 64),
                             base_size=(96, 128), loss="ce", val_every=100, val_limit=1, workers=0, threads=2,
-                            amp="off", stage1=0.5, time_budget=budget)
+                            amp="off", stage1=0.5, time_budget=budget, aspect=aspect)
         return distill(teacher, student, cfg, log=lambda *_: None)
 
     straight = run(tmp_path / "a", None)
@@ -119,6 +120,10 @@ def test_distill_resumes_exactly(random_b0, pruned_student, camvid_root, tmp_pat
     assert stopped["iteration"] == 1 and not stopped["finished"]
     # a stop for the budget validates, so best/last checkpoints hold everything trained so far
     assert [h["iteration"] for h in stopped["history"]] == [1] and (tmp_path / "b" / "last.safetensors").exists()
+    config = (tmp_path / "b" / "config.json").read_text()
+    with pytest.raises(ConfigError, match="aspect"):  # another data stream half-way: refused, nothing touched
+        run(tmp_path / "b", None, aspect=(0.75, 1.5))
+    assert (tmp_path / "b" / "config.json").read_text() == config
     resumed = run(tmp_path / "b", None)
     assert resumed["finished"]
     a = torch.load(tmp_path / "a" / "distill_state.pt", weights_only=True)["student"]
