@@ -195,3 +195,31 @@ def test_headline_goals_skip_tiers_that_shrink_the_image():
     g = run_all.goals(rows)
     assert g["best"] == "segrt p30 FP32" and g["met_vs_plain_ort"] and not g["met_vs_eager"]
     assert run_all.goals(rows[:2] + rows[4:5])["best"] is None
+
+
+def test_headline_rows_mark_reduced_tiers_and_pair_int8_with_its_fp32_graph():
+    """The wiring from tiers and a benchmark group to the rows the goals read: the downsample tier marked by its
+    merge strategy, each INT8 tier paired with the FP32 tier of the same graph by name."""
+    run_all = script("run_all")
+
+    def result(name, ms, precision="fp32"):
+        return {"name": name, "info": {"backend": "onnxruntime:cpu"}, "kind": "onnx", "precision": precision,
+                "latency_ms": {"p50": ms, "p95": ms}, "end_to_end_ms": {"p50": ms + 1}, "throughput_fps": 1000 / ms,
+                "gmacs": 1.0, "gmacs_per_s": 1.0, "pct_of_peak": 1.0, "peak_kind": precision,
+                "memory_mb": {"peak": 10.0}}
+
+    group = {"results": [result(run_all.EAGER, 300), result(run_all.PLAIN, 150), result("segrt FP32", 90),
+                         result("segrt INT8", 60, "int8"), result("segrt merge-downsample FP32", 20),
+                         result("segrt merge-downsample INT8", 25, "int8")]}
+    tiers = [run_all.Tier("segrt FP32", Path("a"), "fp32", "none"),
+             run_all.Tier("segrt INT8", Path("b"), "int8", "none"),
+             run_all.Tier("segrt merge-downsample FP32", Path("c"), "fp32", "downsample"),
+             run_all.Tier("segrt merge-downsample INT8", Path("d"), "int8", "downsample")]
+    accuracy = {n: {"miou": 0.5} for n in [r["name"] for r in group["results"]]}
+    rows = {r["name"]: r for r in run_all.headline_rows(group, accuracy, tiers)}
+    assert [n for n, r in rows.items() if r["reduces_resolution"]] == ["segrt merge-downsample FP32",
+                                                                       "segrt merge-downsample INT8"]
+    assert rows["segrt INT8"]["int8_vs_fp32"] == pytest.approx(1.5)
+    assert rows["segrt merge-downsample INT8"]["int8_vs_fp32"] == pytest.approx(0.8)
+    assert rows["segrt FP32"]["int8_vs_fp32"] is None and rows["segrt FP32"]["compute_share"] is None
+    assert run_all.goals(list(rows.values()))["best"] == "segrt INT8"
