@@ -87,6 +87,17 @@ def require_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
     return meta
 
 
+def load_network(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
+    """A logits-form segrt ONNX to quantize, with its metadata; typed errors for anything else."""
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot read ONNX model ({exc})") from exc
+    meta = require_metadata(proto, path)
+    require_logits_form(proto, path)
+    return proto, meta
+
+
 def require_logits_form(proto: onnx.ModelProto, path: Path) -> None:
     """Quantization calibrates and rewrites the network; a frame-form graph (uint8 frames in, masks out) has the
     network inside a wrapper whose integer resize and label table must not be touched."""
@@ -229,12 +240,7 @@ def quantize_int8(
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
-    try:
-        proto = onnx.load(str(onnx_in))
-    except Exception as exc:
-        raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
-    meta = require_metadata(proto, onnx_in)
-    require_logits_form(proto, onnx_in)
+    proto, meta = load_network(onnx_in)
     unknown = sorted(set(op_types) - set(QUANTIZED_OP_TYPES))
     if not op_types or unknown:
         raise ConfigError(f"op types to quantize must be a non-empty subset of {', '.join(QUANTIZED_OP_TYPES)}, "

@@ -44,13 +44,13 @@ from segrt.export.passes.quantize import (
     _restore_metadata,
     attention_matmuls,
     census,
+    load_network,
     output_heads,
     quantize_int8,
-    require_logits_form,
     require_metadata,
 )
 from segrt.runtime import sinks
-from segrt.runtime.errors import ConfigError, ExportError, ModelLoadError
+from segrt.runtime.errors import ConfigError, ExportError
 
 CONV_KINDS = ("patch", "reduction", "depthwise", "pointwise", "other")
 CPU_CONV_KINDS = ("reduction",)  # the convolutions the CPU form quantizes (static Q/DQ)
@@ -107,12 +107,7 @@ def quantize_int8_cpu(
     unknown = sorted(set(convs) - set(CONV_KINDS))
     if unknown:
         raise ConfigError(f"unknown convolution kind(s) {', '.join(unknown)}; expected some of {', '.join(CONV_KINDS)}")
-    try:
-        proto = onnx.load(str(onnx_in))
-    except Exception as exc:
-        raise ModelLoadError(f"{onnx_in}: cannot read ONNX model ({exc})") from exc
-    meta = require_metadata(proto, onnx_in)
-    require_logits_form(proto, onnx_in)
+    proto, meta = load_network(onnx_in)
     if any(not n.name for n in proto.graph.node):
         raise ExportError(f"{onnx_in}: some nodes have no name; node exclusion needs names")
     kinds = conv_kinds(proto)
