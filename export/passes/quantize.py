@@ -32,6 +32,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +89,38 @@ def require_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
 
 
 def load_network(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
-    """A logits-form segrt ONNX to quantize, with its metadata; typed errors for anything else."""
+    """A logits-form segrt ONNX to quantize, with its metadata; typed errors for anything else (quantization
+    keeps nodes in float by name, so every node needs one)."""
     try:
         proto = onnx.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot read ONNX model ({exc})") from exc
     meta = require_metadata(proto, path)
     require_logits_form(proto, path)
+    unnamed = [n for n in proto.graph.node if not n.name]
+    if unnamed:
+        raise ExportError(f"{path}: {len(unnamed)} nodes have no name; node exclusion needs names")
     return proto, meta
+
+
+def scratch_folder(onnx_out: Path, prefix: str) -> tempfile.TemporaryDirectory:
+    """A scratch folder beside ``onnx_out`` (same file system: the result is written from it), its parent
+    created first; a failure is an OutputError naming the model file."""
+    sinks.prepare_folder(onnx_out.parent, f"folder of {onnx_out.name}")
+    with sinks.writing(onnx_out, "INT8 model (its scratch folder)"):
+        return tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=prefix)
+
+
+@contextmanager
+def quiet_quantization_log():
+    """ONNX Runtime's quantization tools warn about pre-processing on every call (on the root logger)."""
+    root = logging.getLogger("root")
+    saved = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
 
 
 def require_logits_form(proto: onnx.ModelProto, path: Path) -> None:
@@ -251,9 +276,6 @@ def quantize_int8(
     excluded += output_heads(proto) + upsampled_convs(proto) + list(exclude)
     if not quantize_attention:
         excluded += attention_matmuls(proto)
-    unnamed = [n for n in proto.graph.node if not n.name]
-    if unnamed:
-        raise ExportError(f"{onnx_in}: {len(unnamed)} nodes have no name; node exclusion needs names")
     calib_method = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -270,13 +292,8 @@ def quantize_int8(
     }
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    sinks.prepare_folder(onnx_out.parent, f"folder of {onnx_out.name}")
-    with sinks.writing(onnx_out, "INT8 model (its scratch folder)"):  # created here, removed after the with below
-        scratch = tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize.")
-    quant_logger = logging.getLogger("root")
-    saved_level = quant_logger.level
-    quant_logger.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
-    try:
+    scratch = scratch_folder(onnx_out, ".quantize.")  # removed after the with below
+    with quiet_quantization_log():
         with (
             scratch as tmp,
             make_progress(transient=True) if show_progress else _NoProgress() as progress,
@@ -303,8 +320,6 @@ def quantize_int8(
             except Exception as exc:
                 raise ExportError(f"INT8 quantization of {onnx_in} failed: {type(exc).__name__}: {exc}") from exc
             quantized = onnx.load(str(raw))
-    finally:
-        quant_logger.setLevel(saved_level)
     meta.extra = {
         **meta.extra,
         "precision": "int8",

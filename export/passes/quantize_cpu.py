@@ -32,8 +32,6 @@ MatMulInteger / DynamicQuantizeLinear, so ``segrt build`` needs the Q/DQ file (`
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +45,9 @@ from segrt.export.passes.quantize import (
     load_network,
     output_heads,
     quantize_int8,
+    quiet_quantization_log,
     require_metadata,
+    scratch_folder,
 )
 from segrt.runtime import sinks
 from segrt.runtime.errors import ConfigError, ExportError
@@ -108,19 +108,13 @@ def quantize_int8_cpu(
     if unknown:
         raise ConfigError(f"unknown convolution kind(s) {', '.join(unknown)}; expected some of {', '.join(CONV_KINDS)}")
     proto, meta = load_network(onnx_in)
-    if any(not n.name for n in proto.graph.node):
-        raise ExportError(f"{onnx_in}: some nodes have no name; node exclusion needs names")
     kinds = conv_kinds(proto)
     float_convs = [name for name, kind in kinds.items() if kind not in convs]
     float_matmuls = attention_matmuls(proto) + output_heads(proto)
-    sinks.prepare_folder(onnx_out.parent, f"folder of {onnx_out.name}")
-    with sinks.writing(onnx_out, "INT8 model (its scratch folder)"):
-        scratch = tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quantize-cpu.")
+    scratch = scratch_folder(onnx_out, ".quantize-cpu.")
     calibration, images = None, 0
     with scratch as tmp:
-        # the loaded model, not its path: given a path, ONNX Runtime writes a "-inferred.onnx" next to it
-        source: onnx.ModelProto | Path = onnx.ModelProto()
-        source.CopyFrom(proto)  # ONNX Runtime may rewrite the graph it is given
+        source: onnx.ModelProto | Path
         if len(float_convs) < len(kinds):
             source = Path(tmp) / "convs.onnx"
             convs_only = quantize_int8(onnx_in, source, calib_dir, count, size=size, method=method,
@@ -128,25 +122,26 @@ def quantize_int8_cpu(
                                        exclude=float_convs)
             images = convs_only.calibration_images
             calibration = require_metadata(onnx.load(str(source)), source).extra["calibration"]
+        else:
+            # the loaded model, not its path: given a path, ONNX Runtime writes a "-inferred.onnx" next to it;
+            # a copy, as ONNX Runtime may rewrite the graph it is given
+            source = onnx.ModelProto()
+            source.CopyFrom(proto)
         raw = Path(tmp) / "dynamic.onnx"
-        quant_logger = logging.getLogger("root")
-        saved_level = quant_logger.level
-        quant_logger.setLevel(logging.ERROR)  # ORT warns about pre-processing on every call
         try:
-            quantize_dynamic(
-                source,
-                raw,
-                op_types_to_quantize=["MatMul"],
-                per_channel=per_channel,
-                reduce_range=False,  # AMX / AVX-512 VNNI: no 16-bit accumulation overflow to avoid
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=float_matmuls,
-                extra_options={"MatMulConstBOnly": True},  # activation x activation MatMuls stay float anyway
-            )
+            with quiet_quantization_log():
+                quantize_dynamic(
+                    source,
+                    raw,
+                    op_types_to_quantize=["MatMul"],
+                    per_channel=per_channel,
+                    reduce_range=False,  # AMX / AVX-512 VNNI: no 16-bit accumulation overflow to avoid
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=float_matmuls,
+                    extra_options={"MatMulConstBOnly": True},  # activation x activation MatMuls stay float anyway
+                )
         except Exception as exc:
             raise ExportError(f"dynamic INT8 quantization of {onnx_in} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            quant_logger.setLevel(saved_level)
         try:
             quantized = onnx.load(str(raw))
         except Exception as exc:
