@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from segrt.measure.bench import network_path, summarize
-from segrt.measure.harness import run_interleaved
+from segrt.measure.harness import default_threads, run_interleaved
 from segrt.runtime.errors import SegrtError
 
 CAMERA_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (720, 1280), (1080, 1920))
@@ -111,20 +111,13 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _with_cpu(run: Callable[[], dict]) -> dict:
     """``run()``'s result plus the CPU time it took and the share of the usable cores it kept busy: a pass that
     already keeps every core busy can only get faster by doing less work, not by scheduling it differently."""
     cpu0 = _cpu_seconds()
     out = run()
     out["cpu_s"] = _cpu_seconds() - cpu0
-    out["cpu_busy"] = out["cpu_s"] / (out["wall_s"] * _usable_cpus()) if out["wall_s"] > 0 else None
+    out["cpu_busy"] = out["cpu_s"] / (out["wall_s"] * default_threads()) if out["wall_s"] > 0 else None
     out["cpu_ms_per_frame"] = 1000 * out["cpu_s"] / out["frames"] if out["frames"] else None
     return out
 
@@ -214,7 +207,7 @@ def multicam_throughput(model: str | Path, source: str, *, cameras: int = 4, fra
             "lost": sum(p["batched"]["lost"] + p["sequential"]["lost"] for p in passes),
             "mean_batch": float(np.mean([p["batched"]["mean_batch"] for p in passes])),
             "max_batch": engine.backend.input_shape[0] or None,
-            "cpus": _usable_cpus(), "cpu": _cpu_summary(passes),
+            "cpus": default_threads(), "cpu": _cpu_summary(passes),
             "per_camera": per_camera, "per_round": passes, "conditions": conditions.to_dict()}
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,9 +31,8 @@ from segrt.runtime.progress import make_progress
 LOOP_KEYS = ("iteration", "best_miou", "history", "elapsed", "torch_rng", "replay")
 # Config fields that decide which batches the iterations see: a resumed run must keep them, or it would switch
 # its data stream half-way while its config.json claims the whole run used the new values. A field missing from
-# an older state file held its default (REPLAY_DEFAULTS), e.g. no aspect stretch.
+# an older state file (added to the config since) held its default, e.g. no aspect stretch.
 REPLAY_FIELDS = ("seed", "batch_size", "crop", "scale", "aspect", "base_size")
-REPLAY_DEFAULTS: dict[str, Any] = {"aspect": [1.0, 1.0]}
 
 
 class LoopSettings(Protocol):
@@ -202,8 +201,9 @@ def check_replay(job: Job, state: dict) -> None:
     if "replay" not in state or job.config is None:
         return
     saved, now = json.loads(state["replay"]), replay_settings(job.config)
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in fields(job.config) if f.default is not MISSING}
     for key in now:
-        before = saved.get(key, REPLAY_DEFAULTS.get(key, now[key]))
+        before = saved.get(key, defaults.get(key, now[key]))
         if before != now[key]:
             raise ConfigError(f"{job.store.path} was started with {key} {before}, this command has {now[key]}: "
                               "resuming would change the data stream half-way; rerun with the same settings or "
