@@ -321,11 +321,7 @@ def _cv2_resize(b: _Builder, x: str, net_size, fixed, double: bool) -> str:
     frame); ONNX Runtime runs :func:`_cv2_resize_planes`.
     """
     i32 = TensorProto.INT32
-    if fixed is not None:
-        h_in, w_in = int(fixed[0]), int(fixed[1])
-    else:
-        shape = b.op("Shape", [x])
-        h_in, w_in = b.op("Squeeze", [b.dim(shape, 1)]), b.op("Squeeze", [b.dim(shape, 2)])
+    h_in, w_in = _frame_hw(b, x, fixed)
     y0, y1, b0, b1 = _cv2_coefficients(b, h_in, net_size[0], clamp=False, double=double)
     x0, x1, a0, a1 = _cv2_coefficients(b, w_in, net_size[1], clamp=True, double=double)
     # (1, 1, w, 3), not (1, 1, w, 1): ONNX Runtime broadcasts a matching innermost axis ~20x faster
@@ -335,15 +331,31 @@ def _cv2_resize(b: _Builder, x: str, net_size, fixed, double: bool) -> str:
     for y in (y0, y1):
         row = b.op("Gather", [x, y], "src_row", axis=1)  # (N, h, W, 3): whole rows, still bytes when not cast
         c0, c1 = (b.op("Cast", [b.op("Gather", [row, c], "src_px", axis=2)], to=i32) for c in (x0, x1))
-        rows.append(b.op("Add", [b.op("Mul", [c0, a0]), b.op("Mul", [c1, a1])], "hpass"))  # <= 255 * 2048
+        rows.append(_cv2_horizontal(b, c0, c1, a0, a1))
+    return _cv2_vertical(b, rows, (b0, b1), "frame_small")
 
-    def mul_hi(v: str, w: str) -> str:
-        return b.op("Div", [b.op("Mul", [b.op("Div", [v, b.const(np.int32(16))]), w]), b.const(np.int32(65536))])
 
-    v = b.op("Add", [mul_hi(rows[0], b0), mul_hi(rows[1], b1)])
-    # no saturation needed: each weight pair sums to 2048 (its halves round to even in opposite directions), so
-    # the sum above is at most 1020 and the result at most 255
-    return b.op("Div", [b.op("Add", [v, b.const(np.int32(2))]), b.const(np.int32(4))], "frame_small")
+def _frame_hw(b: _Builder, x: str, fixed) -> tuple:
+    """The frames' (H, W): ints for a fixed frame size, scalar int64 tensors of the (N, H, W, 3) input otherwise."""
+    if fixed is not None:
+        return int(fixed[0]), int(fixed[1])
+    shape = b.op("Shape", [x])
+    return b.op("Squeeze", [b.dim(shape, 1)]), b.op("Squeeze", [b.dim(shape, 2)])
+
+
+def _cv2_horizontal(b: _Builder, c0: str, c1: str, a0: str, a1: str) -> str:
+    """OpenCV's horizontal pass: the two source pixels (int32) by their 11-bit weights, <= 255 * 2048."""
+    return b.op("Add", [b.op("Mul", [c0, a0]), b.op("Mul", [c1, a1])], "hpass")
+
+
+def _cv2_vertical(b: _Builder, rows: list[str], weights: tuple[str, str], name: str | None = None) -> str:
+    """OpenCV's SIMD vertical pass on two horizontal passes: ((((row0 >> 4) * b0) >> 16) + (((row1 >> 4) * b1)
+    >> 16) + 2) >> 2 (non-negative int32, so floor division is the shift). No saturation is needed: each weight
+    pair sums to 2048 (its halves round to even in opposite directions), so the sum is at most 1020 and the
+    result at most 255."""
+    parts = [b.op("Div", [b.op("Mul", [b.op("Div", [row, b.const(np.int32(16))]), w]), b.const(np.int32(65536))])
+             for row, w in zip(rows, weights)]
+    return b.op("Div", [b.op("Add", [b.op("Add", parts), b.const(np.int32(2))]), b.const(np.int32(4))], name)
 
 
 def _cv2_resize_planes(b: _Builder, x: str, net_size, fixed) -> str:
@@ -362,11 +374,7 @@ def _cv2_resize_planes(b: _Builder, x: str, net_size, fixed) -> str:
     """
     i32 = TensorProto.INT32
     h, w = int(net_size[0]), int(net_size[1])
-    if fixed is not None:
-        h_in, w_in = int(fixed[0]), int(fixed[1])
-    else:
-        shape = b.op("Shape", [x])
-        h_in, w_in = b.op("Squeeze", [b.dim(shape, 1)]), b.op("Squeeze", [b.dim(shape, 2)])
+    h_in, w_in = _frame_hw(b, x, fixed)
     y0, y1, b0, b1 = _cv2_coefficients(b, h_in, h, clamp=False, double=True)
     x0, x1, a0, a1 = _cv2_coefficients(b, w_in, w, clamp=True, double=True)
     rgb = b.i64(2, 1, 0)
@@ -375,16 +383,14 @@ def _cv2_resize_planes(b: _Builder, x: str, net_size, fixed) -> str:
                              b.i64(-1)], "src_cols") for c in (x0, x1)]
     a0, a1 = (b.op("Reshape", [b.op("Cast", [a], to=i32), b.i64(1, w, 1, 1)]) for a in (a0, a1))
     b0, b1 = (b.op("Reshape", [b.op("Cast", [v], to=i32), b.i64(1, 1, 1, h)]) for v in (b0, b1))
-    parts = []
-    for y, weight in ((y0, b0), (y1, b1)):
+    hpasses = []
+    for y in (y0, y1):
         rows = b.op("Gather", [x, y], "src_row", axis=1)  # (N, h, W, 3) bytes
         rows = b.op("Transpose", [b.op("Reshape", [rows, b.i64(0, 0, -1)])], "src_cols_rows", perm=[0, 2, 1])
         c0, c1 = (b.op("Reshape", [b.op("Cast", [b.op("Gather", [rows, c], "src_px", axis=1)], to=i32),
                                    b.i64(0, w, 3, h)]) for c in cols)  # (N, w, 3, h)
-        hpass = b.op("Add", [b.op("Mul", [c0, a0]), b.op("Mul", [c1, a1])], "hpass")  # <= 255 * 2048
-        quarter = b.op("Mul", [b.op("Div", [hpass, b.const(np.int32(16))]), weight])
-        parts.append(b.op("Div", [quarter, b.const(np.int32(65536))]))
-    v = b.op("Div", [b.op("Add", [b.op("Add", parts), b.const(np.int32(2))]), b.const(np.int32(4))])  # <= 255
+        hpasses.append(_cv2_horizontal(b, c0, c1, a0, a1))
+    v = _cv2_vertical(b, hpasses, (b0, b1))  # <= 255
     v = b.op("Reshape", [b.op("Cast", [v], "frame_f", to=TensorProto.FLOAT), b.i64(0, w, -1)])
     return b.op("Reshape", [b.op("Transpose", [v], perm=[0, 2, 1]), b.i64(0, 3, h, w)], "frame_small")
 
