@@ -26,6 +26,7 @@ from segrt.engines.compat import CompatReport, check_model
 from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
 from segrt.engines.plan import FORMS, BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
+from segrt.export.passes.norm_cpu import has_instance_norms, to_layer_norm
 from segrt.runtime.errors import ConfigError, ExportError
 from segrt.runtime.sinks import prepare_folder, write_bytes, write_text, writing
 
@@ -132,10 +133,13 @@ def _trtexec_script(plans: list[BuildPlan], pins: dict[str, tuple[list[str], int
 
 
 def logits_network(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The logits-form network of ``model``: itself, or the network inside a frame-form graph."""
+    """The logits-form network of ``model`` (itself, or the network inside a frame-form graph), with the
+    LayerNorms written for ONNX Runtime's CPU provider turned back into LayerNormalization (exact), which
+    TensorRT fuses and the FP16/INT8 plans keep in FP32."""
     from segrt.export.passes.frame_graph import is_frame_form, network_of
 
-    return network_of(model) if is_frame_form(model) else model
+    network, _ = to_layer_norm(network_of(model) if is_frame_form(model) else model)
+    return network
 
 
 def frame_form(network: onnx.ModelProto, frame_size: Sequence[int] | None) -> onnx.ModelProto:
@@ -171,14 +175,22 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         stem = stem.removesuffix(suffix)
     wrapped_from = None
     network = None
+    rewritten = None
     if request.form == "frame":
         network = logits_network(load_onnx(source))
+        rewritten = frame_form(network, request.frame_size)
+    else:
+        original = load_onnx(source)
+        if has_instance_norms(original):  # a logits file written for ONNX Runtime's CPU provider
+            rewritten, _ = to_layer_norm(original)
+    if rewritten is not None:
         target_path = out / f"{stem}.onnx"
         if target_path.exists() and source.resolve() == target_path.resolve():
-            raise ConfigError(f"{source} is where the bundle writes its frame-form ONNX; choose another -o folder")
+            raise ConfigError(f"{source} is where the bundle writes its {request.form}-form ONNX; choose another "
+                              "-o folder")
         prepare_folder(out, "bundle folder")
         wrapped_from = {"source": source.name, "sha256": sha256_file(source)}
-        source = _write_model(frame_form(network, request.frame_size), target_path)
+        source = _write_model(rewritten, target_path)
     model, info = inspect_model(source)
     plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
 

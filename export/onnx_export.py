@@ -26,6 +26,7 @@ from segrt.export.model.segformer import SegFormer
 from segrt.export.passes import frame_graph
 from segrt.export.passes.compare import relative_error
 from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.export.passes.norm_cpu import to_instance_norm
 from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
@@ -38,6 +39,7 @@ MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked pe
 TOLERANCE = 1e-4
 OUTPUTS = ("logits", "labels", "upsampled")
 FORMS = ("logits", "frame")  # float NCHW in, logits out / uint8 BGR frame in, mask out (frame_graph)
+NORMS = ("instance", "layer")  # narrow LayerNorms as InstanceNormalization (ONNX Runtime CPU) / as exported
 
 
 class ExportHead(nn.Module):
@@ -179,6 +181,7 @@ def export_onnx(
     output_stride: int = 1,
     post: str = "refine",
     dynamic_batch: bool = False,
+    norm: str = "instance",
 ) -> ExportResult:
     """Export, pin versions, embed metadata, check the graph, and verify it against PyTorch.
 
@@ -194,7 +197,13 @@ def export_onnx(
 
     ``dynamic_batch`` keeps the input size fixed but the batch open (several cameras in one run); ``dynamic``
     opens batch, height and width.
+
+    ``norm="instance"`` (default) writes the narrow LayerNorms as ONNX Runtime's CPU provider runs them fastest
+    (:mod:`.passes.norm_cpu`, verified below like any rewrite); ``"layer"`` keeps LayerNormalization. Files for
+    TensorRT need not care: ``segrt build``, the Q/DQ quantizer and the FP16 pass turn them back.
     """
+    if norm not in NORMS:
+        raise ExportError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
     if form not in FORMS:
         raise ExportError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     if form == "frame" and output != "logits":
@@ -214,11 +223,16 @@ def export_onnx(
     proto = reorder_gelu(proto)  # lets ONNX Runtime fuse GELU (see .gelu_order); verified below like any rewrite
     if transform is not None:
         proto = transform(proto)
+    rewritten_norms = 0
+    if norm == "instance":
+        proto, rewritten_norms = to_instance_norm(proto)
     meta = ModelMetadata(**{**metadata.__dict__, "extra": dict(metadata.extra)})
     meta.input_size = None if dynamic else tuple(size)
     meta.output = "labels" if output == "labels" else "logits"
     if fold:
         meta.extra["decoder"] = "folded"
+    if rewritten_norms:
+        meta.extra["norm"] = "instance"
     segformer = next((m for m in model.modules() if isinstance(m, SegFormer)), None)
     if segformer is not None:
         meta.architecture = segformer.config.to_json()
