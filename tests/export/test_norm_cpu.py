@@ -97,8 +97,9 @@ def layer_norm_then_linear(tokens: int | str, channels: int = 32, out: int = 8) 
     nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=-1, epsilon=1e-5),
              helper.make_node("MatMul", ["n", "weight"], ["m"], name="mm"),
              helper.make_node("Add", ["m", "bias"], ["y"], name="add")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, channels])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, out])], inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, channels])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, out])
+    graph = helper.make_graph(nodes, "g", [x], [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
