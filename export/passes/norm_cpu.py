@@ -173,6 +173,7 @@ def to_instance_norm(proto: onnx.ModelProto, max_channels: int = MAX_CHANNELS) -
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     g = _Graph(proto)
     rewritten = 0
+    unit: dict[int, tuple[str, str]] = {}
     for node in list(g.graph.node):
         found = _candidate(g, node, max_channels)
         if found is None:
@@ -184,9 +185,11 @@ def to_instance_norm(proto: onnx.ModelProto, max_channels: int = MAX_CHANNELS) -
         tokens = g.shapes[node.input[0]][1]
         base = f"{PREFIX}{node.name or 'layernorm'}"
         extra: list[onnx.NodeProto] = []
-        if tokens is not None:
-            ones, zeros = (g.add_const("ones", np.ones(tokens, np.float32)),
-                           g.add_const("zeros", np.zeros(tokens, np.float32)))
+        if tokens is not None:  # one pair per length, shared by the nodes that use it
+            if tokens not in unit:
+                unit[tokens] = (g.add_const("ones", np.ones(tokens, np.float32)),
+                                g.add_const("zeros", np.zeros(tokens, np.float32)))
+            ones, zeros = unit[tokens]
         else:  # sequence length known only at run time: unit scale and zero bias of that length
             ones, zeros = f"{base}/ones", f"{base}/zeros"
             extra += [helper.make_node("Shape", [node.input[0]], [f"{base}/tokens"], name=f"{base}/tokens", start=1,
