@@ -26,7 +26,7 @@ from segrt.engines.compat import CompatReport, check_model
 from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
 from segrt.engines.plan import FORMS, BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
-from segrt.export.passes.norm_cpu import has_instance_norms, to_layer_norm
+from segrt.export.passes.cpu_form import is_cpu_form, to_portable_ops
 from segrt.runtime.errors import ConfigError, ExportError
 from segrt.runtime.sinks import prepare_folder, write_bytes, write_text, writing
 
@@ -133,13 +133,12 @@ def _trtexec_script(plans: list[BuildPlan], pins: dict[str, tuple[list[str], int
 
 
 def logits_network(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The logits-form network of ``model`` (itself, or the network inside a frame-form graph), with the
-    LayerNorms written for ONNX Runtime's CPU provider turned back into LayerNormalization (exact), which
-    TensorRT fuses and the FP16/INT8 plans keep in FP32."""
+    """The logits-form network of ``model`` (itself, or the network inside a frame-form graph), with the ops
+    written for ONNX Runtime's CPU provider in their portable forms (exact; :mod:`segrt.export.passes.cpu_form`):
+    LayerNormalization, which TensorRT fuses and the FP16/INT8 plans keep in FP32, and ScatterElements sums."""
     from segrt.export.passes.frame_graph import is_frame_form, network_of
 
-    network, _ = to_layer_norm(network_of(model) if is_frame_form(model) else model)
-    return network
+    return to_portable_ops(network_of(model) if is_frame_form(model) else model)
 
 
 def frame_form(network: onnx.ModelProto, frame_size: Sequence[int] | None) -> onnx.ModelProto:
@@ -181,8 +180,8 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         rewritten = frame_form(network, request.frame_size)
     else:
         original = load_onnx(source)
-        if has_instance_norms(original):  # a logits file written for ONNX Runtime's CPU provider
-            rewritten, _ = to_layer_norm(original)
+        if is_cpu_form(original):  # a logits file written for ONNX Runtime's CPU provider
+            rewritten = to_portable_ops(original)
     if rewritten is not None:
         target_path = out / f"{stem}.onnx"
         if target_path.exists() and source.resolve() == target_path.resolve():

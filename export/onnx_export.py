@@ -25,8 +25,8 @@ from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.model.segformer import SegFormer
 from segrt.export.passes import frame_graph
 from segrt.export.passes.compare import relative_error
+from segrt.export.passes.cpu_form import CPU_TAG, OPS, to_cpu_ops
 from segrt.export.passes.gelu_order import reorder_gelu
-from segrt.export.passes.norm_cpu import to_instance_norm
 from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
@@ -39,7 +39,6 @@ MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked pe
 TOLERANCE = 1e-4
 OUTPUTS = ("logits", "labels", "upsampled")
 FORMS = ("logits", "frame")  # float NCHW in, logits out / uint8 BGR frame in, mask out (frame_graph)
-NORMS = ("instance", "layer")  # narrow LayerNorms as InstanceNormalization (ONNX Runtime CPU) / as exported
 
 
 class ExportHead(nn.Module):
@@ -181,7 +180,7 @@ def export_onnx(
     output_stride: int = 1,
     post: str = "refine",
     dynamic_batch: bool = False,
-    norm: str = "instance",
+    ops: str = "cpu",
 ) -> ExportResult:
     """Export, pin versions, embed metadata, check the graph, and verify it against PyTorch.
 
@@ -198,12 +197,12 @@ def export_onnx(
     ``dynamic_batch`` keeps the input size fixed but the batch open (several cameras in one run); ``dynamic``
     opens batch, height and width.
 
-    ``norm="instance"`` (default) writes the narrow LayerNorms as ONNX Runtime's CPU provider runs them fastest
-    (:mod:`.passes.norm_cpu`, verified below like any rewrite); ``"layer"`` keeps LayerNormalization. Files for
-    TensorRT need not care: ``segrt build``, the Q/DQ quantizer and the FP16 pass turn them back.
+    ``ops="cpu"`` (default) writes ops in the forms ONNX Runtime's CPU provider runs fastest (:mod:`.passes.cpu_form`:
+    narrow LayerNorms, token-merge sums; verified below like any rewrite); ``"portable"`` keeps them as exported.
+    Files for TensorRT need not care: ``segrt build``, the Q/DQ quantizer and the FP16 pass make them portable.
     """
-    if norm not in NORMS:
-        raise ExportError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+    if ops not in OPS:
+        raise ExportError(f"unknown ops form {ops!r}; expected one of {', '.join(OPS)}")
     if form not in FORMS:
         raise ExportError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     if form == "frame" and output != "logits":
@@ -223,16 +222,16 @@ def export_onnx(
     proto = reorder_gelu(proto)  # lets ONNX Runtime fuse GELU (see .gelu_order); verified below like any rewrite
     if transform is not None:
         proto = transform(proto)
-    rewritten_norms = 0
-    if norm == "instance":
-        proto, rewritten_norms = to_instance_norm(proto)
+    cpu_changes: list[str] = []
+    if ops == "cpu":
+        proto, cpu_changes = to_cpu_ops(proto)
     meta = ModelMetadata(**{**metadata.__dict__, "extra": dict(metadata.extra)})
     meta.input_size = None if dynamic else tuple(size)
     meta.output = "labels" if output == "labels" else "logits"
     if fold:
         meta.extra["decoder"] = "folded"
-    if rewritten_norms:
-        meta.extra["norm"] = "instance"
+    if cpu_changes:
+        meta.extra["ops"] = CPU_TAG
     segformer = next((m for m in model.modules() if isinstance(m, SegFormer)), None)
     if segformer is not None:
         meta.architecture = segformer.config.to_json()

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
-from segrt.export.passes.norm_cpu import to_layer_norm
+from segrt.export.passes.cpu_form import to_portable_ops
 from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
@@ -91,7 +91,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if model.functions
         else onnx.ModelProto.FromString(model.SerializeToString())
     )
-    model, _ = to_layer_norm(model)  # FP16 is for TensorRT: its LayerNorm pattern, kept in FP32 below
+    model = to_portable_ops(model)  # FP16 is for TensorRT: its LayerNorm pattern (kept in FP32 below), its scatter
     _name_nodes(model)
     blocked_nodes = fp32_node_names(model)
     # The converter's default list names ops without FP16 kernels in ONNX Runtime; keeping it lets the

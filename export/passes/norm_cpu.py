@@ -15,11 +15,10 @@ The rewrite (:func:`to_instance_norm`):
   Reshape -> Conv`` without padding and with one group (the sequence-reduction convolution); any other
   consumer (a residual Add, a padded convolution) gets them as one Mul and one Add instead.
 
-The nodes it adds are named ``segrt_norm/...`` and the model's metadata says ``norm: instance``.
-:func:`to_layer_norm` turns every such InstanceNormalization back into a LayerNormalization with unit scale
-and zero bias (exact: the folded scale and bias stay where they are), so TensorRT gets the LayerNorm
-pattern it fuses and keeps in FP32; ``segrt build``, the Q/DQ quantizer and the FP16 pass call it.
-Standard ONNX ops only.
+The nodes it adds are named ``segrt_norm/...``. :func:`to_layer_norm` turns every such InstanceNormalization
+back into a LayerNormalization with unit scale and zero bias (exact: the folded scale and bias stay where they
+are), so TensorRT gets the LayerNorm pattern it fuses and keeps in FP32 (through :mod:`.cpu_form`, which
+``segrt build``, the Q/DQ quantizer and the FP16 pass call). Standard ONNX ops only.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from segrt.runtime.errors import ExportError
-from segrt.runtime.metadata import ModelMetadata
 
 PREFIX = "segrt_norm/"
 MAX_CHANNELS = 64  # stride-4 and stride-8 stages of B0; wider LayerNorms run as fast natively (see module doc)
@@ -216,8 +214,6 @@ def to_instance_norm(proto: onnx.ModelProto, max_channels: int = MAX_CHANNELS) -
             g.graph.node.insert(index + offset, new)
         rewritten += 1
     _drop_unused_initializers(g.graph)
-    if rewritten:
-        _set_norm_metadata(proto, "instance")
     return proto, rewritten
 
 
@@ -252,22 +248,11 @@ def to_layer_norm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             if node.name.startswith(PREFIX) and node.op_type == op_type and node.output[0] not in used:
                 g.graph.node.remove(node)
     _drop_unused_initializers(g.graph)
-    _set_norm_metadata(proto, None)
     return proto, count
 
 
 def has_instance_norms(proto: onnx.ModelProto) -> bool:
     return any(n.op_type == "InstanceNormalization" and n.name.startswith(PREFIX) for n in proto.graph.node)
-
-
-def _set_norm_metadata(proto: onnx.ModelProto, value: str | None) -> None:
-    meta = ModelMetadata.from_onnx(proto)
-    if meta is None:
-        return
-    meta.extra = {k: v for k, v in meta.extra.items() if k != "norm"}
-    if value is not None:
-        meta.extra["norm"] = value
-    meta.to_onnx(proto)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

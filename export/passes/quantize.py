@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import onnx
 
-from segrt.export.passes.norm_cpu import has_instance_norms, to_layer_norm
+from segrt.export.passes.cpu_form import is_cpu_form, to_portable_ops
 from segrt.runtime import sinks
 from segrt.runtime.datasets import IMAGE_SUFFIXES
 from segrt.runtime.errors import ConfigError, DatasetError, ExportError, ModelLoadError
@@ -255,24 +255,24 @@ def quantize_int8(
     show_progress: bool = True,
     op_types: Sequence[str] = QUANTIZED_OP_TYPES,
     exclude: Sequence[str] = (),
-    keep_instance_norms: bool = False,
+    keep_cpu_ops: bool = False,
 ) -> QuantizeResult:
     """Statically quantize ``onnx_in`` to a symmetric int8 Q/DQ graph calibrated on ``count`` images of
     ``calib_dir``; the segrt metadata of the source is carried over (with ``extra["precision"] = "int8"``).
 
     ``op_types`` (a subset of :data:`QUANTIZED_OP_TYPES`) and ``exclude`` (more node names to keep in float)
     narrow what is quantized; :mod:`segrt.export.passes.quantize_cpu` uses them for its Q/DQ convolutions.
-    The file is for TensorRT, so LayerNorms written for ONNX Runtime's CPU provider (:mod:`.norm_cpu`) become
-    LayerNormalization again unless ``keep_instance_norms`` (the CPU form's convolution step)."""
+    The file is for TensorRT, so ops written for ONNX Runtime's CPU provider (:mod:`.cpu_form`) are made
+    portable again unless ``keep_cpu_ops`` (the CPU INT8 form's convolution step)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
     proto, meta = load_network(onnx_in)
-    if not keep_instance_norms and has_instance_norms(proto):
-        proto, _ = to_layer_norm(proto)
-        meta.extra.pop("norm", None)
+    if not keep_cpu_ops and is_cpu_form(proto):
+        proto = to_portable_ops(proto)
+        meta.extra.pop("ops", None)
     unknown = sorted(set(op_types) - set(QUANTIZED_OP_TYPES))
     if not op_types or unknown:
         raise ConfigError(f"op types to quantize must be a non-empty subset of {', '.join(QUANTIZED_OP_TYPES)}, "

@@ -119,7 +119,7 @@ def quantize_int8_cpu(
             source = Path(tmp) / "convs.onnx"
             convs_only = quantize_int8(onnx_in, source, calib_dir, count, size=size, method=method,
                                        per_channel=per_channel, show_progress=show_progress, op_types=("Conv",),
-                                       exclude=float_convs, keep_instance_norms=True)
+                                       exclude=float_convs, keep_cpu_ops=True)
             images = convs_only.calibration_images
             calibration = require_metadata(onnx.load(str(source)), source).extra["calibration"]
         else:

@@ -47,10 +47,10 @@ def _model_to_check(source: Path, form: str, frame_size: list[int] | None):
     """The ONNX the bundle would plan and check: ``source`` itself, or its frame form."""
     from segrt.engines.bundle import frame_form, logits_network
     from segrt.engines.model_info import describe, load_onnx
-    from segrt.export.passes.norm_cpu import to_layer_norm
+    from segrt.export.passes.cpu_form import to_portable_ops
 
     if form == "logits":
-        model, _ = to_layer_norm(load_onnx(source))  # as the bundle writes it: LayerNorms for TensorRT
+        model = to_portable_ops(load_onnx(source))  # as the bundle writes it: ops for TensorRT
         return model, describe(model, source)
     model = frame_form(logits_network(load_onnx(source)), frame_size)
     return model, describe(model, source)

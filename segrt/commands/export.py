@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INT8_FORMS = ("cpu", "qdq")  # segrt.export.passes.quantize_cpu.INT8_FORMS (not imported: the CLI starts fast)
 FORMS = ("frame", "logits")
 POSTS = ("refine", "dense")
-NORMS = ("instance", "layer")  # segrt.export.onnx_export.NORMS
+OPS = ("cpu", "portable")  # segrt.export.passes.cpu_form.OPS
 MERGE_OPS = ("function", "inline", "plugin")
 
 
@@ -94,11 +94,11 @@ def export_command(
                                        ">= 10.9 AOT plugin nodes, no function body; see docs/plugins.md)"),
     no_fold: bool = typer.Option(False, "--no-fold",
                                  help="keep the decoder as trained (default: exact decoder folding)"),
-    norm: str = typer.Option("instance", "--norm", callback=choice(*NORMS),
-                             help="instance (default): narrow LayerNorms as InstanceNormalization with their scale "
-                                  "and bias folded into the next layer, which ONNX Runtime's CPU provider runs 2-3x "
-                                  "faster (segrt build, --precision fp16 and --int8-form qdq turn them back for "
-                                  "TensorRT); layer: LayerNormalization as exported"),
+    ops: str = typer.Option("cpu", "--ops", callback=choice(*OPS),
+                            help="cpu (default): ops in the forms ONNX Runtime's CPU provider runs fastest (narrow "
+                                 "LayerNorms as InstanceNormalization, token-merge sums as ScatterND rows); "
+                                 "portable: as exported, for other runtimes (segrt build, --precision fp16 and "
+                                 "--int8-form qdq make the portable form themselves)"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="allow a .pth/.bin pickle holding more than tensors "
                                            "(unpickling runs its code: only for files you trust)"),
@@ -124,7 +124,7 @@ def export_command(
                              output="labels" if labels else "logits", tolerance=tolerance, transform=transform,
                              fold=not no_fold, form=form if precision == "fp32" else "logits",
                              frame_size=parse_size(frame_size, "--frame-size") if frame_size else None,
-                             output_stride=output_stride, post=post, dynamic_batch=dynamic_batch, norm=norm)
+                             output_stride=output_stride, post=post, dynamic_batch=dynamic_batch, ops=ops)
     console.print(f"[green]wrote[/] {result.path}  ({result.path.stat().st_size / 1e6:.1f} MB)")
     console.print(f"verified on {result.images} real images: max relative error {result.max_rel_error:.2e}, "
                   f"label agreement {result.label_agreement:.4%}")

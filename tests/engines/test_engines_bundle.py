@@ -14,7 +14,7 @@ from segrt.engines.bundle import fp32_layer_names, trtexec_command, verify_bundl
 from segrt.engines.plan import BuildRequest, PlanFile
 from segrt.engines.targets import get_target
 from segrt.engines.versions import TrtVersion
-from segrt.export.passes.norm_cpu import has_instance_norms, to_layer_norm
+from segrt.export.passes.cpu_form import is_cpu_form, to_portable_ops
 from segrt.runtime.errors import BackendUnavailableError, ConfigError
 
 
@@ -31,10 +31,10 @@ def test_orin_bundle_is_complete_and_clean(orin_bundle, b0_onnx):
             "build_engine_trtexec.sh"} <= names
     assert "b0.fp16.onnx" not in names  # TensorRT 10.3 builds FP16 from the FP32 ONNX with the FP16 flag
     assert orin_bundle.clean, "".join(r.to_text() for r in orin_bundle.reports)
-    # the export's CPU LayerNorms (InstanceNormalization) are LayerNormalization again, nothing else changed
+    # the export's CPU ops (InstanceNormalization LayerNorms) are portable again, nothing else changed
     written, source = onnx.load(str(out / "b0.onnx")), onnx.load(str(b0_onnx))
-    assert has_instance_norms(source) and not has_instance_norms(written)
-    assert written.SerializeToString() == to_layer_norm(source)[0].SerializeToString()
+    assert is_cpu_form(source) and not is_cpu_form(written)
+    assert written.SerializeToString() == to_portable_ops(source).SerializeToString()
     assert orin_bundle.plan_file.model["wrapped_from"]["source"] == "b0.onnx"
 
     plan_file = PlanFile.load(out / "plan.json")

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from segrt.export.passes.cpu_form import is_cpu_form
 from segrt.export.passes.fp16 import FP32_OPS, export_fp16
 from segrt.runtime.errors import ExportVerificationError
 
@@ -38,6 +39,8 @@ def test_fragile_ops_and_io_stay_fp32(fp16_onnx, b0_onnx):
     types.update({i.name: i.data_type for i in model.graph.initializer})
     kept = [n for n in model.graph.node if n.op_type in FP32_OPS]
     assert kept, "the SegFormer has LayerNormalization and Softmax nodes"
+    # FP16 is for TensorRT: the export's ONNX Runtime CPU LayerNorms are LayerNormalization again
+    assert is_cpu_form(onnx.load(str(b0_onnx))) and not is_cpu_form(model)
     for node in kept:
         assert all(types[i] == onnx.TensorProto.FLOAT for i in node.input if i), node.name
         # the residual sum feeding a LayerNorm is computed in FP32 too

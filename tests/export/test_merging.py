@@ -28,6 +28,7 @@ from segrt.export.methods.merging.model import (
     recorded_counts,
 )
 from segrt.export.onnx_export import export_onnx, relative_error
+from segrt.export.passes.merge_functions import merge_sums_form, with_merge_sums
 from segrt.runtime.errors import ConfigError, ExportError
 from segrt.runtime.preprocess import frames_to_input
 
@@ -37,7 +38,8 @@ SIZE = (160, 224)  # stage grids 40x56, 20x28, 10x14, 5x7: the last one exercise
 # ----------------------------------------------------------------------------- the ONNX ops on their own
 
 
-def merge_graph(nd: int, ns: int, channels: int, r: int, opset: int = 17) -> onnx.ModelProto:
+def merge_graph(nd: int, ns: int, channels: int, r: int, opset: int = 17, sums_form: str = "elements"
+                ) -> onnx.ModelProto:
     """One TokenMerge followed by TokenUnmerge, with the segrt local functions attached."""
     n = nd + ns
     nodes = [helper.make_node("TokenMerge", ["x", "x", "dst", "src"], ["merged", "slot"], domain="segrt", r=r),
@@ -51,7 +53,7 @@ def merge_graph(nd: int, ns: int, channels: int, r: int, opset: int = 17) -> onn
          helper.make_tensor_value_info("slot", TensorProto.INT64, [2, n]),
          helper.make_tensor_value_info("back", TensorProto.FLOAT, [2, n, channels])])
     model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", opset)])
-    return merge_ops.attach_local_functions(model)
+    return merge_ops.attach_local_functions(model, sums_form)
 
 
 def clustered_tokens(n: int, channels: int, rng) -> np.ndarray:
@@ -68,14 +70,16 @@ def clustered_tokens(n: int, channels: int, rng) -> np.ndarray:
     (256, 3840, 3276),  # HQ stage 3 at 1024x1024: 3840 sources, over TensorRT's TopK limit if sorted whole
     (100, 9900, 5000),  # a 5000-token selection: two TopK rounds
 ])
-def test_token_merge_op_is_a_true_mean_of_the_best_matches(nd, ns, r):
+@pytest.mark.parametrize("sums_form", ["elements", "nd"])  # portable body / ONNX Runtime CPU body
+def test_token_merge_op_is_a_true_mean_of_the_best_matches(nd, ns, r, sums_form):
     rng = np.random.default_rng(nd + ns + r)
     c = 8
     perm = rng.permutation(nd + ns)
     dst, src = np.sort(perm[:nd]), np.sort(perm[nd:])
     x = clustered_tokens(nd + ns, c, rng)
-    model = merge_graph(nd, ns, c, r)
+    model = merge_graph(nd, ns, c, r, sums_form=sums_form)
     onnx.checker.check_model(model, full_check=True)
+    assert merge_sums_form(model) == sums_form
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     merged, slot, back = sess.run(None, {"x": x, "dst": dst, "src": src})
     assert merged.shape == (2, nd + ns - r, c)
@@ -110,13 +114,18 @@ def test_token_merge_op_is_a_true_mean_of_the_best_matches(nd, ns, r):
     np.testing.assert_allclose(tm.numpy(), merged, rtol=1e-5, atol=1e-6)
 
 
-def test_function_bodies_use_portable_reductions_only():
-    for fn in merge_ops.function_protos(17):
+@pytest.mark.parametrize("sums_form", ["elements", "nd"])
+def test_function_bodies_use_portable_reductions_only(sums_form):
+    scatters = set()
+    for fn in merge_ops.function_protos(17, sums_form):
         for node in fn.node:
             assert node.domain in ("", "ai.onnx")
-            if node.op_type == "ScatterElements":
+            if node.op_type.startswith("Scatter"):
                 reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
                 assert reduction in ("none", "add"), "reduction 'mean' is dropped by exporters: sum/count only"
+                scatters.add((node.op_type, reduction))
+    # TensorRT's ScatterND has no reduction: only the ONNX Runtime CPU body may use it
+    assert (("ScatterND", "add") in scatters) == (sums_form == "nd")
 
 
 def test_oversized_selection_is_refused_not_silently_sorted():
@@ -305,6 +314,7 @@ def test_hq_export_has_segrt_local_functions_and_matches_its_model(hq_export, ra
     proto = onnx.load(str(result.path))
     onnx.checker.check_model(proto, full_check=True)
     assert {(f.domain, f.name) for f in proto.functions} == {("segrt", "TokenMerge"), ("segrt", "TokenUnmerge")}
+    assert merge_sums_form(proto) == "nd"  # segrt export's default: the body ONNX Runtime's CPU runs fastest
     ops = [(n.domain, n.op_type) for n in proto.graph.node]
     blocks = sum(random_b0.model.config.depths)
     assert ops.count(("segrt", "TokenMerge")) == blocks  # one merge per block, recomputed every block
@@ -314,6 +324,9 @@ def test_hq_export_has_segrt_local_functions_and_matches_its_model(hq_export, ra
     with torch.no_grad():
         expected = merged(torch.from_numpy(x)).numpy()
     assert relative_error(run_onnx(str(result.path), x), expected) < 1e-4
+    portable, changed = with_merge_sums(proto, "elements")  # what TensorRT files get: the same function
+    assert changed and merge_sums_form(portable) == "elements"
+    assert relative_error(run_onnx(portable, x), expected) < 1e-4
 
 
 def test_inlined_merge_ops_are_plain_standard_ops(hq_export, random_b0, camvid_frame):
@@ -323,6 +336,7 @@ def test_inlined_merge_ops_are_plain_standard_ops(hq_export, random_b0, camvid_f
     assert not inlined.functions
     assert all(n.domain in ("", "ai.onnx") for n in inlined.graph.node)
     assert all(o.domain in ("", "ai.onnx") for o in inlined.opset_import)
+    assert not any(n.op_type == "ScatterND" for n in inlined.graph.node)  # inlined for any runtime: portable
     constants = {t.name: numpy_helper.to_array(t) for t in inlined.graph.initializer}
     topk = [n for n in inlined.graph.node if n.op_type == "TopK"]
     assert topk and all(n.input[1] in constants and int(constants[n.input[1]].max()) < 3840 for n in topk)

@@ -34,7 +34,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_narrow_layernorms_become_instance_norms_that_compute_the_same(tiny, tiny_input):
+def test_narrow_layernorms_become_instance_norms_that_compute_the_same(tiny, tiny_input, tiny_onnx):
     rewritten, count = to_instance_norm(tiny)
     layer_norms = sum(n.op_type == "LayerNormalization" for n in tiny.graph.node)
     ops = Counter(n.op_type for n in rewritten.graph.node)
@@ -44,8 +44,7 @@ def test_narrow_layernorms_become_instance_norms_that_compute_the_same(tiny, tin
     actual = run(rewritten, tiny_input)
     assert relative(actual, expected) < 1e-5
     assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.9999
-    assert ModelMetadata.from_onnx(rewritten).extra["norm"] == "instance"
-    assert "norm" not in ModelMetadata.from_onnx(tiny).extra  # the input is left alone
+    assert tiny.SerializeToString() == onnx.load(str(tiny_onnx)).SerializeToString()  # the input is left alone
 
 
 def test_scale_and_bias_fold_where_exact_and_stay_where_padding_would_see_them(tiny):
@@ -81,7 +80,6 @@ def test_to_layer_norm_restores_layernorms_for_tensorrt(tiny, tiny_input):
     assert ops["LayerNormalization"] == count and "InstanceNormalization" not in ops
     onnx.checker.check_model(back, full_check=True)
     assert relative(run(back, tiny_input), run(tiny, tiny_input)) < 1e-5
-    assert "norm" not in ModelMetadata.from_onnx(back).extra
     assert to_layer_norm(tiny)[1] == 0  # nothing to undo in a file that never had them
 
 
@@ -141,5 +139,16 @@ def test_wide_layernorms_are_left_alone(tiny):
 def test_export_writes_the_cpu_norms_by_default_and_records_them(b0_onnx):
     model = onnx.load(str(b0_onnx))
     assert has_instance_norms(model)
-    assert ModelMetadata.from_onnx(model).extra["norm"] == "instance"
+    assert ModelMetadata.from_onnx(model).extra["ops"] == "onnxruntime-cpu"
     assert any(n.op_type == "LayerNormalization" for n in model.graph.node)  # B0's wide stages stay native
+
+
+def test_cpu_form_round_trip_tags_the_metadata(tiny, tiny_input):
+    from segrt.export.passes.cpu_form import CPU_TAG, is_cpu_form, to_cpu_ops, to_portable_ops
+
+    cpu, changes = to_cpu_ops(tiny)
+    assert changes and is_cpu_form(cpu) and ModelMetadata.from_onnx(cpu).extra["ops"] == CPU_TAG
+    portable = to_portable_ops(cpu)
+    assert not is_cpu_form(portable) and "ops" not in ModelMetadata.from_onnx(portable).extra
+    assert relative(run(portable, tiny_input), run(tiny, tiny_input)) < 1e-5
+    assert to_portable_ops(tiny) is tiny  # nothing to undo: the same object, untouched

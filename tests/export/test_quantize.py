@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from segrt.export.passes.cpu_form import is_cpu_form
 from segrt.export.passes.quantize import (
     attention_matmuls,
     calibration_images,
@@ -19,6 +20,7 @@ from segrt.export.passes.quantize import (
     upsampled_convs,
 )
 from segrt.runtime.errors import ConfigError, DatasetError
+from segrt.runtime.metadata import ModelMetadata
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,9 @@ def test_weights_are_int8_per_output_channel(int8_model):
 
 def test_layernorm_softmax_and_attention_stay_float(int8_model, b0_onnx):
     _, proto = int8_model
+    # the Q/DQ file is for TensorRT: the export's ONNX Runtime CPU LayerNorms are LayerNormalization again
+    assert is_cpu_form(onnx.load(str(b0_onnx))) and not is_cpu_form(proto)
+    assert "ops" not in ModelMetadata.from_onnx(proto).extra
     inits = _initializers(proto)
     kept = [n for n in proto.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
     assert kept

@@ -30,15 +30,20 @@ import functools
 
 import onnx
 import torch
-from onnx import TensorProto, defs, helper
+from onnx import defs
 
+from segrt.export.passes.merge_functions import (  # noqa: F401  (the ONNX side, re-exported for callers)
+    _NORM_EPS,
+    DOMAIN,
+    DOMAIN_VERSION,
+    SELECT_ROUNDS,
+    attach_local_functions,
+    function_protos,
+    uses_merge_ops,
+    with_merge_sums,
+)
 from segrt.runtime.errors import ConfigError, ExportError
 from segrt.trt_limits import TOPK_LIMIT  # TensorRT: TopK needs K < 3840
-
-DOMAIN = "segrt"
-DOMAIN_VERSION = 1
-SELECT_ROUNDS = 2  # masked TopK rounds in the bodies: any selection of up to 2 * TOPK_LIMIT tokens
-_NORM_EPS = 1e-12
 
 
 def selection_size(num_sources: int, r: int) -> int:
@@ -162,145 +167,6 @@ def translation_table() -> dict:
             torch.ops.segrt.token_unmerge.default: _translate_unmerge}
 
 
-# ----------------------------------------------------------------------------- ONNX: function bodies
-
-
-class _Body:
-    """Tiny builder for function bodies: ``b.op("Add", a, c)`` returns the new value's name."""
-
-    def __init__(self, prefix: str):
-        self.nodes: list[onnx.NodeProto] = []
-        self.prefix = prefix
-        self.count = 0
-
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs):
-        names = [f"{self.prefix}{self.count}_{op_type}_{i}" for i in range(outputs)]
-        self.count += 1
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
-        return names[0] if outputs == 1 else names
-
-    def const(self, value, dtype=TensorProto.INT64) -> str:
-        """A list becomes a 1-D tensor, a bare number a 0-D scalar."""
-        values = value if isinstance(value, list) else [value]
-        dims = [len(values)] if isinstance(value, list) else []
-        return self.op("Constant", value=helper.make_tensor("v", dtype, dims, values))
-
-    def attr_const(self, attr: str) -> str:
-        """A 1-element int64 tensor holding the function attribute ``attr``."""
-        node = helper.make_node("Constant", [], [f"{self.prefix}{self.count}_{attr}"])
-        self.count += 1
-        node.attribute.append(helper.make_attribute_ref("value_int", onnx.AttributeProto.INT, ref_attr_name=attr))
-        self.nodes.append(node)
-        return self.op("Unsqueeze", node.output[0], self.const([0]))
-
-
-def _merge_function(opset: int) -> onnx.FunctionProto:
-    b = _Body("m")
-    fp32 = TensorProto.FLOAT
-    # --- cosine similarity of every source to every destination
-    ss = b.op("ReduceSum", b.op("Mul", "metric", "metric"), b.const([-1]), keepdims=1)
-    norm = b.op("Max", b.op("Sqrt", ss), b.op("CastLike", b.const([_NORM_EPS], fp32), "metric"))
-    unit = b.op("Div", "metric", norm)
-    src = b.op("Gather", unit, "src_index", axis=1)
-    dst = b.op("Gather", unit, "dst_index", axis=1)
-    scores = b.op("MatMul", src, b.op("Transpose", dst, perm=[0, 2, 1]))  # (B, Ns, Nd)
-    best, best_dst = b.op("TopK", b.op("Cast", scores, to=fp32), b.const([1]), axis=-1, outputs=2)
-    best = b.op("Squeeze", best, b.const([-1]))
-    best_dst = b.op("Squeeze", best_dst, b.const([-1]))
-    # --- the r best sources are merged; TopK selects whichever of merged/kept is smaller
-    r = b.attr_const("r")
-    nd = b.op("Shape", "dst_index")
-    ns = b.op("Shape", "src_index")
-    keep = b.op("Sub", ns, r)
-    flip = b.op("Less", keep, r)
-    k = b.op("Min", r, keep)
-    key = b.op("Mul", best, b.op("Where", flip, b.const([-1.0], fp32), b.const([1.0], fp32)))
-    chosen = b.op("ConstantOfShape", b.op("Shape", key), value=helper.make_tensor("z", fp32, [1], [0.0]))
-    limit = b.const([TOPK_LIMIT])
-    remaining = k
-    for _ in range(SELECT_ROUNDS):
-        size = b.op("Min", remaining, limit)
-        remaining = b.op("Sub", remaining, size)
-        # TopK needs K >= 1: an empty round picks one unchosen token and writes 0 there (a no-op)
-        used = b.op("Cast", b.op("Greater", size, b.const([0])), to=fp32)
-        masked = b.op("Sub", key, b.op("Mul", chosen, b.const([4.0], fp32)))
-        _, idx = b.op("TopK", masked, b.op("Max", size, b.const([1])), axis=-1, largest=1, sorted=1, outputs=2)
-        chosen = b.op("ScatterElements", chosen, idx, b.op("Expand", used, b.op("Shape", idx)), axis=-1)
-    merged_mask = b.op("Abs", b.op("Sub", chosen, b.op("Cast", flip, to=fp32)))
-    # --- slots: destinations 0..Nd-1, merged sources their destination, kept sources after Nd
-    kept_rank = b.op("Sub", b.op("CumSum", b.op("Sub", b.const([1.0], fp32), merged_mask), b.const(1)),
-                     b.const([1.0], fp32))
-    kept_slot = b.op("Add", b.op("Cast", kept_rank, to=TensorProto.INT64), nd)
-    src_slot = b.op("Where", b.op("Cast", merged_mask, to=TensorProto.BOOL), best_dst, kept_slot)
-    batch = b.op("Shape", "x", start=0, end=1)
-    n = b.op("Shape", "x", start=1, end=2)
-    channels = b.op("Shape", "x", start=2, end=3)
-    dst_slot = b.op("Expand", b.op("Unsqueeze", b.op("Range", b.const(0), b.op("Squeeze", nd, b.const([0])),
-                                                     b.const(1)), b.const([0])),
-                    b.op("Concat", batch, nd, axis=0))
-    positions = b.op("Expand", b.op("Unsqueeze", b.op("Concat", "dst_index", "src_index", axis=0), b.const([0])),
-                     b.op("Concat", batch, n, axis=0))
-    empty_slots = b.op("ConstantOfShape", b.op("Concat", batch, n, axis=0),
-                       value=helper.make_tensor("z", TensorProto.INT64, [1], [0]))
-    b.nodes.append(helper.make_node("ScatterElements", [empty_slots, positions,
-                                                        b.op("Concat", dst_slot, src_slot, axis=1)], ["slot"], axis=1))
-    # --- merge: a true mean as sum / count (ScatterElements "add"; never "mean")
-    n_out = b.op("Add", nd, keep)
-    slot3 = b.op("Unsqueeze", "slot", b.const([-1]))
-    zeros = b.op("CastLike", b.op("ConstantOfShape", b.op("Concat", batch, n_out, channels, axis=0)), "x")
-    sums = b.op("ScatterElements", zeros, b.op("Expand", slot3, b.op("Shape", "x")), "x", axis=1, reduction="add")
-    one = b.const([1])
-    zero_counts = b.op("CastLike", b.op("ConstantOfShape", b.op("Concat", batch, n_out, one, axis=0)), "x")
-    ones = b.op("CastLike", b.op("ConstantOfShape", b.op("Concat", batch, n, one, axis=0),
-                                 value=helper.make_tensor("o", fp32, [1], [1.0])), "x")
-    counts = b.op("ScatterElements", zero_counts, slot3, ones, axis=1, reduction="add")
-    b.nodes.append(helper.make_node("Div", [sums, counts], ["merged"]))
-    return helper.make_function(DOMAIN, "TokenMerge", ["x", "metric", "dst_index", "src_index"], ["merged", "slot"],
-                                b.nodes, [helper.make_opsetid("", opset)], attributes=["r"],
-                                doc_string="Bipartite soft matching: mean-merge the r sources most similar to a "
-                                           "destination.")
-
-
-def _unmerge_function(opset: int) -> onnx.FunctionProto:
-    b = _Body("u")
-    index_shape = b.op("Concat", b.op("Shape", "slot"), b.op("Shape", "y", start=2), axis=0)
-    index = b.op("Expand", b.op("Unsqueeze", "slot", b.const([-1])), index_shape)
-    b.nodes.append(helper.make_node("GatherElements", ["y", index], ["out"], axis=1))
-    return helper.make_function(DOMAIN, "TokenUnmerge", ["y", "slot"], ["out"], b.nodes,
-                                [helper.make_opsetid("", opset)],
-                                doc_string="Give every token position the output of the token it was merged into.")
-
-
-def function_protos(opset: int) -> list[onnx.FunctionProto]:
-    return [_merge_function(opset), _unmerge_function(opset)]
-
-
-# ----------------------------------------------------------------------------- ONNX: model post-processing
-
-
-def uses_merge_ops(proto: onnx.ModelProto) -> bool:
-    return any(node.domain == DOMAIN for node in proto.graph.node)
-
-
-def attach_local_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Define the ``segrt`` ops used by the graph as model-local functions (no-op without them)."""
-    if not uses_merge_ops(proto):
-        return proto
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None:
-        raise ExportError("exported graph declares no default-domain opset")
-    used = {node.op_type for node in proto.graph.node if node.domain == DOMAIN}
-    known = {f.name for f in function_protos(opset)}
-    if used - known:
-        raise ExportError(f"graph uses segrt ops without a definition: {sorted(used - known)}")
-    kept = [f for f in proto.functions if f.domain != DOMAIN]
-    del proto.functions[:]
-    proto.functions.extend(kept + [f for f in function_protos(opset) if f.name in used])
-    if not any(o.domain == DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-    return proto
-
-
 def inline_merge_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Replace the ``segrt`` function calls by their standard-op bodies and drop the definitions.
 
@@ -310,6 +176,7 @@ def inline_merge_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnx.inliner
     import onnxscript
 
+    proto, _ = with_merge_sums(proto, "elements")  # inlined for any runtime, TensorRT included: portable sums
     inlined = onnx.inliner.inline_selected_functions(
         proto, [(f.domain, f.name) for f in proto.functions if f.domain == DOMAIN], exclude=False)
     del inlined.functions[:]
