@@ -168,3 +168,23 @@ def test_strongly_typed_fp16_file_is_the_wrapped_fp16_network(tiny_onnx, tmp_pat
     mask = ort.InferenceSession(model.SerializeToString()).run(None, {"frame": camvid_frame[None]})[0][0]
     assert (mask == Engine(tiny_onnx).infer(camvid_frame)).mean() >= 0.99
     assert plan.onnx in bundle.plan_file.model["files"]  # hash-checked on the device like the FP32 file
+
+
+def test_bundles_carry_portable_ops_when_the_export_has_the_cpu_form(tiny_onnx, tmp_path, camvid_frame):
+    """`segrt export` writes LayerNorms for ONNX Runtime's CPU provider; the TensorRT bundle turns them back."""
+    from segrt.export.passes.cpu_form import is_cpu_form, to_cpu_ops
+
+    cpu, changes = to_cpu_ops(onnx.load(str(tiny_onnx)))
+    assert changes
+    source = tmp_path / "cpu" / "tiny.onnx"
+    source.parent.mkdir()
+    onnx.save(cpu, str(source))
+    for form in ("frame", "logits"):
+        out = tmp_path / form
+        bundle = write_bundle(source, out, DESKTOP, BuildRequest("desktop", form=form, tensorrt="10.3"))
+        model = onnx.load(str(out / "tiny.onnx"))
+        assert not is_cpu_form(model) and not any(n.op_type == "InstanceNormalization" for n in model.graph.node)
+        assert bundle.ok
+    session = ort.InferenceSession(str(tmp_path / "frame" / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    mask = session.run(None, {"frame": camvid_frame[None]})[0][0]
+    assert (mask == Engine(source).infer(camvid_frame)).mean() >= 0.995

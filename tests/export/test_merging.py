@@ -329,6 +329,18 @@ def test_hq_export_has_segrt_local_functions_and_matches_its_model(hq_export, ra
     assert relative_error(run_onnx(portable, x), expected) < 1e-4
 
 
+def test_tensorrt_bundles_get_the_portable_merge_body(hq_export, tmp_path):
+    from segrt.engines.bundle import write_bundle
+    from segrt.engines.plan import BuildRequest
+    from segrt.engines.targets import get_target
+
+    _, result = hq_export
+    bundle = write_bundle(result.path, tmp_path, get_target("desktop"), BuildRequest("desktop", tensorrt="10.3"))
+    written = onnx.load(str(tmp_path / result.path.name))
+    assert merge_sums_form(written) == "elements"
+    assert bundle.ok, "".join(r.to_text() for r in bundle.reports)  # no ScatterND reduction error
+
+
 def test_inlined_merge_ops_are_plain_standard_ops(hq_export, random_b0, camvid_frame):
     merged, result = hq_export
     inlined = merge_ops.inline_merge_ops(onnx.load(str(result.path)))
