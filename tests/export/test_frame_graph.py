@@ -433,12 +433,14 @@ def test_dense_form_passes_tensorrt_check(merged_logits):
     """Dense frame form of the bundled model and of a merged export: no TensorRT parser errors (UINT8 only at
     the I/O, next to a Cast; ArgMax; Resize linear half_pixel). The refine form is for ONNX Runtime: it keeps
     uint8 tensors inside, which TensorRT refuses."""
+    from segrt.engines.bundle import logits_network
     from segrt.engines.compat import check_model
     from segrt.engines.targets import get_target
 
     target = get_target("jetson-orin")
-    bundled = bundled_logits("camvid-b0")
-    for logits in (bundled, merged_logits):
+    # what `segrt build` wraps: the network with its ops in their portable forms (the exports are in the CPU form)
+    bundled, merged = logits_network(bundled_logits("camvid-b0")), logits_network(merged_logits)
+    for logits in (bundled, merged):
         for frame_size in (None, (720, 1280)):
             dense = fg.to_frame_form(logits, post="dense", frame_size=frame_size, mask_int32=True)
             report = check_model(dense, target, "10.3", "fp16")
