@@ -92,6 +92,9 @@ def summary_line(name: str, split: dict) -> str:
             f"memory {m['share']:.0%} at {f(m['gbs'], '.1f')} GB/s ({f(m['pct_of_bandwidth'])}% of bandwidth)")
 
 
+MAX_ANNOTATED = 6  # models labelled beside their dot; more get a legend
+
+
 def plot_roofline(splits: dict[str, dict], peaks: dict[str, float], bandwidth_gbs: float | None, path: Path) -> bool:
     """Left: the roofline (log-log; GMAC/s against MACs per byte) with each model's compute class (dot) and
     whole model (cross). Right: per model, the time share of each class and how close each is to its roof.
@@ -110,28 +113,36 @@ def plot_roofline(splits: dict[str, dict], peaks: dict[str, float], bandwidth_gb
                                           if s["model_intensity_macs_per_byte"]]
     lo, hi = (min(xs) / 4, max(xs) * 4) if xs else (0.1, 1000.0)
     grid = np.geomspace(min(lo, 0.1), max(hi, 1000.0), 200)
+    roofs = []
     for kind, peak in sorted(peaks.items()):
         roof = np.minimum(peak, grid * bandwidth_gbs) if bandwidth_gbs else np.full_like(grid, peak)
-        ax.plot(grid, roof, label=f"{kind} roof: {peak:.0f} GMAC/s" + (f", {bandwidth_gbs:.0f} GB/s" if
-                                                                          bandwidth_gbs else ""))
-    labelled = []
-    for name, split in splits.items():
+        roofs += ax.plot(grid, roof, label=f"{kind} roof: {peak:.0f} GMAC/s" + (f", {bandwidth_gbs:.0f} GB/s" if
+                                                                                 bandwidth_gbs else ""))
+    labelled, dots = [], []
+    markers = "osD^vP*X<>hp"  # colours repeat after ten models: the marker tells them apart in the legend
+    for i, (name, split) in enumerate(splits.items()):
         c = split["compute"]
         color = None
         if c["intensity_macs_per_byte"] and c["gmacs_per_s"]:
-            dot = ax.scatter([c["intensity_macs_per_byte"]], [c["gmacs_per_s"]], marker="o", zorder=3)
+            dot = ax.scatter([c["intensity_macs_per_byte"]], [c["gmacs_per_s"]], zorder=3, label=name,
+                             marker=markers[(i // 10) % len(markers)])
             color = dot.get_facecolor()[0]
             labelled.append((name, c["intensity_macs_per_byte"], c["gmacs_per_s"]))
+            dots.append(dot)
         if split["model_intensity_macs_per_byte"] and split["model_gmacs_per_s"]:
             ax.scatter([split["model_intensity_macs_per_byte"]], [split["model_gmacs_per_s"]], marker="x",
                        color=color if color is not None else "gray", zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    annotate_points(ax, labelled, dy=0.0)
     ax.set_xlabel("arithmetic intensity (MACs per byte the kernels touched)")
     ax.set_ylabel("GMAC/s")
     ax.set_title("roofline: dots = compute-class kernels, crosses = whole model")
-    ax.legend(fontsize=8, loc="lower right")
+    if len(labelled) <= MAX_ANNOTATED:
+        annotate_points(ax, labelled, dy=0.0)
+        ax.legend(handles=roofs, fontsize=8, loc="lower right")
+    else:  # beside each other the names overlap: a legend names the dots (the crosses share their colour)
+        ax.add_artist(ax.legend(handles=roofs, fontsize=8, loc="lower right"))
+        ax.legend(handles=dots, fontsize=6, loc="upper left", ncol=2, frameon=False)
     names = list(splits)
     y = np.arange(len(names))
     comp = [splits[n]["compute"]["share"] * 100 for n in names]
