@@ -117,8 +117,11 @@ def _conv_fold(g: _Graph, node: onnx.NodeProto, out: str, channels: int):
     reshape = g.sole_consumer(node.output[0])
     if reshape is None or reshape.op_type != "Reshape":
         return None
-    shape = g.shapes.get(reshape.output[0])
-    if not shape or len(shape) != 4 or shape[1] != channels:
+    shape, tokens = g.shapes.get(reshape.output[0]), g.shapes.get(out)
+    # (N, C, S) -> (N, C, H, W) keeps every channel's tokens together only with the same N and H * W == S
+    if not shape or len(shape) != 4 or shape[1] != channels or not tokens or shape[0] != tokens[0]:
+        return None
+    if None not in (shape[2], shape[3], tokens[1]) and shape[2] * shape[3] != tokens[1]:
         return None
     convs = g.consumers.get(reshape.output[0], [])
     if not convs or reshape.output[0] in g.outputs:
