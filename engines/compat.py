@@ -491,9 +491,7 @@ def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope:
 def _check_scatter_nd(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
     reduction = _attr(node, "reduction", "none")
     if reduction != "none":
-        c.add("error", "scatternd", f"ScatterND supports reduction 'none' only, not {reduction!r} (in a segrt export: "
-              "the ONNX Runtime CPU form of token merging; `segrt build` makes it portable, or export with "
-              "`--ops portable`)", name, "ScatterND")
+        c.add("error", "scatternd", f"ScatterND supports reduction 'none' only, not {reduction!r}", name, "ScatterND")
 
 
 def _check_layernorm(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:

@@ -2,12 +2,12 @@
 
 Each rewrite computes the same function (verified like any export rewrite) and has an exact way back:
 - narrow LayerNorms as InstanceNormalization (:mod:`.norm_cpu`);
-- token merging's sums as ScatterND rows instead of ScatterElements elements (:mod:`.merge_functions`).
+- token merging's sums as one MatMul with a one-hot assignment instead of ScatterElements, where the merges
+  are small enough (:mod:`.merge_functions`).
 
 ``segrt export`` writes the CPU form by default (ONNX Runtime on the CPU is segrt's embedded backend) and
 records ``extra["ops"] = "onnxruntime-cpu"``; ``segrt build``, the Q/DQ quantizer and the FP16 pass, whose
-files are for TensorRT (which fuses LayerNorm, keeps it in FP32, and has no ScatterND reduction), call
-:func:`to_portable_ops` first.
+files are for TensorRT (which fuses LayerNorm and keeps it in FP32), call :func:`to_portable_ops` first.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ CPU_TAG = "onnxruntime-cpu"  # extra["ops"] of a file in the CPU form
 def to_cpu_ops(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """``proto`` (a copy) with its ops in the CPU forms, and what was rewritten (empty: nothing applied)."""
     proto, norms = to_instance_norm(proto)
-    proto, merges = with_merge_sums(proto, "nd")
+    proto, merges = with_merge_sums(proto, "dense")
     changes = ([f"{norms} LayerNorms as InstanceNormalization"] if norms else []) + \
-        (["token-merge sums as ScatterND rows"] if merges else [])
+        (["token-merge sums as one-hot MatMuls"] if merges else [])
     if changes:
         _tag(proto, CPU_TAG)
     return proto, changes
@@ -44,7 +44,7 @@ def to_portable_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def is_cpu_form(proto: onnx.ModelProto) -> bool:
-    return has_instance_norms(proto) or merge_sums_form(proto) == "nd"
+    return has_instance_norms(proto) or merge_sums_form(proto) == "dense"
 
 
 def _tag(proto: onnx.ModelProto, value: str | None) -> None:

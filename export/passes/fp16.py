@@ -86,12 +86,14 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     # Local functions (token merging) are inlined first: the converter does not look inside function
     # bodies, and TensorRT inlines them anyway.
+    # FP16 is for TensorRT: the portable ops (LayerNorm kept in FP32 below; the portable merge body), before the
+    # merge functions are inlined and their body can no longer be swapped
+    model = to_portable_ops(model)
     model = (
         onnx.inliner.inline_local_functions(model)
         if model.functions
         else onnx.ModelProto.FromString(model.SerializeToString())
     )
-    model = to_portable_ops(model)  # FP16 is for TensorRT: its LayerNorm pattern (kept in FP32 below), its scatter
     _name_nodes(model)
     blocked_nodes = fp32_node_names(model)
     # The converter's default list names ops without FP16 kernels in ONNX Runtime; keeping it lets the

@@ -93,3 +93,25 @@ def test_verify_command(b0_onnx, fp16_onnx, camvid_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output and "label agreement" in result.output
     assert (tmp_path / "v.json").read_text().count('"passed": true') == 1
+
+
+def test_fp16_of_a_merged_cpu_export_has_the_portable_merge_body(tmp_path, camvid_frames):
+    """The FP16 file is for TensorRT: the merge body must be swapped before the functions are inlined."""
+    from segrt.engines.compat import check_model
+    from segrt.engines.targets import get_target
+    from segrt.export.methods.merging.model import apply_merging
+    from segrt.export.model.checkpoints import random_model
+    from segrt.export.onnx_export import export_onnx
+    from segrt.export.passes.merge_functions import merge_sums_form
+
+    model = random_model("random:b0:11")
+    source = tmp_path / "fast.onnx"
+    export_onnx(apply_merging(model.model, "fast"), model.metadata, source, size=(256, 320), tolerance=1e-3)
+    assert merge_sums_form(onnx.load(str(source))) == "dense"
+    fp16 = export_fp16(source, tmp_path / "fast.fp16.onnx", frames=camvid_frames[:1])
+    converted = onnx.load(str(fp16.path))
+    merges = sum(n.op_type == "TokenMerge" for n in onnx.load(str(source)).graph.node)
+    adds = [n for n in converted.graph.node if n.op_type == "ScatterElements"
+            and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
+    assert merges and len(adds) == 2 * merges  # the portable body: sums and counts both scattered
+    assert check_model(converted, get_target("desktop"), "10.3", "fp16").ok
