@@ -16,9 +16,10 @@ The rewrite (:func:`to_instance_norm`):
   consumer (a residual Add, a padded convolution) gets them as one Mul and one Add instead.
 
 The nodes it adds are named ``segrt_norm/...``. :func:`to_layer_norm` turns every such InstanceNormalization
-back into a LayerNormalization with unit scale and zero bias (exact: the folded scale and bias stay where they
-are), so TensorRT gets the LayerNorm pattern it fuses and keeps in FP32 (through :mod:`.cpu_form`, which
-``segrt build``, the Q/DQ quantizer and the FP16 pass call). Standard ONNX ops only.
+back into a LayerNormalization: with its own scale and bias where they were kept as a Mul and an Add, with unit
+scale and zero bias where they were folded (exact: the folded weights stay), so TensorRT gets the LayerNorm
+pattern it fuses and keeps in FP32 (through :mod:`.cpu_form`, which ``segrt build``, the Q/DQ quantizer and the
+FP16 pass call). Standard ONNX ops only.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class _Graph:
     def add_const(self, hint: str, value: np.ndarray) -> str:
         self._counter += 1
         name = f"{PREFIX}{hint}_{self._counter}"
+        while name in self.inits:  # a model rewritten before has names of this pass already
+            self._counter += 1
+            name = f"{PREFIX}{hint}_{self._counter}"
         tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
         self.graph.initializer.append(tensor)
         self.inits[name] = tensor
@@ -235,13 +239,14 @@ def to_layer_norm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         channels = shape[2] if shape and len(shape) == 3 else None
         if channels is None:
             raise ExportError(f"{node.name}: cannot tell the normalised size of {node.input[0]}")
+        scale, shift, out, affine = _affine_after(g, node, channels)
         layer_norm = helper.make_node(
-            "LayerNormalization", [node.input[0], g.add_const("unit_scale", np.ones(channels, np.float32)),
-                                   g.add_const("zero_bias", np.zeros(channels, np.float32))],
-            [node.output[0]], name=node.name.removesuffix("/instance_norm") + "/layer_norm", axis=-1,
+            "LayerNormalization", [node.input[0], g.add_const("scale", scale), g.add_const("bias", shift)],
+            [out], name=node.name.removesuffix("/instance_norm") + "/layer_norm", axis=-1,
             epsilon=float(_attr(node, "epsilon", 1e-5)))
         position = list(g.graph.node).index(node)
-        g.graph.node.remove(node)
+        for done in [node, *affine]:
+            g.graph.node.remove(done)
         g.graph.node.insert(position, layer_norm)
         count += 1
     # a dynamic-length model's run-time ones/zeros (ConstantOfShape of Shape) are no longer used
@@ -252,6 +257,20 @@ def to_layer_norm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 g.graph.node.remove(node)
     _drop_unused_initializers(g.graph)
     return proto, count
+
+
+def _affine_after(g: _Graph, node: onnx.NodeProto, channels: int):
+    """The scale and shift :func:`to_instance_norm` left as a Mul and an Add after ``node`` (they go back into the
+    LayerNorm, so the layer TensorRT keeps in FP32 applies them again), or unit scale and zero shift where they
+    were folded into the next layer (the folded weights stay)."""
+    mul = g.sole_consumer(node.output[0])
+    add = g.sole_consumer(mul.output[0]) if mul is not None and mul.op_type == "Mul" else None
+    if (add is not None and add.op_type == "Add" and mul.name.startswith(PREFIX) and add.name.startswith(PREFIX)
+            and mul.input[0] == node.output[0] and add.input[0] == mul.output[0]):
+        scale, shift = g.const(mul.input[1]), g.const(add.input[1])
+        if scale is not None and shift is not None and scale.shape == shift.shape == (channels,):
+            return scale, shift, add.output[0], [mul, add]
+    return np.ones(channels, np.float32), np.zeros(channels, np.float32), node.output[0], []
 
 
 def has_instance_norms(proto: onnx.ModelProto) -> bool:

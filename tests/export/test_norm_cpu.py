@@ -30,6 +30,21 @@ def tiny_input(tiny, camvid_frame):
     return frames_to_input([camvid_frame], meta.input_size, meta.mean, meta.std)
 
 
+@pytest.fixture(scope="module")
+def tiny_affine(tiny):
+    """The tiny model with random LayerNorm scales and biases (its own are 1 and 0, which would hide a wrong fold)."""
+    model = onnx.ModelProto.FromString(tiny.SerializeToString())
+    inits = {t.name: t for t in model.graph.initializer}
+    rng = np.random.default_rng(5)
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization":
+            for name, values in ((node.input[1], lambda n: rng.uniform(0.3, 2.0, n)),
+                                 (node.input[2], lambda n: rng.normal(0.0, 0.5, n))):
+                shape = tuple(inits[name].dims)
+                inits[name].CopyFrom(onnx.numpy_helper.from_array(values(shape).astype(np.float32), name))
+    return model
+
+
 def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -152,3 +167,17 @@ def test_cpu_form_round_trip_tags_the_metadata(tiny, tiny_input):
     assert not is_cpu_form(portable) and "ops" not in ModelMetadata.from_onnx(portable).extra
     assert relative(run(portable, tiny_input), run(tiny, tiny_input)) < 1e-5
     assert to_portable_ops(tiny) is tiny  # nothing to undo: the same object, untouched
+
+
+def test_folds_are_exact_with_real_scales_and_biases(tiny_affine, tiny_input):
+    """Folded into MatMuls and the sequence-reduction convolutions, kept as Mul/Add elsewhere; and back."""
+    rewritten, count = to_instance_norm(tiny_affine)
+    expected = run(tiny_affine, tiny_input)
+    assert count and relative(run(rewritten, tiny_input), expected) < 1e-5
+    back, restored = to_layer_norm(rewritten)
+    assert restored == count and relative(run(back, tiny_input), expected) < 1e-5
+    # where scale and bias were kept as a Mul and an Add, they are the LayerNorm's own again
+    assert not any(n.name.startswith(PREFIX) and n.op_type in ("Mul", "Add") for n in back.graph.node)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in back.graph.initializer}
+    scales = [inits[n.input[1]] for n in back.graph.node if n.op_type == "LayerNormalization"]
+    assert any(not np.allclose(s, 1.0) for s in scales) and any(np.allclose(s, 1.0) for s in scales)
