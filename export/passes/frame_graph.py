@@ -470,36 +470,42 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
     seg_j = b.op("Sub", [flat_idx, b.op("Mul", [row, w1])], "seg_j")  # (M,)
     at_b = b.op("Add", [b.op("Mul", [row, w]), seg_j])  # index of column j in the flattened (N * Hm * w) rows
     at_a = b.op("Sub", [at_b, b.i64(1)])
+    # Per-segment values run classes (or slots) by segments, (K, M) and (Bx, M), so that every per-segment factor
+    # is a (1, M) row: ONNX Runtime broadcasts along the innermost axis ~6x faster than an (M, 1) column over
+    # (M, K) (0.03 vs 0.19 ms for 15778 x 11 floats, 2 threads). The same elementwise operations in another
+    # layout: the masks are bit for bit those of the (M, K) form.
     # the segment's end logits: the vertical interpolation at its row of columns j-1 and j
     image = b.op("Div", [row, hm])
     y = b.op("Sub", [row, b.op("Mul", [image, hm])])
     src_b = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [image, b.op("Add", [h, b.i64(1)])]),
                                                    b.op("Gather", [seg_y, y], axis=0)]), w]), seg_j])
-    t_row = b.op("Unsqueeze", [b.op("Gather", [t_y, y], axis=0), b.i64(1)])  # (M, 1)
-    end_a, end_b = (_lerp(b, top_flat, bottom_flat, src, t_row, f"end_{e}")
-                    for e, src in (("a", b.op("Sub", [src_b, b.i64(1)])), ("b", src_b)))
+    t_row = b.op("Unsqueeze", [b.op("Gather", [t_y, y], axis=0), b.i64(0)])  # (1, M)
+    end_a, end_b = (_lerp_t(b, top_flat, bottom_flat, src, t_row, f"end_{e}")
+                    for e, src in (("a", b.op("Sub", [src_b, b.i64(1)])), ("b", src_b)))  # (K, M)
     labels_flat = b.op("Reshape", [col_labels, b.i64(-1)])
-    label_a, label_b = (b.op("Unsqueeze", [b.op("Gather", [labels_flat, i], axis=0), b.i64(1)], f"label_{e}")
-                        for e, i in (("a", at_a), ("b", at_b)))  # (M, 1)
-    at = {(e, c): b.op("GatherElements", [e, c], axis=1) for e in (end_a, end_b) for c in (label_a, label_b)}
+    label_a, label_b = (b.op("Unsqueeze", [b.op("Gather", [labels_flat, i], axis=0), b.i64(0)], f"label_{e}")
+                        for e, i in (("a", at_a), ("b", at_b)))  # (1, M)
+    at = {(e, c): b.op("GatherElements", [e, c], axis=0) for e in (end_a, end_b) for c in (label_a, label_b)}
     lead_a = b.op("Sub", [at[end_a, label_a], at[end_a, label_b]])  # >= 0
     lead_b = b.op("Sub", [at[end_b, label_b], at[end_b, label_a]])  # >= 0, and not both 0 since a != b
-    cross = b.op("Div", [lead_a, b.op("Add", [lead_a, lead_b])], "t_cross")  # (M, 1)
+    cross = b.op("Div", [lead_a, b.op("Add", [lead_a, lead_b])], "t_cross")  # (1, M)
     diff = b.op("Sub", [end_b, end_a])
-    at_cross = b.op("ArgMax", [b.op("Add", [end_a, b.op("Mul", [diff, cross])])], axis=1, keepdims=1)
+    at_cross = b.op("ArgMax", [b.op("Add", [end_a, b.op("Mul", [diff, cross])])], axis=0, keepdims=1)
     two = b.op("Or", [b.op("Equal", [at_cross, label_a]), b.op("Equal", [at_cross, label_b])], "two_classes")
-    t = b.op("Gather", [weight, seg_j], "t", axis=0)  # (M, Bx)
+    t = b.op("Gather", [b.op("Transpose", [weight], perm=[1, 0]), seg_j], "t", axis=1)  # (Bx, M)
     # a + (b - a) [t >= t*] in float (exact for labels < 2^24): ONNX Runtime's broadcasting Where is several
     # times slower than this Mul and Add
     label_a_f = b.op("Cast", [label_a], to=f32)
     step = b.op("Cast", [b.op("GreaterOrEqual", [t, cross])], to=f32)
     labels = b.op("Add", [label_a_f, b.op("Mul", [step, b.op("Cast", [b.op("Sub", [label_b, label_a])], to=f32)])],
-                  "two_labels")  # (M, Bx)
-    rare = b.op("Squeeze", [b.op("NonZero", [b.op("Not", [b.op("Squeeze", [two, b.i64(1)])])]), b.i64(0)])  # (M3,)
-    r_a, r_diff, r_t = (b.op("Gather", [x, rare], axis=0) for x in (end_a, diff, t))
+                  "two_labels")  # (Bx, M)
+    rare = b.op("Squeeze", [b.op("NonZero", [b.op("Not", [b.op("Squeeze", [two, b.i64(0)])])]), b.i64(0)])  # (M3,)
+    r_a, r_diff, r_t = (b.op("Gather", [x, rare], axis=1) for x in (end_a, diff, t))  # (K, M3), (K, M3), (Bx, M3)
     values = b.op("Add", [b.op("Unsqueeze", [r_a, b.i64(1)]),
-                          b.op("Mul", [b.op("Unsqueeze", [r_diff, b.i64(1)]), b.op("Unsqueeze", [r_t, b.i64(2)])])])
-    r_labels = b.op("ArgMax", [values], "rare_labels", axis=2, keepdims=0)  # (M3, Bx)
+                          b.op("Mul", [b.op("Unsqueeze", [r_diff, b.i64(1)]), b.op("Unsqueeze", [r_t, b.i64(0)])])])
+    r_labels = b.op("ArgMax", [values], "rare_labels", axis=0, keepdims=0)  # (Bx, M3)
+    labels = b.op("Transpose", [labels], perm=[1, 0])  # (M, Bx), rows of the segment table
+    r_labels = b.op("Transpose", [r_labels], perm=[1, 0])  # (M3, Bx)
     labels = b.op("ScatterND", [labels, b.op("Unsqueeze", [rare, b.i64(1)]), b.op("Cast", [r_labels], to=f32)])
     # the table is uint8, or int32 past 256 classes (cast to uint16 at the end)
     table_type = dtype if dtype == TensorProto.UINT8 else TensorProto.INT32
@@ -522,11 +528,13 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
     table = b.op("Gather", [repeat(left_lo), seg_y], "table_rows", axis=1)  # (N, Hm, w+1, Bx)
     table = b.op("Reshape", [table, b.op("Concat", [b.i64(-1), bx], axis=0)])  # (N * Hm * (w+1), Bx)
     copied = b.op("Gather", [left_lo, seg_y], axis=1)  # (N, Hm, w+1): the left labels the copied rows hold
-    fix = b.op("Squeeze", [b.op("NonZero", [b.op("Reshape", [b.op("Not", [b.op("Equal", [left, copied])]),
-                                                             b.i64(-1)])]), b.i64(0)], "fix_idx")
+    # one ScatterND writes both (each copies the whole table first): the repeated rows whose left label is not the
+    # copied one, except mixed segments, and the mixed segments' pixels
+    stale = b.op("And", [b.op("Not", [b.op("Equal", [left, copied])]), b.op("Not", [mixed])])
+    fix = b.op("Squeeze", [b.op("NonZero", [b.op("Reshape", [stale, b.i64(-1)])]), b.i64(0)], "fix_idx")
     fixed_rows = repeat(b.op("Gather", [b.op("Reshape", [left, b.i64(-1)]), fix], axis=0))  # (F, Bx)
-    table = b.op("ScatterND", [table, b.op("Unsqueeze", [fix, b.i64(1)]), fixed_rows])
-    table = b.op("ScatterND", [table, b.op("Unsqueeze", [flat_idx, b.i64(1)]), seg_labels], "table")
+    rows = b.op("Unsqueeze", [b.op("Concat", [fix, flat_idx], axis=0), b.i64(1)])
+    table = b.op("ScatterND", [table, rows, b.op("Concat", [fixed_rows, seg_labels], axis=0)], "table")
     flat = b.op("Reshape", [table, b.op("Concat", [n, hm, b.i64(-1)], axis=0)], "flat")
     # 6. table -> mask columns: a Slice where the pixel map is one run, a Gather otherwise
     offset = b.op("Gather", [pix, b.i64(0)], axis=0)
@@ -548,9 +556,12 @@ def _refine(b: _Builder, logits: str, mask_hw: str, dtype: int) -> None:
         b.op("Cast", [mask], out=MASK_OUTPUT, to=dtype)
 
 
-def _lerp(b: _Builder, top: str, bottom: str, index: str, t: str, hint: str) -> str:
-    lo = b.op("Gather", [top, index], axis=0)
-    return b.op("Add", [lo, b.op("Mul", [b.op("Sub", [b.op("Gather", [bottom, index], axis=0), lo]), t])], hint)
+def _lerp_t(b: _Builder, top: str, bottom: str, index: str, t: str, hint: str) -> str:
+    """Linear interpolation between the rows ``index`` of (R, K) ``top`` and ``bottom`` by the (1, M) weights ``t``,
+    as (K, M) columns."""
+    lo = b.op("Transpose", [b.op("Gather", [top, index], axis=0)], perm=[1, 0])
+    hi = b.op("Transpose", [b.op("Gather", [bottom, index], axis=0)], perm=[1, 0])
+    return b.op("Add", [lo, b.op("Mul", [b.op("Sub", [hi, lo]), t])], hint)
 
 
 def _segments(b: _Builder, n_lo: str, n_hi: str):
