@@ -44,7 +44,7 @@ def to_portable_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def is_cpu_form(proto: onnx.ModelProto) -> bool:
-    return has_instance_norms(proto) or merge_sums_form(proto) == "dense"
+    return has_instance_norms(proto) or merge_sums_form(proto) in ("dense", "nd")
 
 
 def _tag(proto: onnx.ModelProto, value: str | None) -> None:

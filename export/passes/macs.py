@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from segrt.export.passes.cpu_form import to_portable_ops
 from segrt.export.passes.frame_graph import is_frame_form, network_of
 from segrt.runtime.errors import ConfigError, ModelLoadError
 
@@ -164,6 +165,7 @@ def count_macs(model: str | Path | onnx.ModelProto, input_shape: tuple[int, ...]
     proto = _load(model)
     if is_frame_form(proto):
         proto = network_of(proto)
+    proto = to_portable_ops(proto)  # the CPU merge body's one-hot MatMul is bookkeeping, not the model's work
     if proto.functions:  # model-local functions (segrt token-merge ops) hide MatMuls inside their bodies
         from onnx import inliner
 

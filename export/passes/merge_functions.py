@@ -10,9 +10,11 @@ accumulated (the mean is sum / count either way; never reduction "mean", which t
   TensorRT runs it through its ScatterElements plugin. ONNX Runtime's CPU kernel computes every element's
   index and is slow: 0.71 ms for 1024 tokens of 160 channels into 103 (2 threads, measured here).
 - ``"dense"``: a one-hot (B, N, N') assignment matrix and one MatMul, (B, N', N) x (B, N, C). Exact up to the
-  order of the float additions, deterministic (each output is summed by one thread), and fast while N' is
-  small: the sums of that merge in 0.15 ms. Only written where every call site qualifies
-  (:func:`dense_fits`: the one-hot costs N x N' per image). ScatterND with reduction "add", one row per
+  order of the float additions for finite inputs (a NaN or inf token turns that channel of every merged
+  token of its image into NaN, 0 x inf being NaN; the elements body keeps it in its own token), deterministic
+  (each output is summed by one thread), and fast while N' is small: the sums of that merge in 0.15 ms.
+  Only written where every call site qualifies (:func:`dense_fits`: the one-hot costs N x N' per image).
+  ScatterND with reduction "add", one row per
   token, would be faster still, but ONNX Runtime's CPU kernel splits the rows over its threads and rows
   that merge into the same token race: wrong sums in 11 of 50 runs at 2 threads. Not used.
 """
@@ -182,15 +184,21 @@ def attach_local_functions(proto: onnx.ModelProto, sums_form: str = "elements") 
 
 
 def merge_sums_form(proto: onnx.ModelProto) -> str | None:
-    """Which TokenMerge body ``proto`` carries ("elements" or "dense"), or None without one."""
+    """Which TokenMerge body ``proto`` carries ("elements", "dense", or "nd": the ScatterND "add" body that
+    segrt wrote for a few commits before its race was found; it is swapped like a CPU body), or None."""
     for function in proto.functions:
         if function.domain == DOMAIN and function.name == "TokenMerge":
+            if any(node.op_type == "ScatterND" for node in function.node):
+                return "nd"
             return "dense" if any(node.op_type == "MatMul" and node.input[1] == "x" for node in function.node) \
                 else "elements"
     return None
 
 
 def _constant_length(proto: onnx.ModelProto, name: str) -> int | None:
+    """Length of a constant index set; None when unknown or when a caller could feed another (a graph input)."""
+    if name in {i.name for i in proto.graph.input}:
+        return None
     for init in proto.graph.initializer:
         if init.name == name:
             return int(np.prod(init.dims)) if init.dims else 1
@@ -199,6 +207,10 @@ def _constant_length(proto: onnx.ModelProto, name: str) -> int | None:
             for attr in node.attribute:
                 if attr.name == "value":
                     return int(np.prod(attr.t.dims)) if attr.t.dims else 1
+                if attr.name == "value_ints":
+                    return len(attr.ints)
+                if attr.name == "value_int":
+                    return 1
     return None
 
 
@@ -218,9 +230,11 @@ def dense_fits(proto: onnx.ModelProto) -> bool:
 
 def with_merge_sums(proto: onnx.ModelProto, sums_form: str) -> tuple[onnx.ModelProto, bool]:
     """``proto`` with its TokenMerge body in ``sums_form`` (a copy when it changes), and whether it changed;
-    "dense" only where :func:`dense_fits`."""
+    "dense" only where :func:`dense_fits` (an "nd" body that does not fit becomes "elements")."""
     current = merge_sums_form(proto)
-    if current is None or current == sums_form or (sums_form == "dense" and not dense_fits(proto)):
+    if sums_form == "dense" and not dense_fits(proto):
+        sums_form = "elements"
+    if current is None or current == sums_form:
         return proto, False
     copy = onnx.ModelProto.FromString(proto.SerializeToString())
     return attach_local_functions(copy, sums_form), True

@@ -347,6 +347,30 @@ def test_hq_export_has_segrt_local_functions_and_matches_its_model(hq_export, ra
     assert relative_error(run_onnx(portable, x), expected) < 1e-4
 
 
+def test_macs_do_not_count_the_cpu_merge_bookkeeping(hq_export):
+    from segrt.export.passes.macs import count_macs
+
+    _, result = hq_export
+    cpu = onnx.load(str(result.path))
+    portable, changed = with_merge_sums(cpu, "elements")
+    assert changed and count_macs(cpu).total == count_macs(portable).total
+
+
+def test_a_scatternd_merge_body_is_swapped_out_everywhere():
+    """segrt wrote a ScatterND "add" body for a few commits (it races in ONNX Runtime's threaded CPU kernel): a
+    file carrying it is a CPU-form file, and made portable like one."""
+    from segrt.export.passes.cpu_form import is_cpu_form, to_portable_ops
+
+    model = merge_graph(16, 48, 8, 20)
+    body = next(f for f in model.functions if f.name == "TokenMerge")
+    body.node.append(helper.make_node("ScatterND", ["x", "slot", "x"], ["stale"], reduction="add"))
+    assert merge_sums_form(model) == "nd" and is_cpu_form(model)
+    portable = to_portable_ops(model)
+    assert merge_sums_form(portable) == "elements" and not is_cpu_form(portable)
+    # index sets that are graph inputs can be fed larger than at export: never the dense body for them
+    assert with_merge_sums(portable, "dense") == (portable, False)
+
+
 def test_tensorrt_bundles_get_the_portable_merge_body(hq_export, tmp_path):
     from segrt.engines.bundle import write_bundle
     from segrt.engines.plan import BuildRequest
