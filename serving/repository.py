@@ -74,15 +74,18 @@ def _onnx_tensors(values) -> list[Tensor]:
     return out
 
 
-def _frame_onnx(path: Path, post: str):
+def _frame_onnx(path: Path, post: str, kind: str):
+    """The frame form of ``path``; for GPU instances with the ops in their portable forms (the ONNX Runtime CPU
+    forms segrt exports by default are correct on a GPU but lose TensorRT's LayerNorm fusion there)."""
     import onnx
 
     from segrt.export.passes import frame_graph
+    from segrt.export.passes.cpu_form import to_portable_ops
 
     model = onnx.load(str(path))
     if not frame_graph.is_frame_form(model):
         model = frame_graph.to_frame_form(model, post=post)
-    return model
+    return to_portable_ops(model) if kind == "gpu" else model
 
 
 def _metadata_info(raw: dict) -> dict:
@@ -114,7 +117,7 @@ def export_triton(model: str | Path, out: str | Path, *, name: str | None = None
 
             from segrt.runtime.metadata import ModelMetadata
 
-            graph = _frame_onnx(path, post)
+            graph = _frame_onnx(path, post, kind)
             meta = ModelMetadata.from_onnx(graph)
             if meta is None:
                 raise ModelLoadError(f"{path} carries no segrt metadata")

@@ -82,3 +82,17 @@ def test_a_frame_form_model_with_a_dynamic_batch_is_served_as_it_is(tiny_frame_o
     assert list(config.input[0].dims) == [-1, -1, 3] and list(config.output[0].dims) == [-1, -1]
     same = onnx.load(str(tiny_frame_onnx)).graph
     assert [n.op_type for n in onnx.load(str(folder / "1" / "model.onnx")).graph.node] == [n.op_type for n in same.node]
+
+
+def test_gpu_instances_get_the_portable_ops_and_cpu_instances_the_cpu_form(tiny_onnx, tmp_path):
+    from segrt.export.passes.cpu_form import is_cpu_form, to_cpu_ops
+    from segrt.serving.repository import export_triton
+
+    cpu, changes = to_cpu_ops(onnx.load(str(tiny_onnx)))
+    assert changes
+    source = tmp_path / "tiny-cpu.onnx"
+    onnx.save(cpu, str(source))
+    on_gpu = export_triton(source, tmp_path / "gpu", kind="gpu")
+    on_cpu = export_triton(source, tmp_path / "cpu", kind="cpu", post="refine")
+    assert not is_cpu_form(onnx.load(str(on_gpu / "1" / "model.onnx")))
+    assert is_cpu_form(onnx.load(str(on_cpu / "1" / "model.onnx")))
