@@ -481,6 +481,7 @@ def _cli(capsys, *args) -> tuple[int, str]:
 
 
 def test_cli_exports_frame_form_by_default(capsys, tmp_path, camvid_frame):
+    from segrt.export.passes.cpu_form import is_cpu_form
     from segrt.runtime.engine import Engine
 
     path = tmp_path / "m.onnx"
@@ -491,6 +492,11 @@ def test_cli_exports_frame_form_by_default(capsys, tmp_path, camvid_frame):
     assert raw["form"] == "frame" and raw["output_stride"] == 2 and raw["extra"]["post"] == "refine"
     with Engine(path) as engine:
         assert engine.infer(camvid_frame).shape == (-(-camvid_frame.shape[0] // 2), -(-camvid_frame.shape[1] // 2))
+    assert is_cpu_form(onnx.load(str(path))) and raw["extra"]["ops"] == "onnxruntime-cpu"  # the CLI default
+    portable = tmp_path / "portable.onnx"
+    code, out = _cli(capsys, "export", "random:b0:11", "--size", "64x96", "--ops", "portable", "-o", portable)
+    assert code in (0, None), out
+    assert not is_cpu_form(onnx.load(str(portable))) and "ops" not in _raw(onnx.load(str(portable)))["extra"]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -500,6 +506,7 @@ def test_cli_exports_frame_form_by_default(capsys, tmp_path, camvid_frame):
     (["--post", "sparse"], "--post"),
     (["--output-stride", "0"], "--output-stride"),
     (["--frame-size", "12xx"], "--frame-size"),
+    (["--ops", "gpu"], "--ops"),
 ])
 def test_cli_refuses_contradictory_form_options(capsys, tmp_path, args, needle):
     code, out = _cli(capsys, "export", "random:b0:11", "-o", tmp_path / "m.onnx", *args)
