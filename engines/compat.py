@@ -30,6 +30,7 @@ from segrt.engines.trt_table import (
     max_opset,
 )
 from segrt.engines.versions import TrtVersion
+from segrt.export.passes.node_attrs import node_attr
 from segrt.trt_limits import DLA_MAX_DIM, TOPK_MAX_K
 
 SEVERITIES = ("error", "warning", "info")
@@ -136,14 +137,6 @@ class _Scope:
     constants: dict[str, np.ndarray]
     function: str | None = None
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = onnx.helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def _producers(nodes) -> dict[str, onnx.NodeProto]:
@@ -400,7 +393,7 @@ class _Checker:
                 self.add("error", "version-gated-input", f"input {index} ({node.input[index]}) is computed at run "
                          f"time; TensorRT {self.version} needs a constant there: {feature.describe()}", name, op)
         if node.op_type == "Einsum" and not EINSUM_EXTENDED.available(self.version):
-            equation = str(_attr(node, "equation", "")).replace(" ", "")
+            equation = str(node_attr(node, "equation", "")).replace(" ", "")
             operands = equation.split("->")[0].split(",")
             if "..." in equation or any(len(set(t)) != len(t) for t in operands):
                 self.add("error", "version-gated-input", f"Einsum equation {equation!r} uses an ellipsis or a repeated "
@@ -414,11 +407,11 @@ class _Checker:
         elif domain.startswith("ai.onnx.") or domain == "ai.onnx.ml":
             self.add("error", "unsupported-op", f"{domain}.{op} is not parsed by TensorRT", name, op)
         else:
-            namespace = _attr(node, "plugin_namespace", None)
+            namespace = node_attr(node, "plugin_namespace", None)
             from_domain = PLUGIN_NAMESPACE_FROM_DOMAIN.available(self.version)
             ns = namespace if namespace is not None else (domain if from_domain else "")
             self.add("warning", "plugin-required", f"no model-local function named {domain}.{op}: the parser "
-                     f"looks for a TensorRT plugin creator {op!r} (version {_attr(node, 'plugin_version', '1')}, "
+                     f"looks for a TensorRT plugin creator {op!r} (version {node_attr(node, 'plugin_version', '1')}, "
                      f"namespace {ns!r}); it must be registered when building and when loading the engine", name, op)
 
 
@@ -450,9 +443,9 @@ def _constant(scope: _Scope, node: onnx.NodeProto, index: int) -> np.ndarray | N
 
 
 def _check_topk(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
-    if _attr(node, "sorted", 1) != 1:
+    if node_attr(node, "sorted", 1) != 1:
         c.add("error", "topk", "TopK needs sorted=1", name, "TopK")
-    k = _constant(scope, node, 1) if node.input[1:] else np.array(_attr(node, "k", 0))
+    k = _constant(scope, node, 1) if node.input[1:] else np.array(node_attr(node, "k", 0))
     if k is not None:
         if int(np.max(k)) >= TOPK_MAX_K:
             c.add("error", "topk", f"K = {int(np.max(k))} but TensorRT's TopK needs K < {TOPK_MAX_K}", name, "TopK")
@@ -464,23 +457,23 @@ def _check_topk(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> 
 
 
 def _check_resize(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
-    mode = _attr(node, "mode", "nearest")
+    mode = node_attr(node, "mode", "nearest")
     if mode not in RESIZE_MODES:
         c.add("error", "resize", f"Resize mode {mode!r} is not supported (only {', '.join(RESIZE_MODES)}); "
               "use bilinear interpolation", name, "Resize")
-    transform = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    transform = node_attr(node, "coordinate_transformation_mode", "half_pixel")
     if transform not in RESIZE_TRANSFORMS:
         c.add("error", "resize", f"coordinate_transformation_mode {transform!r} is not supported", name, "Resize")
-    if mode == "nearest" and _attr(node, "nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:
-        c.add("error", "resize", f"nearest_mode {_attr(node, 'nearest_mode')!r} is not supported", name, "Resize")
-    if _attr(node, "antialias", 0):
+    if mode == "nearest" and node_attr(node, "nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:
+        c.add("error", "resize", f"nearest_mode {node_attr(node, 'nearest_mode')!r} is not supported", name, "Resize")
+    if node_attr(node, "antialias", 0):
         c.add("error", "resize", "antialiased Resize is not supported", name, "Resize")
-    if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+    if node_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
         c.add("error", "resize", "only keep_aspect_ratio_policy 'stretch' is supported", name, "Resize")
 
 
 def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
-    reduction = _attr(node, "reduction", "none")
+    reduction = node_attr(node, "reduction", "none")
     if reduction in SCATTER_PLUGIN_REDUCTIONS:
         c.add("warning", "plugin-required", f"ScatterElements with reduction={reduction!r} runs through TensorRT's "
               "ScatterElements plugin from libnvinfer_plugin (segrt's builder and runtime load it; other apps must "
@@ -489,7 +482,7 @@ def _check_scatter_elements(c: _Checker, name: str, node: onnx.NodeProto, scope:
 
 
 def _check_scatter_nd(c: _Checker, name: str, node: onnx.NodeProto, scope: _Scope) -> None:
-    reduction = _attr(node, "reduction", "none")
+    reduction = node_attr(node, "reduction", "none")
     if reduction != "none":
         c.add("error", "scatternd", f"ScatterND supports reduction 'none' only, not {reduction!r}", name, "ScatterND")
 

@@ -30,24 +30,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from segrt.export.passes.node_attrs import node_attr
 from segrt.runtime.errors import ExportError
 
 PREFIX = "segrt_norm/"
 MAX_CHANNELS = 64  # stride-4 and stride-8 stages of B0; wider LayerNorms run as fast natively (see module doc)
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 class _Graph:
     """Producers, consumers and constant tensors of one graph, kept current by the edits below."""
 
     def __init__(self, proto: onnx.ModelProto):
-        self.proto = proto
         self.graph = proto.graph
         self.inits = {t.name: t for t in self.graph.initializer}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -116,7 +109,7 @@ def _matmul_fold(g: _Graph, node: onnx.NodeProto, out: str):
 def _conv_fold(g: _Graph, node: onnx.NodeProto, out: str, channels: int):
     """The edit for ``Transpose(0, 2, 1) -> Reshape(N, C, H, W) -> Conv`` (no padding, one group): the
     sequence-reduction path. Zero padding would see the shift where the LayerNorm's output has none."""
-    if node.op_type != "Transpose" or list(_attr(node, "perm", [])) != [0, 2, 1]:
+    if node.op_type != "Transpose" or list(node_attr(node, "perm", [])) != [0, 2, 1]:
         return None
     reshape = g.sole_consumer(node.output[0])
     if reshape is None or reshape.op_type != "Reshape":
@@ -125,7 +118,8 @@ def _conv_fold(g: _Graph, node: onnx.NodeProto, out: str, channels: int):
     # (N, C, S) -> (N, C, H, W) keeps every channel's tokens together only with the same N and H * W == S
     if not shape or len(shape) != 4 or shape[1] != channels or not tokens or shape[0] != tokens[0]:
         return None
-    if None not in (shape[2], shape[3], tokens[1]) and shape[2] * shape[3] != tokens[1]:
+    height, width, length = shape[2], shape[3], tokens[1]
+    if height is not None and width is not None and length is not None and height * width != length:
         return None
     convs = g.consumers.get(reshape.output[0], [])
     if not convs or reshape.output[0] in g.outputs:
@@ -135,8 +129,8 @@ def _conv_fold(g: _Graph, node: onnx.NodeProto, out: str, channels: int):
         weight = g.const(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
         bias = g.const(conv.input[2]) if weight is not None and len(conv.input) > 2 and conv.input[2] else None
         if (weight is None or weight.dtype != np.float32 or weight.shape[1] != channels
-                or _attr(conv, "group", 1) != 1 or any(_attr(conv, "pads", [0]))
-                or _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID")):
+                or node_attr(conv, "group", 1) != 1 or any(node_attr(conv, "pads", [0]))
+                or node_attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             return None
         plans.append((conv, weight, bias))
 
@@ -160,7 +154,7 @@ def _candidate(g: _Graph, node: onnx.NodeProto, max_channels: int) -> tuple[int,
     if len([o for o in node.output if o]) != 1 or len(node.input) < 2:
         return None
     shape = g.shapes.get(node.input[0])
-    if not shape or len(shape) != 3 or shape[2] is None or _attr(node, "axis", -1) not in (-1, 2):
+    if not shape or len(shape) != 3 or shape[2] is None or node_attr(node, "axis", -1) not in (-1, 2):
         return None
     channels = shape[2]
     scale = g.const(node.input[1])
@@ -206,7 +200,7 @@ def to_instance_norm(proto: onnx.ModelProto, max_channels: int = MAX_CHANNELS) -
         folded = bool(users) and all(folds)
         normed = out if folded else f"{base}/normalized"
         extra.append(helper.make_node("InstanceNormalization", [node.input[0], ones, zeros], [normed],
-                                      name=f"{base}/instance_norm", epsilon=float(_attr(node, "epsilon", 1e-5))))
+                                      name=f"{base}/instance_norm", epsilon=float(node_attr(node, "epsilon", 1e-5))))
         if folded:
             for apply in folds:
                 apply(scale, shift)
@@ -226,7 +220,8 @@ def to_instance_norm(proto: onnx.ModelProto, max_channels: int = MAX_CHANNELS) -
 
 def to_layer_norm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``proto`` with every InstanceNormalization :func:`to_instance_norm` made turned back into a
-    LayerNormalization over the last axis with unit scale and zero bias (exact), and how many."""
+    LayerNormalization over the last axis (exact; its scale and bias as :func:`_affine_after` finds them), and how
+    many."""
     if not has_instance_norms(proto):
         return proto, 0
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
@@ -243,7 +238,7 @@ def to_layer_norm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         layer_norm = helper.make_node(
             "LayerNormalization", [node.input[0], g.add_const("scale", scale), g.add_const("bias", shift)],
             [out], name=node.name.removesuffix("/instance_norm") + "/layer_norm", axis=-1,
-            epsilon=float(_attr(node, "epsilon", 1e-5)))
+            epsilon=float(node_attr(node, "epsilon", 1e-5)))
         position = list(g.graph.node).index(node)
         for done in [node, *affine]:
             g.graph.node.remove(done)
@@ -265,8 +260,8 @@ def _affine_after(g: _Graph, node: onnx.NodeProto, channels: int):
     were folded into the next layer (the folded weights stay)."""
     mul = g.sole_consumer(node.output[0])
     add = g.sole_consumer(mul.output[0]) if mul is not None and mul.op_type == "Mul" else None
-    if (add is not None and add.op_type == "Add" and mul.name.startswith(PREFIX) and add.name.startswith(PREFIX)
-            and mul.input[0] == node.output[0] and add.input[0] == mul.output[0]):
+    if (mul is not None and add is not None and add.op_type == "Add" and mul.name.startswith(PREFIX)
+            and add.name.startswith(PREFIX) and mul.input[0] == node.output[0] and add.input[0] == mul.output[0]):
         scale, shift = g.const(mul.input[1]), g.const(add.input[1])
         if scale is not None and shift is not None and scale.shape == shift.shape == (channels,):
             return scale, shift, add.output[0], [mul, add]
