@@ -84,10 +84,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """FP32 ModelProto -> mixed-precision FP16 ModelProto (inputs/outputs unchanged)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    # Local functions (token merging) are inlined first: the converter does not look inside function
-    # bodies, and TensorRT inlines them anyway.
-    # FP16 is for TensorRT: the portable ops (LayerNorm kept in FP32 below; the portable merge body), before the
-    # merge functions are inlined and their body can no longer be swapped
+    # FP16 is for TensorRT: the portable ops first (LayerNorm, kept in FP32 below; the portable merge body), while
+    # the merge functions can still be swapped. Then local functions (token merging) are inlined: the converter
+    # does not look inside function bodies, and TensorRT inlines them anyway.
     model = to_portable_ops(model)
     model = (
         onnx.inliner.inline_local_functions(model)

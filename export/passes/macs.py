@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from segrt.export.passes.cpu_form import to_portable_ops
 from segrt.export.passes.frame_graph import is_frame_form, network_of
+from segrt.export.passes.merge_functions import with_merge_sums
 from segrt.runtime.errors import ConfigError, ModelLoadError
 
 # op type -> (index of the data input "A"/"X", index of the weight input "B"/"W")
@@ -165,7 +165,7 @@ def count_macs(model: str | Path | onnx.ModelProto, input_shape: tuple[int, ...]
     proto = _load(model)
     if is_frame_form(proto):
         proto = network_of(proto)
-    proto = to_portable_ops(proto)  # the CPU merge body's one-hot MatMul is bookkeeping, not the model's work
+    proto, _ = with_merge_sums(proto, "elements")  # the CPU merge body's one-hot MatMul is bookkeeping, not work
     if proto.functions:  # model-local functions (segrt token-merge ops) hide MatMuls inside their bodies
         from onnx import inliner
 
