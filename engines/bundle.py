@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 
 from segrt.engines.compat import CompatReport, check_model
-from segrt.engines.model_info import inspect_model, load_onnx, sha256_file
+from segrt.engines.model_info import describe, load_onnx, sha256_file
 from segrt.engines.plan import FORMS, BuildPlan, BuildRequest, PlanFile, make_plan, plan_versions, variant_file
 from segrt.engines.targets import Target
-from segrt.export.passes.cpu_form import is_cpu_form, to_portable_ops
+from segrt.export.passes.cpu_form import to_portable_ops
 from segrt.runtime.errors import ConfigError, ExportError
 from segrt.runtime.sinks import prepare_folder, write_bytes, write_text, writing
 
@@ -158,6 +158,16 @@ def _write_model(model: onnx.ModelProto, path: Path) -> Path:
     return write_bytes(path, model.SerializeToString(), "ONNX model")
 
 
+def tensorrt_onnx(model: onnx.ModelProto, form: str, frame_size: Sequence[int] | None
+                  ) -> tuple[onnx.ModelProto, onnx.ModelProto | None]:
+    """What a bundle plans, checks and builds from ``model``: the frame form of its portable network (and that
+    network), or in logits form the model with portable ops (and None); ``model`` itself when nothing changes."""
+    if form == "frame":
+        network = logits_network(model)
+        return frame_form(network, frame_size), network
+    return to_portable_ops(model), None
+
+
 def write_bundle(source: str | Path, out_dir: str | Path, target: Target, request: BuildRequest, *,
                  frames: Sequence[np.ndarray] | None = None) -> Bundle:
     """Plan for every TensorRT version the target runs, prepare the ONNX files, check them, write the bundle.
@@ -173,16 +183,9 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
     for suffix in (".fp32", ".fp16", ".int8", ".frame", ".logits"):  # export names; the bundle adds its own
         stem = stem.removesuffix(suffix)
     wrapped_from = None
-    network = None
-    rewritten = None
-    if request.form == "frame":
-        network = logits_network(load_onnx(source))
-        rewritten = frame_form(network, request.frame_size)
-    else:
-        original = load_onnx(source)
-        if is_cpu_form(original):  # a logits file written for ONNX Runtime's CPU provider
-            rewritten = to_portable_ops(original)
-    if rewritten is not None:
+    original = load_onnx(source)
+    rewritten, network = tensorrt_onnx(original, request.form, request.frame_size)
+    if rewritten is not original:  # the frame form, or a logits file written for ONNX Runtime's CPU provider
         target_path = out / f"{stem}.onnx"
         if target_path.exists() and source.resolve() == target_path.resolve():
             raise ConfigError(f"{source} is where the bundle writes its {request.form}-form ONNX; choose another "
@@ -190,7 +193,7 @@ def write_bundle(source: str | Path, out_dir: str | Path, target: Target, reques
         prepare_folder(out, "bundle folder")
         wrapped_from = {"source": source.name, "sha256": sha256_file(source)}
         source = _write_model(rewritten, target_path)
-    model, info = inspect_model(source)
+    model, info = rewritten, describe(rewritten, source)  # the file at ``source`` is this model
     plans = [make_plan(target, info, v, request, stem=stem) for v in plan_versions(target, request)]
 
     prepare_folder(out, "bundle folder")

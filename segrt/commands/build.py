@@ -44,15 +44,11 @@ def _shape(text: str | None, option: str, frame: bool = False, batch: int = 1) -
 
 
 def _model_to_check(source: Path, form: str, frame_size: list[int] | None):
-    """The ONNX the bundle would plan and check: ``source`` itself, or its frame form."""
-    from segrt.engines.bundle import frame_form, logits_network
+    """The ONNX the bundle would plan and check (:func:`segrt.engines.bundle.tensorrt_onnx`)."""
+    from segrt.engines.bundle import tensorrt_onnx
     from segrt.engines.model_info import describe, load_onnx
-    from segrt.export.passes.cpu_form import to_portable_ops
 
-    if form == "logits":
-        model = to_portable_ops(load_onnx(source))  # as the bundle writes it: ops for TensorRT
-        return model, describe(model, source)
-    model = frame_form(logits_network(load_onnx(source)), frame_size)
+    model, _ = tensorrt_onnx(load_onnx(source), form, frame_size)
     return model, describe(model, source)
 
 
