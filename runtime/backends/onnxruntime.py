@@ -122,6 +122,7 @@ class OnnxRuntimeBackend:
             raise ModelLoadError(f"model file {self.path} does not exist")
         check_external_data(self.path)
         self.providers = choose_providers(device)
+        self._batch_dim: str | None = None
         self.session = self._open_session(threads)
         self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -143,10 +144,19 @@ class OnnxRuntimeBackend:
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
         self.form = self.metadata.form
-        # Several batches at once (several cameras): on the CPU, one single-threaded run per core. Measured on 2
-        # cores: 1.65x over multi-threaded runs one after another while another process held a core, ~1.0x on
-        # an idle machine (benchmarks/multicam.py); a multi-threaded run waits for its slowest thread.
         cpu_only = self.providers == ["CPUExecutionProvider"]
+        # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
+        # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
+        # kernel and MatMul + Add into Gemm, which it cannot with a symbolic batch. Measured on the bundled
+        # camvid-b0 at 384x512, 2 threads: 56 -> 46 ms per frame, and 4 frames one by one 185 ms against 266 ms
+        # as one batch of 4 (benchmarks/post_forms.py, benchmarks/multicam.py run the same sessions).
+        self._batch_dim = batch_dim_to_fix(inputs[0].shape) if cpu_only else None
+        if self._batch_dim is not None:
+            self.session = self._open_session(threads)
+        # Several batches at once (several cameras): on the CPU, one single-threaded run per core. A
+        # multi-threaded run waits for its slowest thread at every node; independent single-threaded runs do not
+        # (4 camera frames on 2 cores: 1.12x the frames per second of 2-thread runs one after another,
+        # benchmarks/multicam.py).
         self.lanes = max(1, threads or os.cpu_count() or 1) if cpu_only else 1
         self._lane_session = None
         self._pool: ThreadPoolExecutor | None = None
@@ -204,6 +214,8 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         if threads == 1:
             opts.inter_op_num_threads = 1
+        if self._batch_dim is not None:
+            opts.add_free_dimension_override_by_name(self._batch_dim, 1)
         opts.log_severity_level = 3
         try:
             return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
@@ -212,7 +224,11 @@ class OnnxRuntimeBackend:
 
     def _run_on(self, session, batch: np.ndarray) -> np.ndarray:
         try:
-            out = session.run([self.output_name], {self.input_name: batch})[0]
+            if self._batch_dim is None or len(batch) == 1:
+                out = session.run([self.output_name], {self.input_name: batch})[0]
+            else:  # the session takes batch 1 only
+                out = np.concatenate([session.run([self.output_name], {self.input_name: batch[i : i + 1]})[0]
+                                      for i in range(len(batch))])
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
         # a dynamic graph's output shape is only known now: it must still be what the metadata says
@@ -232,6 +248,14 @@ def _static_dims(shape) -> list[int | None] | None:
     if shape is None:
         return None
     return [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None for d in shape]
+
+
+def batch_dim_to_fix(shape) -> str | None:
+    """The name of an input's symbolic batch dimension, which a session can fix to 1; None where the batch is
+    static, unnamed, or named like another axis (fixing it would fix that axis too)."""
+    if not shape or not isinstance(shape[0], str) or not shape[0]:
+        return None
+    return None if shape[0] in shape[1:] else shape[0]
 
 
 def default_threads() -> int | None:
