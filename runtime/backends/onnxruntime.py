@@ -123,8 +123,10 @@ class OnnxRuntimeBackend:
         check_external_data(self.path)
         self.providers = choose_providers(device)
         self._batch_dim: str | None = None
-        self.session = self._open_session(threads)
-        self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
+        cpu_only = self.providers == ["CPUExecutionProvider"]
+        # On the CPU, first a session without graph optimisations (half the load time) to read the model's
+        # inputs, outputs and metadata; the session that runs is opened once those say how (below).
+        self.session = self._open_session(threads, optimise=not cpu_only)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise ModelLoadError(f"{self.path}: expected one image input, found {len(inputs)}")
@@ -144,15 +146,15 @@ class OnnxRuntimeBackend:
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
         self.form = self.metadata.form
-        cpu_only = self.providers == ["CPUExecutionProvider"]
         # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
         # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
         # kernel and MatMul + Add into Gemm, which it cannot with a symbolic batch. Measured on the bundled
         # camvid-b0 at 384x512, 2 threads: 56 -> 46 ms per frame, and 4 frames one by one 185 ms against 266 ms
         # as one batch of 4 (benchmarks/post_forms.py, benchmarks/multicam.py run the same sessions).
-        self._batch_dim = batch_dim_to_fix(inputs[0].shape) if cpu_only else None
-        if self._batch_dim is not None:
+        if cpu_only:
+            self._batch_dim = batch_dim_to_fix(inputs[0].shape)
             self.session = self._open_session(threads)
+        self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         # Several batches at once (several cameras): on the CPU, one single-threaded run per core. A
         # multi-threaded run waits for its slowest thread at every node; independent single-threaded runs do not
         # (4 camera frames on 2 cores: 1.12x the frames per second of 2-thread runs one after another,
@@ -205,11 +207,12 @@ class OnnxRuntimeBackend:
                 self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="segrt-lane")
             return self._lane_session, self._pool
 
-    def _open_session(self, threads: int | None):
+    def _open_session(self, threads: int | None, optimise: bool = True):
         """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default)."""
         ort = _ort()
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
         if threads == 1:
