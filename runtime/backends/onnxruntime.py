@@ -12,6 +12,7 @@ import numpy as np
 from segrt.runtime.errors import (
     BackendError,
     BackendUnavailableError,
+    InputError,
     MissingPluginError,
     ModelLoadError,
     UnsafeModelError,
@@ -83,8 +84,9 @@ def _tensors(graph):
                 yield from _tensors(sub)
 
 
-def check_external_data(path: Path) -> None:
-    """Refuse a model whose external-data files lie outside its own folder, before ONNX Runtime opens any.
+def check_external_data(path: Path):
+    """Refuse a model whose external-data files lie outside its own folder, before ONNX Runtime opens any;
+    returns the graph it parsed (without weights), or None.
 
     A model can name arbitrary files as tensor storage (``../../etc/shadow``, an absolute path, a
     symlink out); loading it would read them into the network. Needs the ``onnx`` package to parse the
@@ -95,7 +97,7 @@ def check_external_data(path: Path) -> None:
         import onnx
         from onnx import TensorProto
     except ImportError:
-        return
+        return None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, OSError: a truncated or non-ONNX file
@@ -110,6 +112,7 @@ def check_external_data(path: Path) -> None:
             raise UnsafeModelError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}, outside the "
                                    f"model's folder {folder}; segrt refuses external data that is not next to "
                                    "the model")
+    return model
 
 
 class OnnxRuntimeBackend:
@@ -120,14 +123,21 @@ class OnnxRuntimeBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist")
-        check_external_data(self.path)
+        graph = check_external_data(self.path)
         self.providers = choose_providers(device)
-        self._batch_dim: str | None = None
         cpu_only = self.providers == ["CPUExecutionProvider"]
-        # On the CPU, first a session without graph optimisations (half the load time) to read the model's
-        # inputs, outputs and metadata; the session that runs is opened once those say how (below).
-        self.session = self._open_session(threads, optimise=not cpu_only)
+        # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
+        # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
+        # kernel and MatMul + Add into Gemm, which it does not do for a symbolic batch
+        # (benchmarks/results/batch_one.md).
+        declared = self._declared_input(graph) if cpu_only else None
+        self._batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
+        self.session = self._open_session(threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if declared is not None and inputs and (inputs[0].name, len(inputs[0].shape)) != (declared[0],
+                                                                                          len(declared[1])):
+            raise ModelLoadError(f"{self.path} changed while it was being loaded (input {declared[0]!r} became "
+                                 f"{inputs[0].name!r}); load it again")
         if len(inputs) != 1:
             raise ModelLoadError(f"{self.path}: expected one image input, found {len(inputs)}")
         if not outputs:
@@ -135,6 +145,8 @@ class OnnxRuntimeBackend:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         shape = _static_dims(inputs[0].shape)
+        if self._batch_dim is not None and shape:  # the session runs batch 1; the model takes any batch
+            shape[0] = None
         # The layout (N, 3, H, W) float32 or (N, H, W, 3) uint8 depends on the metadata's form: checked with it.
         if shape is None or len(shape) != 4:
             raise ModelLoadError(f"{self.path}: input {inputs[0].name} has shape {inputs[0].shape}; expected "
@@ -146,19 +158,11 @@ class OnnxRuntimeBackend:
         self.input_shape = tuple(shape)  # type: ignore[assignment]
         self.metadata = self._read_metadata(outputs[0], np.dtype(input_dtype))
         self.form = self.metadata.form
-        # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
-        # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
-        # kernel and MatMul + Add into Gemm, which it cannot with a symbolic batch. Measured on the bundled
-        # camvid-b0 at 384x512, 2 threads: 56 -> 46 ms per frame, and 4 frames one by one 185 ms against 266 ms
-        # as one batch of 4 (benchmarks/post_forms.py, benchmarks/multicam.py run the same sessions).
-        if cpu_only:
-            self._batch_dim = batch_dim_to_fix(inputs[0].shape)
-            self.session = self._open_session(threads)
         self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         # Several batches at once (several cameras): on the CPU, one single-threaded run per core. A
         # multi-threaded run waits for its slowest thread at every node; independent single-threaded runs do not
-        # (4 camera frames on 2 cores: 1.12x the frames per second of 2-thread runs one after another,
-        # benchmarks/multicam.py).
+        # (4 cameras on 2 cores: 1.10x the frames per second of 2-thread runs one after another,
+        # benchmarks/results/multicam.md).
         self.lanes = max(1, threads or os.cpu_count() or 1) if cpu_only else 1
         self._lane_session = None
         self._pool: ThreadPoolExecutor | None = None
@@ -195,6 +199,7 @@ class OnnxRuntimeBackend:
     def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """:meth:`run` of each batch, up to :attr:`lanes` at once on a single-threaded session of the same model
         (ONNX Runtime sessions take concurrent runs); outputs in the order of ``batches``."""
+        self._check_open()
         if len(batches) < 2 or self.lanes < 2:
             return [self.run(b) for b in batches]
         session, pool = self._lanes()
@@ -202,13 +207,33 @@ class OnnxRuntimeBackend:
 
     def _lanes(self):
         with self._lock:  # created on first use: an Engine that never gets two batches at once pays nothing
+            self._check_open()  # not reopened by a call after close()
             if self._lane_session is None or self._pool is None:
                 self._lane_session = self._open_session(threads=1)
                 self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="segrt-lane")
             return self._lane_session, self._pool
 
+    def _declared_input(self, graph) -> tuple[str, list] | None:
+        """The model's image input as the file declares it: (name, dims with names for symbolic ones), from
+        the graph check_external_data parsed, or (without the onnx package) from a session opened for that
+        alone and dropped before the session that runs is opened. None if the model has no input."""
+        if graph is not None:
+            weights = {t.name for t in graph.graph.initializer}
+            value = next((v for v in graph.graph.input if v.name not in weights), None)
+            if value is None:
+                return None
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in value.type.tensor_type.shape.dim]
+            return value.name, dims
+        probe = self._open_session(1, optimise=False)
+        found = [(i.name, list(i.shape or [])) for i in probe.get_inputs()[:1]]
+        del probe
+        return found[0] if found else None
+
     def _open_session(self, threads: int | None, optimise: bool = True):
-        """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default)."""
+        """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default), with the
+        batch dimension fixed to 1 where :attr:`_batch_dim` names it (``optimise`` False: no graph
+        optimisations and no override, for reading the model's inputs only)."""
         ort = _ort()
         opts = ort.SessionOptions()
         level = ort.GraphOptimizationLevel
@@ -217,7 +242,7 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         if threads == 1:
             opts.inter_op_num_threads = 1
-        if self._batch_dim is not None:
+        if optimise and getattr(self, "_batch_dim", None) is not None:  # unset while probing
             opts.add_free_dimension_override_by_name(self._batch_dim, 1)
         opts.log_severity_level = 3
         try:
@@ -225,25 +250,35 @@ class OnnxRuntimeBackend:
         except Exception as exc:
             raise _classify_load_error(self.path, exc) from exc
 
+    def _check_open(self) -> None:
+        if self.session is None:
+            raise BackendError(f"{self.path}: this backend was closed; open the model again")
+
     def _run_on(self, session, batch: np.ndarray) -> np.ndarray:
-        try:
-            if self._batch_dim is None or len(batch) == 1:
-                out = session.run([self.output_name], {self.input_name: batch})[0]
-            else:  # the session takes batch 1 only
-                out = np.concatenate([session.run([self.output_name], {self.input_name: batch[i : i + 1]})[0]
-                                      for i in range(len(batch))])
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {exc}") from exc
+        self._check_open()
+        if len(batch) == 0:
+            raise InputError(f"an empty batch (shape {batch.shape}); pass at least one frame")
+        if self._batch_dim is None or len(batch) == 1:
+            out = self._run_one(session, batch, "a batch")
+        else:  # the batch-1 session: one frame at a time, which on the CPU is also faster than one batch of N
+            out = np.concatenate([self._run_one(session, batch[i : i + 1], f"frame {i} of a batch of {len(batch)}")
+                                  for i in range(len(batch))])
         # a dynamic graph's output shape is only known now: it must still be what the metadata says
         frame_hw = (int(batch.shape[1]), int(batch.shape[2])) if self.form == "frame" else None
         return check_output(self.metadata, out, batch.shape[0], self.path, frame_hw=frame_hw)
+
+    def _run_one(self, session, x: np.ndarray, what: str) -> np.ndarray:
+        try:
+            return session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed on {what} (input shape {x.shape}): {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._pool, self._lane_session = None, None
-        self.session = None  # type: ignore[assignment]
+            self.session = None  # type: ignore[assignment]
 
 
 def _static_dims(shape) -> list[int | None] | None:
