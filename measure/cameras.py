@@ -251,10 +251,10 @@ def multicam_markdown(r: dict) -> str:
              fmt(cpu[m]["cpu_ms_per_frame"])]
             for m in ("batched", "sequential")])]
         lines += ["", (f"One after another already keeps {100 * cpu['sequential']['busy']:.0f}% of the {r['cpus']} "
-                       f"usable cores busy, so no scheduling of the same work can deliver more than "
-                       f"{cpu['ceiling']:.2f}x; batching pays only where a batch costs less CPU per frame than "
-                       f"single frames ({fmt(cpu['batched']['cpu_ms_per_frame'])} vs "
-                       f"{fmt(cpu['sequential']['cpu_ms_per_frame'])} ms here).")]
+                       f"usable cores busy, so running the same work at the same CPU cost per frame could deliver "
+                       f"at most {cpu['ceiling']:.2f}x; anything beyond comes from a lower CPU cost per frame "
+                       f"({fmt(cpu['batched']['cpu_ms_per_frame'])} ms batched vs "
+                       f"{fmt(cpu['sequential']['cpu_ms_per_frame'])} ms one after another here).")]
     lines += ["", *table(["camera", "batched latency p50 ms", "batched p99 ms", "alone p50 ms"], "lrrr", [
         [str(c["camera"]), fmt(c["latency_ms_p50"]), fmt(c["latency_ms_p99"]), fmt(c["sequential_latency_ms_p50"])]
         for c in r["per_camera"]])]
