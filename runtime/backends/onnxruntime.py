@@ -36,7 +36,8 @@ ORT_TYPES = {
 
 # ONNX Runtime graph optimisers segrt's CPU sessions leave out. MatMulAddFusion turns a MatMul + bias Add into Gemm;
 # left as they are, the bias Adds fuse into BiasGelu and SkipLayerNormalization instead, one pass fewer each:
-# camvid-b0 1.06x, its INT8 CPU form 1.02x, camvid-b0-p27 with merging 1.04x (benchmarks/results/batch_one.md).
+# camvid-b0's network 46.3 -> 43.4 ms at batch 1 (benchmarks/results/batch_one.md), make bench's segrt FP32 tier
+# (static batch, 512x512) 69.3 -> 58.4 ms.
 CPU_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 
 
@@ -134,8 +135,8 @@ class OnnxRuntimeBackend:
         cpu_only = self.providers == ["CPUExecutionProvider"]
         # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
         # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
-        # kernel and MatMul + Add into Gemm, which it does not do for a symbolic batch
-        # (benchmarks/results/batch_one.md).
+        # kernel and drops transposes and layout reorders it keeps for a symbolic batch (camvid-b0's network
+        # 57.5 -> 46.3 ms, benchmarks/results/batch_one.md).
         declared = self._declared_input(graph) if cpu_only else None
         self._batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
         self.session = self._open_session(threads)
@@ -167,7 +168,7 @@ class OnnxRuntimeBackend:
         self.name = "onnxruntime:" + self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         # Several batches at once (several cameras): on the CPU, one single-threaded run per core. A
         # multi-threaded run waits for its slowest thread at every node; independent single-threaded runs do not
-        # (4 cameras on 2 cores: 1.10x the frames per second of 2-thread runs one after another,
+        # (4 cameras on 2 cores: 1.09x the frames per second of 2-thread runs one after another,
         # benchmarks/results/multicam.md).
         self.lanes = max(1, threads or os.cpu_count() or 1) if cpu_only else 1
         self._lane_session = None

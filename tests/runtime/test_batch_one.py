@@ -1,9 +1,10 @@
 """The ONNX Runtime CPU backend runs a model with a symbolic batch through a session specialised to batch 1.
 
-What must hold: the specialised session really has batch 1 (the speed-up comes from that; its size is measured in
-benchmarks/post_forms.py and benchmarks/multicam.py), a batch of N gives what the unspecialised graph gives for
-the same N frames, lanes (several batches at once) are specialised too, and models whose batch cannot be fixed
-(static, unnamed, or named like another axis) run as before.
+What must hold: the specialised session really has batch 1 (the speed-up comes from that; its size is measured by
+benchmarks/batch_one.py), a batch of N gives what the unspecialised graph gives for the same N frames, lanes
+(several batches at once) are specialised too, models whose batch cannot be fixed (static, unnamed, or named like
+another axis) run as before, and the batch name is read with or without the onnx package, from the file the
+session then opens.
 """
 
 from __future__ import annotations
