@@ -82,8 +82,8 @@ def one_by_one(session: ort.InferenceSession, name: str, x: np.ndarray) -> np.nd
 
 def same(a: np.ndarray, b: np.ndarray) -> float:
     """How far the two results are apart: for masks the share of pixels that differ, for logits the largest
-    difference. Float sums in another order (Gemm for MatMul + Add) may flip a pixel whose top two logits tie
-    to ~1e-6; anything more is an error."""
+    difference. Float sums in another order (the sessions fuse different ops) may flip a pixel whose top two
+    logits tie to ~1e-6; anything more is an error."""
     if a.shape != b.shape:
         sys.exit(f"results differ in shape: {a.shape} / {b.shape}")
     if a.dtype.kind in "ui":
@@ -97,7 +97,7 @@ def same(a: np.ndarray, b: np.ndarray) -> float:
     return diff
 
 
-def pairs_for(path: Path, scratch: Path, threads: int) -> tuple[dict, list]:
+def candidates_for(path: Path, scratch: Path, threads: int) -> tuple[dict, list]:
     """name -> (plain, batch 1, segrt) calls for one model, the largest difference from plain of each, and what
     to close."""
     model = onnx.load(str(path))
@@ -112,7 +112,7 @@ def pairs_for(path: Path, scratch: Path, threads: int) -> tuple[dict, list]:
            for i in range(4)]
     x = frames_to_input([cam[0]], meta.input_size, meta.mean, meta.std)
     net_segrt = OnnxRuntimeBackend(net_path, threads=threads)
-    net_plain, net_b1 = plain_session(net_path, threads), plain_session(net_path, threads, net_segrt._batch_dim)
+    net_plain, net_b1 = plain_session(net_path, threads), plain_session(net_path, threads, net_segrt.batch_dim)
     name = net_plain.get_inputs()[0].name
     pairs = {"network": (lambda: net_plain.run(None, {name: x})[0], lambda: net_b1.run(None, {name: x})[0],
                          lambda: net_segrt.run(x))}
@@ -120,7 +120,7 @@ def pairs_for(path: Path, scratch: Path, threads: int) -> tuple[dict, list]:
     if frame_form:
         one, four = cam[0][None], np.stack(cam)
         frame_segrt = OnnxRuntimeBackend(path, threads=threads)
-        frame_plain, frame_b1 = plain_session(path, threads), plain_session(path, threads, frame_segrt._batch_dim)
+        frame_plain, frame_b1 = plain_session(path, threads), plain_session(path, threads, frame_segrt.batch_dim)
         closers.append(frame_segrt)
         pairs[f"frame {CAMERA[1]}x{CAMERA[0]}"] = (lambda: frame_plain.run(None, {"frame": one})[0],
                                                    lambda: frame_b1.run(None, {"frame": one})[0],
@@ -136,7 +136,7 @@ def measure(args: argparse.Namespace) -> dict:
     groups = []
     with tempfile.TemporaryDirectory() as scratch:
         for path in args.models:
-            found, closers = pairs_for(path, Path(scratch), args.threads)
+            found, closers = candidates_for(path, Path(scratch), args.threads)
             names, calls = [], []
             for k, trio in found["pairs"].items():
                 names += [f"{k}, {c}" for c in CANDIDATES]

@@ -138,7 +138,8 @@ class OnnxRuntimeBackend:
         # kernel and drops transposes and layout reorders it keeps for a symbolic batch (camvid-b0's network
         # 57.5 -> 46.3 ms, benchmarks/results/batch_one.md).
         declared = self._declared_input(graph) if cpu_only else None
-        self._batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
+        # the input's symbolic batch dimension that the sessions fix to 1 (None: the model runs as it is)
+        self.batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
         self.session = self._open_session(threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if declared is not None and inputs and (inputs[0].name, len(inputs[0].shape)) != (declared[0],
@@ -152,7 +153,7 @@ class OnnxRuntimeBackend:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         shape = _static_dims(inputs[0].shape)
-        if self._batch_dim is not None and shape:  # the session runs batch 1; the model takes any batch
+        if self.batch_dim is not None and shape:  # the session runs batch 1; the model takes any batch
             shape[0] = None
         # The layout (N, 3, H, W) float32 or (N, H, W, 3) uint8 depends on the metadata's form: checked with it.
         if shape is None or len(shape) != 4:
@@ -239,7 +240,7 @@ class OnnxRuntimeBackend:
 
     def _open_session(self, threads: int | None, optimise: bool = True):
         """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default), with the
-        batch dimension fixed to 1 where :attr:`_batch_dim` names it (``optimise`` False: no graph
+        batch dimension fixed to 1 where :attr:`batch_dim` names it (``optimise`` False: no graph
         optimisations and no override, for reading the model's inputs only)."""
         ort = _ort()
         opts = ort.SessionOptions()
@@ -249,8 +250,8 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         if threads == 1:
             opts.inter_op_num_threads = 1
-        if optimise and getattr(self, "_batch_dim", None) is not None:  # unset while probing
-            opts.add_free_dimension_override_by_name(self._batch_dim, 1)
+        if optimise and getattr(self, "batch_dim", None) is not None:  # unset while probing
+            opts.add_free_dimension_override_by_name(self.batch_dim, 1)
         opts.log_severity_level = 3
         cpu = self.providers == ["CPUExecutionProvider"]
         skip = {"disabled_optimizers": list(CPU_DISABLED_OPTIMIZERS)} if optimise and cpu else {}
@@ -267,7 +268,7 @@ class OnnxRuntimeBackend:
         self._check_open()
         if len(batch) == 0:
             raise InputError(f"an empty batch (shape {batch.shape}); pass at least one frame")
-        if self._batch_dim is None or len(batch) == 1:
+        if self.batch_dim is None or len(batch) == 1:
             out = self._run_one(session, batch, "a batch")
         else:  # the batch-1 session: one frame at a time, which on the CPU is also faster than one batch of N
             out = np.concatenate([self._run_one(session, batch[i : i + 1], f"frame {i} of a batch of {len(batch)}")

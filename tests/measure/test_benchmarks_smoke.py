@@ -223,3 +223,16 @@ def test_headline_rows_mark_reduced_tiers_and_pair_int8_with_its_fp32_graph():
     assert rows["segrt merge-downsample INT8"]["int8_vs_fp32"] == pytest.approx(0.8)
     assert rows["segrt FP32"]["int8_vs_fp32"] is None and rows["segrt FP32"]["compute_share"] is None
     assert run_all.goals(list(rows.values()))["best"] == "segrt INT8"
+
+
+def test_batch_one(tmp_path):
+    data = script("batch_one").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    written, md = report(tmp_path, "batch_one-quick")
+    assert written == data
+    (group,) = data["groups"]
+    assert group["model"] == "segformer-tiny-frame.onnx" and group["batch_fixed"]
+    assert [r["what"] for r in group["rows"]] == ["network", "frame 1280x720", "4 frames 1280x720"]
+    for r in group["rows"]:  # every candidate timed, and each agreed with the plain session before it was
+        assert all(r[f"{c}_ms"] > 0 for c in ("plain", "batch 1", "segrt")) and r["largest_difference"] <= 1e-3
+    assert group["conditions"]["rewarm"] == 2 and "| network |" in md
+    assert (tmp_path / "batch_one-quick.png").stat().st_size > 0

@@ -88,7 +88,7 @@ def test_lanes_are_specialised_too(tiny_frame_onnx, camvid_frame):
 def test_static_batch_model_is_left_as_it_is(tiny_onnx):
     backend = OnnxRuntimeBackend(tiny_onnx, threads=1)
     try:
-        assert backend._batch_dim is None and backend.input_shape[0] == 1
+        assert backend.batch_dim is None and backend.input_shape[0] == 1
         out = backend.run(np.zeros((1, 3, 256, 320), np.float32))
         assert out.shape == (1, 11, 64, 80)
     finally:
@@ -133,7 +133,7 @@ def test_without_the_onnx_package_a_probe_session_reads_the_batch_name(monkeypat
     monkeypatch.setattr(backend_module, "check_external_data", lambda path: None)
     backend = OnnxRuntimeBackend(tiny_frame_onnx, threads=1)
     try:
-        assert backend._batch_dim == "batch" and backend.session.get_inputs()[0].shape[0] == 1
+        assert backend.batch_dim == "batch" and backend.session.get_inputs()[0].shape[0] == 1
     finally:
         backend.close()
 
