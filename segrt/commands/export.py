@@ -96,7 +96,7 @@ def export_command(
                                  help="keep the decoder as trained (default: exact decoder folding)"),
     ops: str = typer.Option("cpu", "--ops", callback=choice(*OPS),
                             help="cpu (default): ops in the forms ONNX Runtime's CPU provider runs fastest (narrow "
-                                 "LayerNorms as InstanceNormalization, token-merge sums as ScatterND rows); "
+                                 "LayerNorms as InstanceNormalization, token-merge sums as one-hot MatMuls); "
                                  "portable: as exported, for other runtimes (segrt build, --precision fp16 and "
                                  "--int8-form qdq make the portable form themselves)"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
