@@ -33,7 +33,7 @@ import onnxruntime as ort
 from segrt.export.passes import frame_graph as fg
 from segrt.measure.harness import default_threads, load_average, run_interleaved
 from segrt.measure.report import pyplot, save_figure, table, write_report
-from segrt.runtime.backends.onnxruntime import CPU_DISABLED_OPTIMIZERS, batch_dim_to_fix
+from segrt.runtime.backends.onnxruntime import batch_dim_to_fix, declared_input, open_session
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input, logits_to_mask
 from segrt.runtime.samples import sample_frames
@@ -66,14 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     """A CPU session as segrt's backend opens one: the symbolic batch fixed to 1 (every run here is one frame),
     the same optimisers left out."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    batch = batch_dim_to_fix([d.dim_param if d.HasField("dim_param") else d.dim_value or None for d in dims])
-    if batch is not None:
-        options.add_free_dimension_override_by_name(batch, 1)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+    declared = declared_input(model)
+    batch = batch_dim_to_fix(declared[1]) if declared is not None else None
+    return open_session(model.SerializeToString(), ["CPUExecutionProvider"], threads, batch_dim=batch)
 
 
 def camera_frames(args, size: tuple[int, int]) -> list[np.ndarray]:

@@ -133,13 +133,14 @@ class OnnxRuntimeBackend:
         graph = check_external_data(self.path)
         self.providers = choose_providers(device)
         cpu_only = self.providers == ["CPUExecutionProvider"]
+        self.batch_dim: str | None = None  # set below once the model's input is known
         # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
         # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
         # kernel and drops transposes and layout reorders it keeps for a symbolic batch (camvid-b0's network
         # 57.5 -> 46.3 ms, benchmarks/results/batch_one.md).
         declared = self._declared_input(graph) if cpu_only else None
         # the input's symbolic batch dimension that the sessions fix to 1 (None: the model runs as it is)
-        self.batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
+        self.batch_dim = batch_dim_to_fix(declared[1]) if declared is not None else None
         self.session = self._open_session(threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if declared is not None and inputs and (inputs[0].name, len(inputs[0].shape)) != (declared[0],
@@ -222,41 +223,21 @@ class OnnxRuntimeBackend:
             return self._lane_session, self._pool
 
     def _declared_input(self, graph) -> tuple[str, list] | None:
-        """The model's image input as the file declares it: (name, dims with names for symbolic ones), from
-        the graph check_external_data parsed, or (without the onnx package) from a session opened for that
-        alone and dropped before the session that runs is opened. None if the model has no input."""
+        """:func:`declared_input` of the graph check_external_data parsed or, without the onnx package, of a
+        session opened for that alone and dropped before the session that runs is opened."""
         if graph is not None:
-            weights = {t.name for t in graph.graph.initializer}
-            value = next((v for v in graph.graph.input if v.name not in weights), None)
-            if value is None:
-                return None
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in value.type.tensor_type.shape.dim]
-            return value.name, dims
+            return declared_input(graph)
         probe = self._open_session(1, optimise=False)
         found = [(i.name, list(i.shape or [])) for i in probe.get_inputs()[:1]]
         del probe
         return found[0] if found else None
 
     def _open_session(self, threads: int | None, optimise: bool = True):
-        """A session of this model (``threads`` intra-op threads; None or 0: ONNX Runtime's default), with the
-        batch dimension fixed to 1 where :attr:`batch_dim` names it (``optimise`` False: no graph
-        optimisations and no override, for reading the model's inputs only)."""
-        ort = _ort()
-        opts = ort.SessionOptions()
-        level = ort.GraphOptimizationLevel
-        opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        if threads == 1:
-            opts.inter_op_num_threads = 1
-        if optimise and getattr(self, "batch_dim", None) is not None:  # unset while probing
-            opts.add_free_dimension_override_by_name(self.batch_dim, 1)
-        opts.log_severity_level = 3
-        cpu = self.providers == ["CPUExecutionProvider"]
-        skip = {"disabled_optimizers": list(CPU_DISABLED_OPTIMIZERS)} if optimise and cpu else {}
+        """:func:`open_session` of this model, its load errors typed (``optimise`` False: for reading the model's
+        inputs only)."""
         try:
-            return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers, **skip)
+            return open_session(str(self.path), self.providers, threads, optimise=optimise,
+                                batch_dim=self.batch_dim if optimise else None)
         except Exception as exc:
             raise _classify_load_error(self.path, exc) from exc
 
@@ -296,6 +277,38 @@ def _static_dims(shape) -> list[int | None] | None:
     if shape is None:
         return None
     return [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None for d in shape]
+
+
+def open_session(source: str | bytes, providers: list[str], threads: int | None, *, optimise: bool = True,
+                 batch_dim: str | None = None):
+    """An ONNX Runtime session as segrt runs models: ``threads`` intra-op threads (None or 0: ONNX Runtime's
+    default), the symbolic batch dimension ``batch_dim`` fixed to 1, and on the CPU provider
+    :data:`CPU_DISABLED_OPTIMIZERS` left out (``optimise`` False: no graph optimisations at all)."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimise else level.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    if threads == 1:
+        opts.inter_op_num_threads = 1
+    if batch_dim is not None:
+        opts.add_free_dimension_override_by_name(batch_dim, 1)
+    opts.log_severity_level = 3
+    cpu = providers == ["CPUExecutionProvider"]
+    skip = {"disabled_optimizers": list(CPU_DISABLED_OPTIMIZERS)} if optimise and cpu else {}
+    return ort.InferenceSession(source, sess_options=opts, providers=providers, **skip)
+
+
+def declared_input(graph) -> tuple[str, list] | None:
+    """An ONNX ModelProto's image input as the file declares it: (name, dims, with the names of symbolic ones
+    and None for unknown ones), or None if the graph has no input that is not an initializer."""
+    weights = {t.name for t in graph.graph.initializer}
+    value = next((v for v in graph.graph.input if v.name not in weights), None)
+    if value is None:
+        return None
+    return value.name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in value.type.tensor_type.shape.dim]
 
 
 def batch_dim_to_fix(shape) -> str | None:
