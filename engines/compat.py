@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from segrt.engines.model_info import DEFAULT_DOMAINS
+from segrt.engines.model_info import DEFAULT_DOMAINS, is_quantized
 from segrt.engines.targets import Target
 from segrt.engines.trt_table import (
     EINSUM_EXTENDED,
@@ -273,7 +273,7 @@ class _Checker:
                      f"(up to {max_opset(self.version)}); export with opset 17")
         if self.model.functions and not LOCAL_FUNCTIONS.available(self.version):
             self.add("error", "local-function", f"TensorRT {self.version} cannot parse model-local functions")
-        quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.model.graph.node)
+        quantized = is_quantized(self.model.graph.node)
         if quantized and self.precision != "int8":
             self.add("error", "qdq",
                      f"the graph has Q/DQ nodes but precision is {self.precision}; build with --precision int8")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from segrt.export.passes.frame_graph import PREFIX as FRAME_WRAPPER
 from segrt.runtime.errors import ModelLoadError
 from segrt.runtime.metadata import ModelMetadata
 
@@ -135,10 +136,17 @@ def describe(model: onnx.ModelProto, path: str | Path, sha256: str | None = None
         metadata=read_metadata(model),
         op_types={n.op_type for n in nodes},
         functions=[f"{f.domain}.{f.name}" for f in model.functions],
-        quantized=any(n.op_type in QDQ_OPS and n.domain in DEFAULT_DOMAINS for n in nodes),
+        quantized=is_quantized(nodes),
         float16=float16,
         weight_bytes=sum(_nbytes(i) for i in model.graph.initializer),
     )
+
+
+def is_quantized(nodes) -> bool:
+    """Explicit INT8: Q/DQ nodes in the network. The frame form's own DequantizeLinear nodes (its exact resize
+    and normalisation scale uint8 levels to float) say nothing about the network's precision."""
+    return any(n.op_type in QDQ_OPS and n.domain in DEFAULT_DOMAINS and not n.name.startswith(FRAME_WRAPPER)
+               for n in nodes)
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:

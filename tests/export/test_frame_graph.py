@@ -271,15 +271,22 @@ def test_merged_export_keeps_local_functions(merged_logits, frames):
 
 
 def test_int8_export(tiny_onnx, camvid_root, tmp_path, frames):
+    from segrt.engines.model_info import describe
     from segrt.export.passes.quantize import quantize_int8
 
     out = tmp_path / "int8.onnx"
     quantize_int8(tiny_onnx, out, camvid_root / "train", 4, show_progress=False)
     logits = onnx.load(str(out))
     framed = fg.to_frame_form(logits)
-    qdq = [n for n in framed.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    # the network's Q/DQ kept, and none added (a Q/DQ node makes engines/model_info.py read a model as quantized)
+    qdq = [n for n in framed.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+           and not n.name.startswith(fg.PREFIX)]
+    # the network's Q/DQ kept; the wrapper's own DequantizeLinear nodes (exact resize, normalisation) do not make
+    # engines/model_info.py read the FP32 frame form as quantized, nor hide the INT8 one's Q/DQ
     assert len(qdq) == len([n for n in logits.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]) > 0
+    assert describe(framed, tmp_path / "framed.onnx").quantized
+    fp32 = fg.to_frame_form(onnx.load(str(tiny_onnx)))
+    assert any(n.op_type == "DequantizeLinear" for n in fp32.graph.node)
+    assert not describe(fp32, tmp_path / "fp32.onnx").quantized
     assert _agreement(framed, logits, _at(frames, (720, 1280))) >= MIN_AGREEMENT
 
 
@@ -419,6 +426,8 @@ def test_refusals(tiny):
             fg.to_frame_form(tiny, frame_size=size)
     with pytest.raises(ExportError, match="not a segrt frame-form"):
         fg.network_of(tiny)
+    with pytest.raises(ExportError, match="opset 12; the frame form needs opset >= 13"):
+        fg.to_frame_form(_synthetic(11, opset=12))
 
 
 def test_verification_failure_is_typed(tiny, frames):
