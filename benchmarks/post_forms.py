@@ -109,7 +109,9 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
         runs[names[i]](r % len(frames))
         ms[names[i]].append(1000 * (time.perf_counter() - t0))
 
-    conditions = run_interleaved(len(names), untimed, timed, rounds=args.rounds, warmup=2, threads=args.threads)
+    # 2 untimed runs before each timed one: one did not always absorb the previous session's spinning threads
+    conditions = run_interleaved(len(names), untimed, timed, rounds=args.rounds, warmup=2, rewarm=2,
+                                 threads=args.threads)
     expected = [reference(i) for i in range(len(frames))]
     per_frame = {k: [float((runs[k](i) == expected[i]).mean()) for i in range(len(frames))] for k in graphs}
     agreement = {k: min(v) for k, v in per_frame.items()}

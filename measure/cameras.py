@@ -36,7 +36,7 @@ def camera_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def end_to_end_vs_network(model: str | Path, frame: np.ndarray, *, sizes: Sequence[tuple[int, int]] = CAMERA_SIZES,
                           backend: str = "auto", threads: int | None = None, runs: int = 20, warmup: int = 3,
-                          rewarm: int = 1, progress=None) -> dict:
+                          rewarm: int = 2, progress=None) -> dict:
     """Time ``Engine.infer`` on a frame of each camera size and the network alone at the size it runs, all in
     one interleaved run. Returns ``{"rows": [...], "conditions", "model", "form", "skipped"}``; each row has
     the camera size, the network size, both latencies (p50, p95, ...) and ``ratio`` = e2e p50 / network p50."""
