@@ -20,16 +20,17 @@ Two post-processing forms compute the same argmax(bilinear(logits)):
 
 Two pre-processing forms resize the frame to the network's size (:data:`PRES`):
 
-- ``exact`` (default): cv2.resize(INTER_LINEAR) reproduced bit for bit in integers, so the network sees the very
-  input of the reference path (:func:`_cv2_resize_planes` for ONNX Runtime, :func:`_cv2_resize` on the int32
-  frame for TensorRT's dense form).
+- ``exact`` (default): cv2.resize(INTER_LINEAR)'s fixed-point arithmetic reproduced in exact integer (and
+  exact float) steps, so the network sees the very input of the reference path: :func:`_cv2_resize_planes` for
+  ONNX Runtime, bit for bit at any frame size; :func:`_cv2_resize` on the int32 frame for TensorRT's dense form,
+  bit for bit with a fixed frame size, while with a dynamic one its source coordinates are computed in float32
+  (TensorRT has no double), which moves a value by one level at some pairs of sizes (0.05% of the values from
+  301x457 to 37x53, 0.4-0.5% from 37x1999; none from 720p or 1080p to 384x512; tests/export/test_frame_graph.py).
 - ``resize``: ONNX Resize (linear, half_pixel) on the frame cast to float, NHWC. Up to ~0.8 grey levels off
   cv2's rounding, and the trained camvid-b0 turns that into mask differences on real frames: CamVid val upscaled
   to 720p/1080p 99.81% worst frame, 99.89-99.90% mean; bikes.mp4 at 640x272/720p/1080p 98.96-99.29% worst,
   99.50-99.58% mean. Below the contract on some frames, so not the default (wrap_verified refuses it where it
-  falls short); and only a little faster, as the float cast of the whole frame costs about what the exact form's
-  integer passes do (pre-processing alone, 1 thread, interleaved: 6.7 vs 8.8 ms at 720p, 9.1 vs 9.7 ms at 1080p;
-  1-2% of the end-to-end time).
+  falls short), and slower end to end than the exact form (benchmarks/results/post_forms.md).
 
 Needs onnx and numpy (ONNX Runtime for the verification helpers at the end), no torch: ``segrt build`` runs it.
 """
@@ -379,12 +380,12 @@ def _cv2_resize_planes(b: _Builder, x: str, net_size, fixed) -> str:
     gathered whole, each set is transposed as a 2-D byte matrix (N, W*3, h), and the source columns are gathered
     as whole h-byte rows of it, channel by channel in RGB order (3w gathers instead of hw). The arithmetic then
     runs on (N, w, 3, h), the vertical weights along the innermost axis, and one 2-D byte transpose gives NCHW.
-    The horizontal pass is two DequantizeLinear with the per-column scales a / 16 (exact in float: products
-    below 2^19 in steps of 1/16), whose floor (the Cast to int32 truncates) is row >> 4: one pass per source
-    pixel instead of a Cast and a Mul, and no shift. With the byte transpose at the end and the normalisation's
-    scale as a DequantizeLinear, pre-processing alone (2 threads, interleaved, thread spinning off so that the
-    sessions compared do not slow each other) took 3.8 / 4.2 ms at 720p / 1080p against 5.6 / 5.6 ms for the
-    int32 Cast + Mul form.
+    The horizontal pass is two DequantizeLinear with the per-column scales a / 16 (exact in float: c * a is an
+    integer below 2^19, so c * a / 16 has at most 19 significant bits), whose sum's floor (the Cast to int32
+    truncates) is row >> 4: one pass per source pixel instead of a Cast and a Mul, and no shift. With the byte
+    transpose at the end and the normalisation's scale as a DequantizeLinear, pre-processing alone (2 threads,
+    interleaved, thread spinning off so that the sessions compared do not slow each other) took 3.8 / 4.2 ms at
+    720p / 1080p against 5.6 / 5.6 ms for the int32 Cast + Mul form.
     """
     i32 = TensorProto.INT32
     h, w = int(net_size[0]), int(net_size[1])
