@@ -8,7 +8,10 @@ at 640x480 and above), ONNX Runtime CPU:
 - ``post numpy``: logits_to_mask alone (today's post-processing);
 - ``frame dense`` / ``frame refine``: the frame-form graph (uint8 frame in, mask out), end to end, with the
   default bit-exact pre-processing (``pre="exact"``: cv2's fixed-point resize emulated in the graph);
-- ``frame refine resize``: the refine form with ``pre="resize"`` (ONNX Resize on the float frame, channels last).
+- ``frame refine resize``: the refine form with ``pre="resize"`` (ONNX Resize on the float frame, channels last);
+- ``refine pre only``: the frame refine graph cut at the network's input (frame -> normalised network input), so
+  that the wrapper's time splits into pre-processing and post-processing (``refine post``: frame refine minus
+  network minus pre only, medians, derived rather than timed).
 
 Reports p50 latencies, the ratio of each to the network alone, and the worst and mean per-frame pixel agreement
 of the frame graphs with the reference masks. Writes ``post_forms.json``, ``post_forms.md`` and ``post_forms.png``
@@ -41,7 +44,8 @@ from segrt.runtime.samples import sample_frames
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SIZES = [(480, 640), (720, 1280), (1080, 1920)]
-CANDIDATES = ("network", "reference", "post numpy", "frame dense", "frame refine", "frame refine resize")
+CANDIDATES = ("network", "reference", "post numpy", "frame dense", "frame refine", "frame refine resize",
+              "refine pre only")
 GRAPHS = {"frame dense": {"post": "dense"}, "frame refine": {"post": "refine"},
           "frame refine resize": {"post": "refine", "pre": "resize"}}  # to_frame_form options
 
@@ -84,6 +88,7 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
     net = session(logits, args.threads)
     graphs = {k: session(fg.to_frame_form(logits, **options), args.threads) for k, options in GRAPHS.items()}
     name = net.get_inputs()[0].name
+    pre = session(pre_only(fg.to_frame_form(logits, **GRAPHS["frame refine"]), name), args.threads)
     prepared = [frames_to_input([f], meta.input_size, meta.mean, meta.std) for f in frames]
     outputs = [net.run(None, {name: x})[0][0] for x in prepared]
 
@@ -96,6 +101,7 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
         "reference": reference,
         "post numpy": lambda i: logits_to_mask(outputs[i], size),
         **{k: (lambda i, s=s: s.run(None, {"frame": frames[i][None]})[0][0]) for k, s in graphs.items()},
+        "refine pre only": lambda i: pre.run(None, {"frame": frames[i][None]}),
     }
     names = list(runs)
     ms: dict[str, list[float]] = {n: [] for n in names}
@@ -116,11 +122,19 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
     per_frame = {k: [float((runs[k](i) == expected[i]).mean()) for i in range(len(frames))] for k in graphs}
     agreement = {k: min(v) for k, v in per_frame.items()}
     p50 = {n: float(np.median(v)) for n, v in ms.items()}
+    p50["refine post"] = p50["frame refine"] - p50["network"] - p50["refine pre only"]
     return {"size": list(size), "frames": len(frames), "p50_ms": p50,
             "p90_ms": {n: float(np.percentile(v, 90)) for n, v in ms.items()},
             "ratio_to_network": {n: p50[n] / p50["network"] for n in names},
             "agreement": agreement, "agreement_mean": {k: float(np.mean(v)) for k, v in per_frame.items()},
             "conditions": conditions.to_dict()}
+
+
+def pre_only(framed: onnx.ModelProto, network_input: str) -> onnx.ModelProto:
+    """The frame form's pre-processing alone: its graph from the frame to the network's input."""
+    from onnx.utils import Extractor
+
+    return Extractor(framed).extract_model([fg.FRAME_INPUT], [network_input])
 
 
 def markdown(data: dict) -> str:
@@ -129,12 +143,12 @@ def markdown(data: dict) -> str:
              f"{data['rounds']} interleaved rounds per size; load average at start {load} "
              "(the machine was shared with other jobs: compare ratios, not absolute times).", ""]
     ratios = ("frame dense", "frame refine", "frame refine resize", "reference")
-    header = ["frame", *[f"{n} ms" for n in CANDIDATES], *[f"{n} / network" for n in ratios],
+    header = ["frame", *[f"{n} ms" for n in (*CANDIDATES, "refine post")], *[f"{n} / network" for n in ratios],
               *[f"agreement {n[6:]} (min / mean)" for n in GRAPHS]]
     rows = []
     for g in data["groups"]:
         h, w = g["size"]
-        rows.append([f"{w}x{h}", *[f"{g['p50_ms'][n]:.1f}" for n in CANDIDATES],
+        rows.append([f"{w}x{h}", *[f"{g['p50_ms'][n]:.1f}" for n in (*CANDIDATES, "refine post")],
                      *[f"{g['ratio_to_network'][n]:.2f}x" for n in ratios],
                      *[f"{g['agreement'][n]:.4%} / {g['agreement_mean'][n]:.4%}" for n in GRAPHS]])
     return "\n".join(lines + table(header, "l" + "r" * (len(header) - 1), rows))
@@ -155,7 +169,7 @@ def plot(data: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     logits = onnx.load(str(args.model))
     if fg.is_frame_form(logits):  # a deploy-form model (the bundled ones): measure the network inside it
@@ -176,6 +190,7 @@ def main(argv=None) -> None:
     stem = "post_forms_quick" if args.quick else "post_forms"
     for path in write_report(args.out, stem, data, markdown(data), plot):
         print(f"wrote {path}")
+    return data
 
 
 if __name__ == "__main__":

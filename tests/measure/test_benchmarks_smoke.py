@@ -236,3 +236,17 @@ def test_batch_one(tmp_path):
         assert all(r[f"{c}_ms"] > 0 for c in ("plain", "batch 1", "segrt")) and r["largest_difference"] <= 1e-3
     assert group["conditions"]["rewarm"] == 2 and "| network |" in md
     assert (tmp_path / "batch_one-quick.png").stat().st_size > 0
+
+
+def test_post_forms(tmp_path):
+    data = script("post_forms").main(["--quick", "--rounds", "2", "--threads", "1", "--out", str(tmp_path)])
+    written, md = report(tmp_path, "post_forms_quick")
+    assert written == data and [g["size"] for g in data["groups"]] == [[480, 640], [720, 1280]]
+    for g in data["groups"]:  # every candidate timed; the frame graphs agree with the reference path
+        assert all(g["p50_ms"][c] > 0 for c in script("post_forms").CANDIDATES)
+        assert g["p50_ms"]["refine post"] == pytest.approx(
+            g["p50_ms"]["frame refine"] - g["p50_ms"]["network"] - g["p50_ms"]["refine pre only"])
+        assert g["agreement"]["frame refine"] >= 0.995 and g["agreement"]["frame dense"] >= 0.995
+        assert g["conditions"]["rewarm"] == 2
+    assert "| 1280x720 |" in md and "refine pre only ms" in md
+    assert (tmp_path / "post_forms_quick.png").stat().st_size > 0
