@@ -26,9 +26,9 @@ test: test-python typecheck lint imports test-runtime-without-torch  ## everythi
 test-python: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q -x -n auto --dist loadfile --durations=10
 
-typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs
+typecheck: $(STAMP)  ## TensorRT and CUDA code paths against tensorrt-stubs, and the torch-free ONNX passes
 	$(BIN)/python tools/trt_typings.py
-	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends
+	$(BIN)/mypy --config-file pyproject.toml engines runtime/backends export/passes
 
 lint: $(STAMP)  ## ruff, lines at most 120 columns included
 	$(BIN)/ruff check runtime export engines measure serving segrt tests benchmarks models tools examples

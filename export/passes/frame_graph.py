@@ -285,16 +285,7 @@ def _cv2_coefficients(b: _Builder, n_in: str | int, n_out: int, clamp: bool, dou
     """Source indices and fixed-point weights of one axis, computed as OpenCV's resize does (see _cv2_resize)."""
     f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     if isinstance(n_in, int):  # a fixed frame size: the same arithmetic in numpy, stored as constants
-        f = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
-        s = np.floor(f)
-        f = (f - s).astype(np.float32)
-        s = s.astype(np.int64)
-        if clamp:
-            f[(s < 0) | (s >= n_in - 1)] = 0
-            s = np.where(s < 0, 0, np.where(s >= n_in - 1, n_in - 1, s))
-        w0 = np.rint((np.float32(1) - f) * np.float32(RESIZE_COEF)).astype(np.int32)
-        w1 = np.rint(f * np.float32(RESIZE_COEF)).astype(np.int32)
-        return (b.const(np.clip(s, 0, n_in - 1)), b.const(np.clip(s + 1, 0, n_in - 1)), b.const(w0), b.const(w1))
+        return tuple(b.const(c) for c in _cv2_coefficients_fixed(n_in, n_out, clamp))
     # cv2 computes the coordinate in double, then rounds it to float (TensorRT has no double: float there)
     ft, np_ft = (TensorProto.DOUBLE, np.float64) if double else (f32, np.float32)
     scale = b.op("Div", [b.op("Cast", [n_in], to=ft), b.const(np.array(n_out, np_ft))])
@@ -316,6 +307,20 @@ def _cv2_coefficients(b: _Builder, n_in: str | int, n_out: int, clamp: bool, dou
     i0 = b.op("Clip", [s, b.op("Squeeze", [zero]), b.op("Squeeze", [last])])
     i1 = b.op("Clip", [b.op("Add", [s, b.const(np.int64(1))]), b.op("Squeeze", [zero]), b.op("Squeeze", [last])])
     return i0, i1, w0, w1
+
+
+def _cv2_coefficients_fixed(n_in: int, n_out: int, clamp: bool) -> tuple[np.ndarray, ...]:
+    """:func:`_cv2_coefficients` of a fixed frame size in numpy: source indices (int64) and weights (int32)."""
+    coord = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+    floor = np.floor(coord)
+    frac = (coord - floor).astype(np.float32)
+    start = floor.astype(np.int64)
+    if clamp:
+        frac[(start < 0) | (start >= n_in - 1)] = 0
+        start = np.where(start < 0, 0, np.where(start >= n_in - 1, n_in - 1, start))
+    w0 = np.rint((np.float32(1) - frac) * np.float32(RESIZE_COEF)).astype(np.int32)
+    w1 = np.rint(frac * np.float32(RESIZE_COEF)).astype(np.int32)
+    return np.clip(start, 0, n_in - 1), np.clip(start + 1, 0, n_in - 1), w0, w1
 
 
 def _cv2_resize(b: _Builder, x: str, net_size, fixed, double: bool) -> str:

@@ -80,7 +80,7 @@ def _fix_input_shape(proto: onnx.ModelProto, shape: tuple[int, ...] | None) -> t
     current = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if shape is None:
         if current and current[0] is None and all(d is not None for d in current[1:]):
-            shape = (1, *current[1:])  # only the batch is open: MACs of one image
+            shape = (1, *(int(d) for d in current[1:] if d is not None))  # only the batch is open: one image
         elif any(d is None for d in current):
             raise ConfigError(f"input {inputs[0].name} has dynamic dimensions {current}: pass the input shape")
         else:

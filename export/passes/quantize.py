@@ -233,7 +233,8 @@ def census(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
     activation with a quantized one. A MatMulInteger (the CPU form's dynamically quantized MatMul) counts as a
     quantized MatMul."""
     dq_outputs = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    quantized, floating = Counter(), Counter()
+    quantized: Counter[str] = Counter()
+    floating: Counter[str] = Counter()
     for n in proto.graph.node:
         if n.op_type == "MatMulInteger":
             quantized["MatMul"] += 1
