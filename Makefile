@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-python typecheck lint imports test-runtime-without-torch check-device bench clean
+.PHONY: demo test test-python typecheck lint imports test-runtime-without-torch test-runtime-oldest check-device bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job: segment the bundled street video with the bundled model on the CPU
 	$(BIN)/segrt demo examples/media/bikes.mp4 --headless --output out/demo.mp4
 
-test: test-python typecheck lint imports test-runtime-without-torch  ## everything CI checks (GPU tests skip cleanly without a GPU)
+test: test-python typecheck lint imports test-runtime-without-torch test-runtime-oldest  ## everything CI checks (GPU tests skip cleanly without a GPU)
 
 # Two workers or more (pytest-xdist), a test file per worker: the suite is mostly single-threaded Python and
 # export work, so it runs in about half the time on two cores.
@@ -49,6 +49,21 @@ test-runtime-without-torch: $(RT_VENV)/.installed
 	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)"
 	$(RT_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/runtime
 
+# The same tests on the oldest ONNX Runtime segrt allows (pyproject: onnxruntime>=1.17; JetPack images carry older
+# wheels): 1.17 reads IR <= 9, so exports are written at the lowest IR their opset needs. numpy 1 and OpenCV 4.11:
+# onnxruntime 1.17 is built against numpy 1.
+RT_OLD_VENV := .venv-runtime-oldest
+$(RT_OLD_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(RT_OLD_VENV)
+	$(RT_OLD_VENV)/bin/pip install -q --upgrade pip
+	$(RT_OLD_VENV)/bin/pip install -q -e . "onnxruntime==1.17.3" "numpy<2" "opencv-python-headless<4.12" \
+		"onnx>=1.16,<1.18" pytest hypothesis
+	touch $@
+
+test-runtime-oldest: $(RT_OLD_VENV)/.installed  ## the runtime's tests on onnxruntime 1.17, the oldest segrt allows
+	$(RT_OLD_VENV)/bin/python -c "import onnxruntime, sys; sys.exit(0 if onnxruntime.__version__.startswith('1.17.') else onnxruntime.__version__)"
+	$(RT_OLD_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/runtime
+
 check-device: $(STAMP)  ## the device extras resolve, and the device path imports without torch
 	bash tools/check_device_extras.sh
 
@@ -56,4 +71,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(RT_VENV) out .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(RT_VENV) $(RT_OLD_VENV) out .pytest_cache .mypy_cache

@@ -32,8 +32,10 @@ from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
-# ONNX Runtime 1.17+ and TensorRT 10.x (parser built against onnx 1.16) both read IR version 10.
-IR_VERSION = 10
+# The lowest IR version that carries the opset (and model-local functions: IR 8), so that the oldest runtimes read
+# the file: ONNX Runtime 1.17, segrt's lowest, reads IR <= 9 ("Unsupported model IR version: 10"); TensorRT 10.x's
+# parser (onnx 1.16) reads <= 10.
+MIN_IR_VERSION = 8
 DEFAULT_OPSET = 17  # first opset with native LayerNormalization (avoids an FP16 SegFormer bug in TRT)
 MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked per version by `segrt build`
 TOLERANCE = 1e-4
@@ -109,12 +111,17 @@ class _quiet_loggers:
             logging.getLogger(n).setLevel(level)
 
 
+def ir_version_for(opset: int) -> int:
+    """The IR version segrt writes for a default-domain ``opset``: the lowest that carries it, at least 8."""
+    return max(MIN_IR_VERSION, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)], True))
+
+
 def pin_versions(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Force the IR version and the default-domain opset that ONNX Runtime and TensorRT 10.x read."""
+    """Force the default-domain opset and the lowest IR version that carries it (:func:`ir_version_for`)."""
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if current != opset:
         proto = onnx.version_converter.convert_version(proto, opset)
-    proto.ir_version = IR_VERSION
+    proto.ir_version = ir_version_for(opset)
     return proto
 
 

@@ -232,7 +232,7 @@ def test_a_uint8_graph_in_nchw_layout_is_refused(tmp_path):
         [helper.make_node("Identity", ["x"], ["y"])], "nchw",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", "H", "W"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     ModelMetadata(classes=["a", "b"], input_size=None, form="frame").to_onnx(model)
     onnx.save(model, str(tmp_path / "m.onnx"))
     with pytest.raises(ModelLoadError, match=r"not \(N, H, W, 3\)"):

@@ -169,6 +169,7 @@ def test_an_onnx_frame_graph_without_segrt_metadata_is_refused(tmp_path):
         [helper.make_node("Identity", ["x"], ["y"])], "foreign",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 8, 3])],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 8, 8, 3])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "f.onnx"))
     with pytest.raises(ModelLoadError):
         Engine(tmp_path / "f.onnx")
