@@ -71,6 +71,10 @@ def _classify_load_error(path: Path, exc: Exception) -> ModelLoadError:
     if any(s in msg for s in ("custom op", "not a registered function/op", "Could not find an implementation",
                               "No Op registered")):
         return MissingPluginError(f"{path}: the model uses an operator this ONNX Runtime does not provide: {msg}")
+    if "Unsupported model IR version" in msg:
+        return ModelLoadError(f"{path}: the model's ONNX version is newer than ONNX Runtime {_ort().__version__} "
+                              f"reads: {msg.strip()}; upgrade onnxruntime, or re-export it with `segrt export` "
+                              "(which writes the lowest IR version its opset needs)")
     return ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {msg}")
 
 
