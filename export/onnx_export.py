@@ -122,7 +122,38 @@ def pin_versions(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if current != opset:
         proto = onnx.version_converter.convert_version(proto, opset)
     proto.ir_version = ir_version_for(opset)
+    if proto.ir_version < 10:
+        _drop_ir10_metadata(proto)
     return proto
+
+
+def _drop_ir10_metadata(proto: onnx.ModelProto) -> None:
+    """The exporter's notes on nodes, values and graphs (metadata_props there came with IR 10; a file written at a
+    lower IR version should not carry them). The model's own metadata_props, segrt's record, are IR 1 and stay."""
+    def graph(g: onnx.GraphProto) -> None:
+        del g.metadata_props[:]
+        for value in (*g.input, *g.output, *g.value_info):
+            del value.metadata_props[:]
+        for tensor in g.initializer:
+            del tensor.metadata_props[:]
+        for node in g.node:
+            node_and_subgraphs(node)
+
+    def node_and_subgraphs(node: onnx.NodeProto) -> None:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                graph(attr.g)
+            for sub in attr.graphs:
+                graph(sub)
+
+    graph(proto.graph)
+    for function in proto.functions:
+        del function.metadata_props[:]
+        for value in function.value_info:
+            del value.metadata_props[:]
+        for node in function.node:
+            node_and_subgraphs(node)
 
 
 def embed_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:

@@ -47,7 +47,7 @@ def _one_node_session(op: str, inputs: list[tuple[str, int, list[int]]], initial
         [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs],
         [helper.make_tensor_value_info("Y", out_type, out_shape)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
+    model.ir_version = 8  # the lowest for opset 17: onnxruntime 1.17, the oldest segrt allows, reads IR <= 9
     onnx.checker.check_model(model)
     opts = ort.SessionOptions()
     if threads:

@@ -78,7 +78,7 @@ SegFormer-{bundled.model.config.variant.upper()} trained from scratch by segrt o
 |---|---|
 | architecture | SegFormer MiT-{bundled.model.config.variant.upper()}, all-MLP head (decoder {bundled.model.config.decoder_dim}), {sum(p.numel() for p in bundled.model.parameters()) / 1e6:.2f} M parameters |
 | input size | {size[0]}x{size[1]} (HxW); frames are resized to it, masks come back at frame size |
-| files | `{ckpt.name}` (fp16 weights + config + metadata), `{onnx_path.name}` (opset 17, IR 10, fp32) |
+| files | `{ckpt.name}` (fp16 weights + config + metadata), `{onnx_path.name}` (opset 17, IR 8, fp32) |
 | training | {state["iteration"]} iterations x batch {cfg["batch_size"]} ({state["iteration"] * cfg["batch_size"] / 367:.0f} epochs), AdamW lr {cfg["lr"]}, poly, {cfg["loss"]} loss, crops {cfg["crop"]}, scale {cfg["scale"]}; best checkpoint at iteration {best["iteration"]} |
 | wall time | {hours:.2f} h on {cpu_name()} (2 cores, bf16 autocast), shared with other work |
 | val mIoU | **{torch_metrics.miou:.4f}** (PyTorch, fp16 weights); {onnx_metrics.miou:.4f} through `Engine` (ONNX Runtime CPU) |

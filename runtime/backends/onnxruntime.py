@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,11 +72,27 @@ def _classify_load_error(path: Path, exc: Exception) -> ModelLoadError:
     if any(s in msg for s in ("custom op", "not a registered function/op", "Could not find an implementation",
                               "No Op registered")):
         return MissingPluginError(f"{path}: the model uses an operator this ONNX Runtime does not provide: {msg}")
-    if "Unsupported model IR version" in msg:
-        return ModelLoadError(f"{path}: the model's ONNX version is newer than ONNX Runtime {_ort().__version__} "
-                              f"reads: {msg.strip()}; upgrade onnxruntime, or re-export it with `segrt export` "
-                              "(which writes the lowest IR version its opset needs)")
+    too_new = _too_new_for_this_runtime(msg)
+    if too_new:
+        return ModelLoadError(f"{path}: the model's {too_new}: upgrade onnxruntime, or, for a model segrt exported, "
+                              "export it again with `segrt export` at opset 17 (the default; segrt writes the lowest "
+                              "IR version an opset needs, IR 8 for opset 17, which onnxruntime 1.17 and later read)")
     return ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {msg}")
+
+
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_TOO_NEW = re.compile(r"Opset (\d+) is under development.*?Current official support for domain (\S+) is till "
+                            r"opset (\d+)", re.DOTALL)
+
+
+def _too_new_for_this_runtime(msg: str) -> str | None:
+    """What of the file this ONNX Runtime is too old for (IR version or opset), from its load error; else None."""
+    installed = _ort().__version__
+    if ir := _IR_TOO_NEW.search(msg):
+        return f"IR version {ir[1]} is newer than onnxruntime {installed} reads (IR <= {ir[2]})"
+    if opset := _OPSET_TOO_NEW.search(msg):
+        return f"opset {opset[1]} is newer than onnxruntime {installed} supports ({opset[2]} up to opset {opset[3]})"
+    return None
 
 
 def _tensors(graph):

@@ -20,6 +20,9 @@ def test_ir_version_is_the_lowest_that_carries_the_opset():
 def test_export_pins_ir_and_opset_and_embeds_metadata(b0_onnx, random_b0):
     model = onnx.load(str(b0_onnx))
     assert model.ir_version == 8  # the lowest that carries opset 17: ONNX Runtime 1.17 reads IR <= 9
+    # and no field that came with IR 10 (the exporter's notes on nodes and values)
+    assert not any(n.metadata_props for n in model.graph.node)
+    assert not any(v.metadata_props for v in (*model.graph.value_info, *model.graph.input, *model.graph.output))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     ops = {n.op_type for n in model.graph.node}
     assert "LayerNormalization" in ops  # native op, not a decomposition

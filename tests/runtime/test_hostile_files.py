@@ -107,20 +107,25 @@ def test_broken_onnx_files_are_model_load_errors(tmp_path, tiny_onnx, damage):
     assert str(path) in str(info.value)
 
 
-def test_a_model_newer_than_onnx_runtime_reads_says_what_to_do(tmp_path, tiny_onnx):
-    """An IR version past what the installed ONNX Runtime reads (onnxruntime 1.17 stops at 9, today's at 13 or so):
-    a ModelLoadError naming the file, the installed version and the two ways out."""
+@pytest.mark.parametrize("too_new", ["ir", "opset"])
+def test_a_model_newer_than_onnx_runtime_reads_says_what_to_do(tmp_path, tiny_onnx, too_new):
+    """An IR version or opset past what the installed ONNX Runtime reads (onnxruntime 1.17 stops at IR 9 and opset
+    20): a ModelLoadError naming the file, what is too new, the installed version and the ways out."""
     import onnxruntime
 
     model = onnx.load(str(tiny_onnx))
-    model.ir_version = 99
+    if too_new == "ir":
+        model.ir_version = 99
+    else:
+        next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 99
     path = tmp_path / "future.onnx"
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelLoadError) as info:
         Engine(path)
     message = str(info.value)
-    assert str(path) in message and "Unsupported model IR version: 99" in message
-    assert f"ONNX Runtime {onnxruntime.__version__}" in message and "segrt export" in message
+    what = "IR version 99 is newer" if too_new == "ir" else "opset 99 is newer"
+    assert str(path) in message and what in message and f"onnxruntime {onnxruntime.__version__}" in message
+    assert "upgrade onnxruntime" in message and "segrt export" in message
 
 
 def test_onnx_check_is_skipped_without_the_onnx_package(tmp_path, monkeypatch):
