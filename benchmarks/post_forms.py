@@ -35,7 +35,7 @@ import onnx
 import onnxruntime as ort
 
 from segrt.export.passes import frame_graph as fg
-from segrt.measure.harness import default_threads, load_average, run_interleaved
+from segrt.measure.harness import default_threads, load_average, run_interleaved, time_latencies
 from segrt.measure.report import pyplot, save_figure, table, write_report
 from segrt.runtime.backends.onnxruntime import batch_dim_to_fix, declared_input, open_session
 from segrt.runtime.metadata import ModelMetadata
@@ -121,7 +121,9 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
     expected = [reference(i) for i in range(len(frames))]
     per_frame = {k: [float((runs[k](i) == expected[i]).mean()) for i in range(len(frames))] for k in graphs}
     agreement = {k: min(v) for k, v in per_frame.items()}
-    ms["refine pre only"] = time_alone(lambda i: pre.run(None, {"frame": frames[i][None]}), len(frames), args.rounds)
+    # one candidate, no re-warm: back to back
+    ms["refine pre only"] = time_latencies({"pre": lambda f: pre.run(None, {"frame": f[None]})}, frames,
+                                           rounds=args.rounds, warmup=5, rewarm=0, threads=args.threads).ms["pre"]
     p50 = {n: float(np.median(v)) for n, v in ms.items()}
     p50["refine post"] = p50["frame refine"] - p50["network"] - p50["refine pre only"]
     return {"size": list(size), "frames": len(frames), "p50_ms": p50,
@@ -130,20 +132,6 @@ def measure_size(args, logits: onnx.ModelProto, meta: ModelMetadata, size: tuple
             "alone": ["refine pre only"], "derived": ["refine post"],
             "agreement": agreement, "agreement_mean": {k: float(np.mean(v)) for k, v in per_frame.items()},
             "conditions": conditions.to_dict()}
-
-
-def time_alone(run, frames: int, rounds: int, warmup: int = 5) -> list[float]:
-    """ms of ``rounds`` runs of one session back to back (cycling over the frames), after ``warmup`` untimed ones."""
-    import time
-
-    for i in range(warmup):
-        run(i % frames)
-    ms = []
-    for r in range(rounds):
-        t0 = time.perf_counter()
-        run(r % frames)
-        ms.append(1000 * (time.perf_counter() - t0))
-    return ms
 
 
 def pre_only(framed: onnx.ModelProto, network_input: str) -> onnx.ModelProto:
