@@ -27,15 +27,12 @@ from segrt.export.passes import frame_graph
 from segrt.export.passes.compare import relative_error
 from segrt.export.passes.cpu_form import CPU_TAG, OPS, to_cpu_ops
 from segrt.export.passes.gelu_order import reorder_gelu
+from segrt.export.passes.versions import ir_version_for
 from segrt.runtime import sinks
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import ModelMetadata
 from segrt.runtime.preprocess import frames_to_input
 
-# The lowest IR version that carries the opset (and model-local functions: IR 8), so that the oldest runtimes read
-# the file: ONNX Runtime 1.17, segrt's lowest, reads IR <= 9 ("Unsupported model IR version: 10"); TensorRT 10.x's
-# parser (onnx 1.16) reads <= 10.
-MIN_IR_VERSION = 8
 DEFAULT_OPSET = 17  # first opset with native LayerNormalization (avoids an FP16 SegFormer bug in TRT)
 MAX_OPSET = 21  # highest opset of onnx 1.16; what TensorRT parses is checked per version by `segrt build`
 TOLERANCE = 1e-4
@@ -109,11 +106,6 @@ class _quiet_loggers:
     def __exit__(self, *exc):
         for n, level in self.saved.items():
             logging.getLogger(n).setLevel(level)
-
-
-def ir_version_for(opset: int) -> int:
-    """The IR version segrt writes for a default-domain ``opset``: the lowest that carries it, at least 8."""
-    return max(MIN_IR_VERSION, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)], True))
 
 
 def pin_versions(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -42,12 +42,14 @@ def _one_node_session(op: str, inputs: list[tuple[str, int, list[int]]], initial
     import onnxruntime as ort
     from onnx import helper
 
+    from segrt.export.passes.versions import ir_version_for
+
     graph = helper.make_graph(
         [helper.make_node(op, [name for name, _, _ in inputs] + [t.name for t in initializers], ["Y"])], "peak",
         [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs],
         [helper.make_tensor_value_info("Y", out_type, out_shape)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # the lowest for opset 17: onnxruntime 1.17, the oldest segrt allows, reads IR <= 9
+    model.ir_version = ir_version_for(17)
     onnx.checker.check_model(model)
     opts = ort.SessionOptions()
     if threads:

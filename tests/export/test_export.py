@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from segrt.export.onnx_export import export_onnx, ir_version_for
+from segrt.export.onnx_export import export_onnx
+from segrt.export.passes.versions import ir_version_for
 from segrt.runtime.errors import ExportError, ExportVerificationError
 from segrt.runtime.metadata import METADATA_KEY, ModelMetadata
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from segrt.export.methods.merging import ops as merge_ops
 from segrt.export.methods.merging import triton_kernel
+from segrt.export.passes.versions import ir_version_for
 
 MERGED_TOLERANCE = 1e-5
 TIE_EPS = 1e-6  # cosine scores this close are a tie to float32 arithmetic (~1e-7 apart between summation orders)
@@ -72,7 +73,7 @@ def onnx_merge(call: MergeCall, opset: int = 17) -> tuple[np.ndarray, np.ndarray
         [helper.make_tensor_value_info("merged", TensorProto.FLOAT, [b, n - call.r, c]),
          helper.make_tensor_value_info("slot", TensorProto.INT64, [b, n])])
     model = merge_ops.attach_local_functions(
-        helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", opset)]))
+        helper.make_model(graph, ir_version=ir_version_for(opset), opset_imports=[helper.make_opsetid("", opset)]))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     merged, slot = sess.run(None, {"x": call.x.numpy(), "metric": call.metric.numpy(),
                                    "dst": call.dst_index.numpy(), "src": call.src_index.numpy()})
