@@ -154,14 +154,13 @@ class OnnxRuntimeBackend:
         graph = check_external_data(self.path)
         self.providers = choose_providers(device)
         cpu_only = self.providers == ["CPUExecutionProvider"]
-        self.batch_dim: str | None = None  # set below once the model's input is known
         # On the CPU every run goes through a session specialised to batch 1 (a batch of N runs frame by frame):
         # with the batch dimension static, ONNX Runtime's optimiser turns the decoder's Resize into its Upsample
         # kernel and drops transposes and layout reorders it keeps for a symbolic batch (camvid-b0's network
         # 57.5 -> 46.3 ms, benchmarks/results/batch_one.md).
         declared = self._declared_input(graph) if cpu_only else None
         # the input's symbolic batch dimension that the sessions fix to 1 (None: the model runs as it is)
-        self.batch_dim = batch_dim_to_fix(declared[1]) if declared is not None else None
+        self.batch_dim: str | None = batch_dim_to_fix(declared[1]) if declared is not None else None
         self.session = self._open_session(threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if declared is not None and inputs and (inputs[0].name, len(inputs[0].shape)) != (declared[0],
